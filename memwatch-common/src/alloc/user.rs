@@ -1,0 +1,255 @@
+use super::{AllocKey, AllocRecord, CallEntry, ProcCounters, ProcKey, Tracked};
+
+// SAFETY: all are #[repr(C)] plain integers with explicit padding.
+unsafe impl aya::Pod for AllocKey {}
+unsafe impl aya::Pod for AllocRecord {}
+unsafe impl aya::Pod for ProcKey {}
+unsafe impl aya::Pod for ProcCounters {}
+unsafe impl aya::Pod for Tracked {}
+unsafe impl aya::Pod for CallEntry {}
+
+impl ProcCounters {
+    /// Sums per-CPU copies.
+    pub fn sum<'a>(values: impl IntoIterator<Item = &'a ProcCounters>) -> ProcCounters {
+        values.into_iter().fold(ProcCounters::default(), |acc, v| ProcCounters {
+            allocations: acc.allocations + v.allocations,
+            frees: acc.frees + v.frees,
+            allocated_bytes: acc.allocated_bytes + v.allocated_bytes,
+            freed_bytes: acc.freed_bytes + v.freed_bytes,
+            untracked_frees: acc.untracked_frees + v.untracked_frees,
+            lost_allocations: acc.lost_allocations + v.lost_allocations,
+            lost_bytes: acc.lost_bytes + v.lost_bytes,
+            _reserved: 0,
+        })
+    }
+}
+
+impl ProcKey {
+    pub fn new(tgid: u32, generation: u32, family: crate::cookie::Family) -> Self {
+        ProcKey {
+            tgid,
+            generation,
+            family: family as u8,
+            _pad: [0; 7],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use crate::cookie::CallKind::{self, *};
+
+    fn entry(kind: CallKind, size: u64, aux: u64) -> CallEntry {
+        CallEntry {
+            entry_sp: 0x7000,
+            timestamp_ns: 1_000,
+            size,
+            aux,
+            kind: kind as u8,
+            family: 1,
+            _pad: [0; 6],
+        }
+    }
+
+    fn args(a0: u64, a1: u64, a2: u64, a3: u64) -> Args {
+        Args { a0, a1, a2, a3 }
+    }
+
+    #[test]
+    fn request_sizes_follow_each_signature() {
+        assert_eq!(call_request(Malloc, args(24, 9, 9, 9)), (24, 0));
+        assert_eq!(call_request(Calloc, args(3, 8, 9, 9)), (24, 0));
+        assert_eq!(call_request(Realloc, args(0xabc, 40, 9, 9)), (40, 0xabc));
+        assert_eq!(call_request(ReallocArray, args(0xabc, 4, 10, 9)), (40, 0xabc));
+        assert_eq!(call_request(PosixMemalign, args(0x10, 64, 100, 9)), (100, 0x10));
+        assert_eq!(call_request(AlignedAlloc, args(64, 100, 9, 9)), (100, 0));
+        assert_eq!(call_request(Valloc, args(100, 9, 9, 9)), (100, 0));
+        assert_eq!(call_request(Pvalloc, args(100, 9, 9, 9)), (4096, 0));
+        assert_eq!(call_request(Pvalloc, args(8192, 9, 9, 9)), (8192, 0));
+        assert_eq!(call_request(Mmap, args(0, 1 << 20, 3, 0x22)), (1 << 20, 0x22));
+    }
+
+    #[test]
+    fn plain_allocations_record_only_on_success() {
+        let e = entry(Malloc, 24, 0);
+        assert_eq!(
+            call_outcome(&e, 0x1000, OutParam::None),
+            Outcome {
+                release: 0,
+                record: 0x1000,
+                size: 24
+            }
+        );
+        assert_eq!(call_outcome(&e, 0, OutParam::None), Outcome::default());
+    }
+
+    #[test]
+    fn realloc_of_null_is_an_allocation() {
+        let e = entry(Realloc, 40, 0);
+        assert_eq!(
+            call_outcome(&e, 0x2000, OutParam::None),
+            Outcome {
+                release: 0,
+                record: 0x2000,
+                size: 40
+            }
+        );
+    }
+
+    #[test]
+    fn realloc_to_zero_frees() {
+        let e = entry(Realloc, 0, 0x1000);
+        assert_eq!(
+            call_outcome(&e, 0, OutParam::None),
+            Outcome {
+                release: 0x1000,
+                record: 0,
+                size: 0
+            }
+        );
+    }
+
+    #[test]
+    fn successful_realloc_moves_the_record() {
+        let e = entry(Realloc, 80, 0x1000);
+        assert_eq!(
+            call_outcome(&e, 0x3000, OutParam::None),
+            Outcome {
+                release: 0x1000,
+                record: 0x3000,
+                size: 80
+            }
+        );
+        // In place: same address released and recorded with the new size.
+        assert_eq!(
+            call_outcome(&e, 0x1000, OutParam::None),
+            Outcome {
+                release: 0x1000,
+                record: 0x1000,
+                size: 80
+            }
+        );
+    }
+
+    #[test]
+    fn failed_realloc_keeps_the_old_record() {
+        let e = entry(Realloc, 1 << 50, 0x1000);
+        assert_eq!(call_outcome(&e, 0, OutParam::None), Outcome::default());
+        let e = entry(ReallocArray, 1 << 50, 0x1000);
+        assert_eq!(call_outcome(&e, 0, OutParam::None), Outcome::default());
+    }
+
+    #[test]
+    fn posix_memalign_counts_only_on_zero_with_the_out_pointer() {
+        let e = entry(PosixMemalign, 100, 0x7ff0);
+        assert_eq!(
+            call_outcome(&e, 0, OutParam::Read(0x5000)),
+            Outcome {
+                release: 0,
+                record: 0x5000,
+                size: 100
+            }
+        );
+        assert_eq!(call_outcome(&e, 12, OutParam::Read(0x5000)), Outcome::default()); // ENOMEM
+        assert_eq!(call_outcome(&e, 0, OutParam::Unreadable), Outcome::default());
+        // The return is an int: garbage in the upper half of rax is ignored.
+        assert_eq!(
+            call_outcome(&e, 0xdead_0000_0000, OutParam::Read(0x5000)).record,
+            0x5000
+        );
+    }
+
+    #[test]
+    fn mmap_counts_anonymous_successes_only() {
+        let anon = entry(Mmap, 1 << 20, MAP_ANONYMOUS | 0x2);
+        assert_eq!(
+            call_outcome(&anon, 0x7f00_0000_0000, OutParam::None).record,
+            0x7f00_0000_0000
+        );
+        assert_eq!(call_outcome(&anon, MAP_FAILED, OutParam::None), Outcome::default());
+        let file = entry(Mmap, 1 << 20, 0x2);
+        assert_eq!(
+            call_outcome(&file, 0x7f00_0000_0000, OutParam::None),
+            Outcome::default()
+        );
+    }
+
+    #[test]
+    fn nested_calls_are_left_to_the_outer_call() {
+        let outer = entry(Realloc, 40, 0);
+        // realloc(NULL, n) → malloc: deeper frame.
+        assert_eq!(
+            classify_entry(Some(&outer), 0x6f00, Malloc, 2_000),
+            EntryDecision::Nested
+        );
+        // reallocarray → jmp realloc: same frame, other function.
+        let ra = entry(ReallocArray, 40, 0);
+        assert_eq!(classify_entry(Some(&ra), 0x7000, Realloc, 2_000), EntryDecision::Nested);
+        assert!(release_is_nested(Some(&outer), 0x6f00, 2_000));
+        assert!(!release_is_nested(None, 0x6f00, 2_000));
+    }
+
+    #[test]
+    fn stale_calls_are_replaced() {
+        let prev = entry(Malloc, 24, 0);
+        assert_eq!(classify_entry(None, 0x7000, Malloc, 2_000), EntryDecision::Record);
+        // Same function from the same frame again: the first returned unseen.
+        assert_eq!(
+            classify_entry(Some(&prev), 0x7000, Malloc, 2_000),
+            EntryDecision::ReplaceStale
+        );
+        // A shallower frame: the call in flight cannot be its caller.
+        assert_eq!(
+            classify_entry(Some(&prev), 0x7100, Calloc, 2_000),
+            EntryDecision::ReplaceStale
+        );
+        // Too old to be the caller of anything now.
+        let late = 1_000 + crate::time::STALE_CALL_NS + 1;
+        assert_eq!(
+            classify_entry(Some(&prev), 0x6000, Malloc, late),
+            EntryDecision::ReplaceStale
+        );
+        assert!(!release_is_nested(Some(&prev), 0x6000, late));
+    }
+
+    #[test]
+    fn returns_match_their_own_call_only() {
+        let e = entry(ReallocArray, 40, 0);
+        assert!(return_matches(&e, ReallocArray, 0x7008));
+        assert!(!return_matches(&e, Realloc, 0x7008)); // the tail-called realloc
+        let e = entry(Realloc, 40, 0);
+        assert!(!return_matches(&e, Malloc, 0x6f08)); // the nested malloc
+    }
+
+    #[test]
+    fn munmap_removes_or_trims() {
+        assert_eq!(unmap_effect(1 << 20, 1 << 20), Unmap::All);
+        assert_eq!(unmap_effect(1000, 1000), Unmap::All);
+        assert_eq!(unmap_effect(1 << 20, 2 << 20), Unmap::All);
+        assert_eq!(
+            unmap_effect(3 * 4096, 4096),
+            Unmap::Head {
+                freed: 4096,
+                rest: 2 * 4096
+            }
+        );
+        assert_eq!(unmap_effect(3 * 4096, 0), Unmap::Nothing);
+    }
+
+    #[test]
+    fn counters_sum_across_cpus() {
+        let a = ProcCounters {
+            allocations: 2,
+            allocated_bytes: 10,
+            ..Default::default()
+        };
+        let b = ProcCounters {
+            allocations: 3,
+            frees: 1,
+            ..Default::default()
+        };
+        let s = ProcCounters::sum([&a, &b]);
+        assert_eq!((s.allocations, s.frees, s.allocated_bytes), (5, 1, 10));
+    }
+}

@@ -1,0 +1,68 @@
+//! Reasons the kernel side loses or skips an event, counted per CPU in the
+//! `DROPS` array so that the daemon can export them.
+
+#[cfg(feature = "user")]
+mod user;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// An allocation could not be recorded: the live map is full.
+    LiveMapFull = 0,
+    /// An allocator entry could not be remembered: too many calls in flight.
+    CallsMapFull = 1,
+    /// Per-process counters could not be created: the counters map is full.
+    CountersMapFull = 2,
+    /// A new stack could not be stored: the stacks map is full.
+    StacksMapFull = 3,
+    /// The kernel could not walk the user stack.
+    StackCaptureFailed = 4,
+    /// A return probe fired with no entry state for its call.
+    ReturnWithoutEntry = 5,
+    /// An entry state was left behind by a call whose return went unseen.
+    StaleCall = 6,
+    /// A process event could not be sent: the ring buffer is full.
+    EventsFull = 7,
+    /// posix_memalign's out-parameter could not be read.
+    OutParamUnreadable = 8,
+    /// A probe's cookie did not decode (a daemon/eBPF mismatch).
+    BadCookie = 9,
+    /// An address was allocated again while still recorded: its release
+    /// went unseen. The old record is counted as freed and replaced.
+    MissedFree = 10,
+}
+
+impl Drop {
+    pub const COUNT: u32 = 11;
+
+    pub const ALL: [Drop; Drop::COUNT as usize] = [
+        Drop::LiveMapFull,
+        Drop::CallsMapFull,
+        Drop::CountersMapFull,
+        Drop::StacksMapFull,
+        Drop::StackCaptureFailed,
+        Drop::ReturnWithoutEntry,
+        Drop::StaleCall,
+        Drop::EventsFull,
+        Drop::OutParamUnreadable,
+        Drop::BadCookie,
+        Drop::MissedFree,
+    ];
+
+    /// The `reason` label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Drop::LiveMapFull => "live_map_full",
+            Drop::CallsMapFull => "calls_map_full",
+            Drop::CountersMapFull => "counters_map_full",
+            Drop::StacksMapFull => "stacks_map_full",
+            Drop::StackCaptureFailed => "stack_capture_failed",
+            Drop::ReturnWithoutEntry => "return_without_entry",
+            Drop::StaleCall => "stale_call",
+            Drop::EventsFull => "events_full",
+            Drop::OutParamUnreadable => "out_param_unreadable",
+            Drop::BadCookie => "bad_cookie",
+            Drop::MissedFree => "missed_free",
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! memwatch's kernel side: uprobes on allocator functions and process
+//! lifecycle tracepoints. Each entry point is thin and calls a `try_*`
+//! function; failures are counted in `DROPS` rather than returned.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod alloc;
+mod maps;
+mod process;
+mod stack;
+
+use aya_ebpf::{
+    macros::{tracepoint, uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
+};
+
+/// Entry of an allocating call (malloc, calloc, realloc, …, mmap).
+#[uprobe]
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    maps::count_result(alloc::try_alloc_enter(&ctx));
+    0
+}
+
+/// Return of an allocating call: records, moves or releases.
+#[uretprobe]
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    maps::count_result(alloc::try_alloc_exit(&ctx));
+    0
+}
+
+/// Entry of a releasing call (free, munmap), which needs no return probe.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    maps::count_result(alloc::try_free_enter(&ctx));
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    maps::count_result(process::try_exec(&ctx));
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    maps::count_result(process::try_exit(&ctx));
+    0
+}
+
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    maps::count_result(process::try_newtask(&ctx));
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,87 @@
+//! Process lifecycle: exec starts a new generation, exit ends tracking, and
+//! forks of tracked processes are reported so that the daemon can follow them.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::TracePointContext,
+};
+use memwatch_common::{
+    drop::Drop,
+    event::{EventKind, ProcEvent},
+};
+
+use crate::maps::{CALLS, EVENTS, TRACKED, settings};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+/// `pid` in task_newtask, stable since the tracepoint was added.
+const NEWTASK_PID_OFFSET: usize = 8;
+
+fn send(kind: EventKind, tgid: u32, generation: u32, parent_tgid: u32) -> Result<(), Drop> {
+    let event = ProcEvent {
+        kind: kind as u32,
+        tgid,
+        generation,
+        parent_tgid,
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    EVENTS.output::<ProcEvent>(&event, 0).map_err(|_| Drop::EventsFull)
+}
+
+pub fn try_exec(_ctx: &TracePointContext) -> Result<(), Drop> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(t) = TRACKED.get_ptr_mut(tgid) {
+        // SAFETY: exec runs once the other threads are gone; nobody else
+        // writes this entry now.
+        let old = unsafe { (*t).generation };
+        unsafe { (*t).generation = old.wrapping_add(1) };
+        return send(EventKind::Exec, tgid, old, 0);
+    }
+    if settings().report_all_execs != 0 {
+        return send(EventKind::Exec, tgid, 0, 0);
+    }
+    Ok(())
+}
+
+pub fn try_exit(ctx: &TracePointContext) -> Result<(), Drop> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: copied out.
+    let Some(generation) = (unsafe { TRACKED.get(tgid) }).map(|t| t.generation) else {
+        return Ok(());
+    };
+    // A thread that dies inside an allocator call leaves its entry behind.
+    let _ = CALLS.remove(pid_tgid);
+    let offset = settings().exit_group_dead_offset as usize;
+    let group_dead = if offset != 0 {
+        // SAFETY: reads the tracepoint record at an offset from its format.
+        unsafe { ctx.read_at::<u8>(offset) }.map_err(|_| Drop::EventsFull)? != 0
+    } else {
+        pid_tgid as u32 == tgid
+    };
+    if !group_dead {
+        return Ok(());
+    }
+    let _ = TRACKED.remove(tgid);
+    send(EventKind::Exit, tgid, generation, 0)
+}
+
+pub fn try_newtask(ctx: &TracePointContext) -> Result<(), Drop> {
+    let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { TRACKED.get(parent) }.is_none() {
+        return Ok(());
+    }
+    let offset = settings().newtask_clone_flags_offset as usize;
+    if offset == 0 {
+        return Ok(());
+    }
+    // SAFETY: reads the tracepoint record at offsets from its format.
+    let flags: u64 = unsafe { ctx.read_at(offset) }.unwrap_or(CLONE_THREAD);
+    if flags & CLONE_THREAD != 0 {
+        return Ok(());
+    }
+    let child: i32 = unsafe { ctx.read_at(NEWTASK_PID_OFFSET) }.unwrap_or(0);
+    if child <= 0 {
+        return Ok(());
+    }
+    send(EventKind::Fork, child as u32, 0, parent)
+}

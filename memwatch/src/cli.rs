@@ -1,0 +1,121 @@
+//! Command-line interface.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "memwatch",
+    version,
+    about = "Finds memory leaks in running processes with eBPF: which process, how fast, from which line of code."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: track processes and serve /metrics, /leaks, /healthz.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML); see deploy/memwatch.toml for every key.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Address for the HTTP API (overrides `listen`).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Track this process (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Track processes whose executable matches this glob, now and later (repeatable).
+    #[arg(long = "exe", value_name = "GLOB")]
+    pub exe: Vec<String>,
+    /// Log filter, e.g. "debug" or "memwatch=debug" (overrides `log`).
+    #[arg(long)]
+    pub log: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let overrides = Overrides {
+        listen: args.listen,
+        pids: args.pids,
+        exe: args.exe,
+        log: args.log,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("memwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log);
+    match crate::daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("memwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// RUST_LOG, when set and valid, wins over the configured filter.
+fn init_logging(configured: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(configured));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "memwatch",
+            "run",
+            "--pid",
+            "5",
+            "--pid",
+            "6",
+            "--exe",
+            "leak*",
+            "--listen",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command;
+        assert_eq!(a.pids, vec![5, 6]);
+        assert_eq!(a.exe, vec!["leak*"]);
+        assert!(Cli::try_parse_from(["memwatch", "run", "--pid", "x"]).is_err());
+        assert!(Cli::try_parse_from(["memwatch", "run", "--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,395 @@
+//! The collector: one thread that owns the kernel side. It follows process
+//! lifecycle events from the ring buffer and, every interval, scans the
+//! kernel maps into a [`Snapshot`] for the HTTP side.
+//!
+//! A scan reads counters and live allocations, sweeps what retired
+//! generations left behind, symbolizes new stacks, and drops stacks nothing
+//! refers to any more.
+
+pub mod aggregate;
+pub mod rates;
+pub mod snapshot;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use memwatch_common::{
+    alloc::{AllocKey, ProcCounters},
+    cookie::Family,
+    drop::Drop,
+    event::{EventKind, ProcEvent},
+};
+
+use crate::{
+    clock::monotonic_ns,
+    config::Config,
+    kernel::Kernel,
+    metrics::Metrics,
+    process::{ProcessTable, Selection, unix_now},
+    symbolize::{Frame, Symbolize},
+};
+use snapshot::{GroupTotals, LiveAlloc, ProcessSnapshot, SharedSnapshot, Snapshot};
+
+/// A stack id is dropped from the kernel after this many scans unreferenced.
+const STACK_GRACE_SCANS: u32 = 2;
+/// Executable names with their own running totals; more are folded together.
+const MAX_GROUPS: usize = 10_000;
+
+pub struct Collector {
+    kernel: Kernel,
+    table: ProcessTable,
+    symbolizer: Box<dyn Symbolize>,
+    config: Config,
+    shared: SharedSnapshot,
+    metrics: Arc<Metrics>,
+    /// Symbolized stacks per (pid, generation, stack id).
+    stacks: HashMap<(u32, u32, u64), Arc<Vec<Frame>>>,
+    unreferenced: HashMap<u64, u32>,
+    stacks_unavailable: u64,
+    /// Final counters of ended generations.
+    retired_families: BTreeMap<Family, ProcCounters>,
+    retired_groups: HashMap<String, ProcCounters>,
+    pending_retired: HashMap<(u32, u32), String>,
+    /// The previous reading per (pid, generation), for rates.
+    previous: HashMap<(u32, u32), (u64, ProcCounters)>,
+}
+
+fn add(a: &mut ProcCounters, b: &ProcCounters) {
+    *a = ProcCounters::sum([&*a, b]);
+}
+
+impl Collector {
+    pub fn new(
+        kernel: Kernel,
+        config: Config,
+        symbolizer: Box<dyn Symbolize>,
+        shared: SharedSnapshot,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Collector {
+            kernel,
+            table: ProcessTable::new(config.exe.clone()),
+            symbolizer,
+            config,
+            shared,
+            metrics,
+            stacks: HashMap::new(),
+            unreferenced: HashMap::new(),
+            stacks_unavailable: 0,
+            retired_families: BTreeMap::new(),
+            retired_groups: HashMap::new(),
+            pending_retired: HashMap::new(),
+            previous: HashMap::new(),
+        }
+    }
+
+    /// Tracks the configured processes. A pid that cannot be tracked is
+    /// reported and skipped; memwatch keeps running.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.kernel.set_report_all_execs(self.table.has_globs())?;
+        for pid in self.config.pids.clone() {
+            if let Err(e) = self.table.track(&mut self.kernel, pid, Selection::Pid) {
+                tracing::warn!(pid, error = %e, "cannot track process");
+            }
+        }
+        self.table.discover(&mut self.kernel);
+        self.scan();
+        Ok(())
+    }
+
+    /// Runs until `shutdown` is set, then detaches every probe.
+    pub fn run(mut self, shutdown: Arc<AtomicBool>) {
+        let interval = self.config.collect_interval;
+        let mut next_scan = Instant::now() + interval;
+        while !shutdown.load(Ordering::Relaxed) {
+            // New processes waiting for their libc are retried every few ms.
+            let cap = if self.table.has_pending() {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_millis(200)
+            };
+            let wait = next_scan.saturating_duration_since(Instant::now()).min(cap);
+            self.wait_for_events(wait);
+            self.drain_events();
+            if self.table.has_pending() {
+                self.table.retry_pending(&mut self.kernel);
+            }
+            if Instant::now() >= next_scan {
+                self.scan();
+                next_scan = Instant::now() + interval;
+            }
+        }
+        let probes = self.table.probe_count();
+        let t = Instant::now();
+        self.table.untrack_all(&mut self.kernel);
+        tracing::info!(probes, seconds = t.elapsed().as_secs_f64(), "detached all probes");
+    }
+
+    fn wait_for_events(&mut self, timeout: Duration) {
+        let fd = self.kernel.events().as_fd().as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    }
+
+    fn drain_events(&mut self) {
+        let mut events = Vec::new();
+        while let Some(item) = self.kernel.events().next() {
+            if let Some(e) = ProcEvent::from_bytes(&item) {
+                events.push(e);
+            }
+        }
+        for e in events {
+            self.handle(e);
+        }
+    }
+
+    fn handle(&mut self, e: ProcEvent) {
+        match EventKind::from_u32(e.kind) {
+            Some(EventKind::Exec) => self.table.on_exec(&mut self.kernel, e.tgid, e.generation),
+            Some(EventKind::Exit) => self.table.on_exit(&mut self.kernel, e.tgid, e.generation),
+            Some(EventKind::Fork) => self.table.on_fork(&mut self.kernel, e.tgid),
+            None => tracing::warn!(kind = e.kind, "unknown event from the kernel"),
+        }
+    }
+
+    /// Reads the kernel maps and publishes a new snapshot.
+    pub fn scan(&mut self) {
+        let started = Instant::now();
+        self.table.reconcile(&mut self.kernel);
+        for r in self.table.take_retired() {
+            self.pending_retired.insert((r.pid, r.generation), r.exe_name);
+        }
+
+        // Counters: current generations are reported; ended ones are folded
+        // into the running totals once and deleted.
+        let mut current: HashMap<(u32, u32), ProcCounters> = HashMap::new();
+        let mut families: BTreeMap<Family, ProcCounters> = self.retired_families.clone();
+        match self.kernel.counters() {
+            Ok(all) => {
+                for (key, c) in all {
+                    let family = Family::from_u8(key.family).unwrap_or(Family::Libc);
+                    add(families.entry(family).or_default(), &c);
+                    if self.table.is_current(key.tgid, key.generation) {
+                        add(current.entry((key.tgid, key.generation)).or_default(), &c);
+                    } else {
+                        let exe = self
+                            .pending_retired
+                            .get(&(key.tgid, key.generation))
+                            .cloned()
+                            .or_else(|| self.table.get(key.tgid).map(|p| p.exe_name()))
+                            .unwrap_or_else(|| "unknown".into());
+                        add(self.retired_families.entry(family).or_default(), &c);
+                        let group =
+                            if self.retired_groups.len() >= MAX_GROUPS && !self.retired_groups.contains_key(&exe) {
+                                "other".to_string()
+                            } else {
+                                exe
+                            };
+                        add(self.retired_groups.entry(group).or_default(), &c);
+                        self.kernel.delete_counters(&key);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading counters failed"),
+        }
+        self.pending_retired.clear();
+
+        // Live allocations, and the leftovers of ended generations.
+        let mut live: HashMap<(u32, u32), Vec<LiveAlloc>> = HashMap::new();
+        let mut stale: Vec<AllocKey> = Vec::new();
+        let mut live_entries = 0usize;
+        let table = &self.table;
+        let read = self.kernel.for_each_live(|k, r| {
+            live_entries += 1;
+            if table.is_current(k.tgid, k.generation) {
+                live.entry((k.tgid, k.generation)).or_default().push(LiveAlloc {
+                    stack_id: r.stack_id,
+                    size: r.size,
+                    timestamp_ns: r.timestamp_ns,
+                    kind: r.kind,
+                    family: r.family,
+                });
+            } else {
+                stale.push(*k);
+            }
+        });
+        if let Err(e) = read {
+            tracing::warn!(error = %e, "reading live allocations failed");
+        }
+        if !stale.is_empty() {
+            match self.kernel.delete_live(&stale) {
+                Ok(n) => tracing::debug!(deleted = n, "swept records of ended processes"),
+                Err(e) => tracing::warn!(error = %e, "sweeping stale records failed"),
+            }
+        }
+
+        let referenced = self.symbolize_new_stacks(&live);
+        let stack_entries = self.collect_stack_garbage(&referenced);
+
+        let now_ns = monotonic_ns();
+        let mut processes = Vec::new();
+        let mut groups: HashMap<String, GroupTotals> = HashMap::new();
+        for inc in self.table.iter() {
+            let key = (inc.pid, inc.generation);
+            let counters = current.get(&key).copied().unwrap_or_default();
+            let rates = match self.previous.get(&key) {
+                Some((t, prev)) => rates::rates(prev, &counters, now_ns.saturating_sub(*t) as f64 / 1e9),
+                None => rates::Rates::default(),
+            };
+            let allocations = live.remove(&key).unwrap_or_default();
+            let mut stacks = HashMap::new();
+            for a in &allocations {
+                if let Some(f) = self.stacks.get(&(inc.pid, inc.generation, a.stack_id)) {
+                    stacks.entry(a.stack_id).or_insert_with(|| f.clone());
+                }
+            }
+            let g = groups.entry(inc.exe_name()).or_insert_with(|| GroupTotals {
+                exe_name: inc.exe_name(),
+                ..Default::default()
+            });
+            g.processes += 1;
+            g.live_bytes += allocations.iter().map(|a| a.size).sum::<u64>();
+            g.live_allocations += allocations.len() as u64;
+            add(&mut g.counters, &counters);
+            processes.push(ProcessSnapshot {
+                pid: inc.pid,
+                generation: inc.generation,
+                comm: inc.comm.clone(),
+                exe: inc.exe.display().to_string(),
+                exe_name: inc.exe_name(),
+                cmdline: inc.cmdline.clone(),
+                selection: inc.selection.clone(),
+                tracked_since_unix: inc.tracked_since_unix,
+                counters,
+                rates,
+                allocations,
+                stacks,
+                probes: inc.probes(),
+            });
+        }
+        for (name, c) in &self.retired_groups {
+            let g = groups.entry(name.clone()).or_insert_with(|| GroupTotals {
+                exe_name: name.clone(),
+                ..Default::default()
+            });
+            add(&mut g.counters, c);
+        }
+        self.previous = current.into_iter().map(|(k, c)| (k, (now_ns, c))).collect();
+
+        let drops = match self.kernel.drops() {
+            Ok(d) => Drop::ALL.iter().map(|&r| (r, d[r as usize])).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading drop counters failed");
+                Vec::new()
+            }
+        };
+        let snapshot = Snapshot {
+            ready: true,
+            taken_at_ns: now_ns,
+            taken_at_unix: unix_now(),
+            scan_seconds: started.elapsed().as_secs_f64(),
+            processes,
+            drops,
+            families: families.into_iter().collect(),
+            groups: groups.into_values().collect(),
+            failures: self.table.failures().to_vec(),
+            attach_failures_total: self.table.attach_failures_total,
+            probes_attached: self.table.probe_count(),
+            live_entries,
+            live_capacity: self.kernel.sizes.live_allocations,
+            stack_entries,
+            stack_capacity: self.kernel.sizes.stacks,
+            stacks_unavailable: self.stacks_unavailable,
+            symbol_cache_entries: self.symbolizer.cached(),
+        };
+        self.metrics.update(&snapshot);
+        self.shared.set(snapshot);
+    }
+
+    /// Reads and symbolizes stacks seen for the first time, one batch per
+    /// process. Returns every stack id live allocations refer to.
+    fn symbolize_new_stacks(&mut self, live: &HashMap<(u32, u32), Vec<LiveAlloc>>) -> HashSet<u64> {
+        let mut referenced = HashSet::new();
+        for (&(pid, generation), allocs) in live {
+            let mut new_ids: Vec<u64> = Vec::new();
+            for a in allocs {
+                if a.stack_id != 0
+                    && referenced.insert((pid, a.stack_id))
+                    && !self.stacks.contains_key(&(pid, generation, a.stack_id))
+                {
+                    new_ids.push(a.stack_id);
+                }
+            }
+            let mut addrs = Vec::new();
+            let mut spans = Vec::new();
+            for id in new_ids {
+                match self.kernel.stack(id) {
+                    Some(frames) => {
+                        let a = frames.addresses();
+                        spans.push((id, addrs.len(), a.len()));
+                        addrs.extend_from_slice(a);
+                    }
+                    None => self.stacks_unavailable += 1,
+                }
+            }
+            if addrs.is_empty() {
+                continue;
+            }
+            let symbolized = self.symbolizer.symbolize(pid, &addrs);
+            for (id, start, len) in spans {
+                let frames: Vec<Frame> = symbolized[start..start + len].iter().flatten().cloned().collect();
+                self.stacks.insert((pid, generation, id), Arc::new(frames));
+            }
+        }
+        let ids: HashSet<u64> = referenced.iter().map(|&(_, id)| id).collect();
+        // Forget symbolized stacks of ended generations or no longer used.
+        self.stacks
+            .retain(|&(pid, generation, id), _| self.table.is_current(pid, generation) && ids.contains(&id));
+        ids
+    }
+
+    /// Deletes kernel stacks that no live allocation has referred to for a
+    /// few scans. The stack id is a content hash, so a stack recaptured later
+    /// gets the same id: nothing is ever attributed to the wrong code.
+    /// Returns how many stacks the kernel keeps afterwards.
+    fn collect_stack_garbage(&mut self, referenced: &HashSet<u64>) -> usize {
+        let ids = self.kernel.stack_ids();
+        let total = ids.len();
+        let mut doomed = Vec::new();
+        let mut seen = HashMap::new();
+        for id in ids {
+            if referenced.contains(&id) {
+                continue;
+            }
+            let n = self.unreferenced.get(&id).copied().unwrap_or(0) + 1;
+            if n > STACK_GRACE_SCANS {
+                doomed.push(id);
+            } else {
+                seen.insert(id, n);
+            }
+        }
+        self.unreferenced = seen;
+        if doomed.is_empty() {
+            return total;
+        }
+        match self.kernel.delete_stacks(&doomed) {
+            Ok(n) => total - n,
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting unused stacks failed");
+                total
+            }
+        }
+    }
+}

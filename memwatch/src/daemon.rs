@@ -1,0 +1,89 @@
+//! `memwatch run`: binds the API, loads the eBPF programs, starts the
+//! collector and serves until SIGINT or SIGTERM, then detaches everything.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+
+use crate::{
+    collect::{Collector, snapshot::SharedSnapshot},
+    config::Config,
+    http::{AppState, router},
+    kernel::Kernel,
+    metrics::Metrics,
+    symbolize::native::NativeSymbolizer,
+};
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    // Bind first: a port in use fails before anything is attached.
+    let listener =
+        std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+
+    let kernel = Kernel::load(config.maps, !config.exe.is_empty())?;
+    let shared = SharedSnapshot::default();
+    let metrics = Arc::new(Metrics::new(config.top_processes));
+    let shutdown = Arc::new(AtomicBool::new(false));
+
+    // The collector owns the kernel side on its own thread (blazesym's
+    // symbolizer is not Send, so it is created there). Startup errors come
+    // back before the API starts serving.
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let collector_thread = {
+        let (shutdown, shared, metrics, config) = (shutdown.clone(), shared.clone(), metrics.clone(), config.clone());
+        std::thread::Builder::new().name("collector".into()).spawn(move || {
+            let symbolizer = Box::new(NativeSymbolizer::new(config.symbol_cache_entries));
+            let mut collector = Collector::new(kernel, config, symbolizer, shared, metrics);
+            let started = collector.start();
+            let ok = started.is_ok();
+            let _ = started_tx.send(started);
+            if ok {
+                collector.run(shutdown);
+            }
+        })?
+    };
+    started_rx
+        .recv()
+        .context("the collector thread died while starting")??;
+
+    let state = AppState {
+        snapshot: shared,
+        metrics,
+        default_limit: config.stacks_per_process,
+        stale_after: (config.collect_interval * 3).max(Duration::from_secs(30)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let served = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tracing::info!(address = %local, "serving /metrics, /leaks and /healthz");
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(signal())
+            .await
+    });
+    shutdown.store(true, Ordering::Relaxed);
+    if collector_thread.join().is_err() {
+        anyhow::bail!("the collector thread panicked");
+    }
+    served.context("HTTP server")?;
+    tracing::info!("memwatch stopped");
+    Ok(())
+}
+
+async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}

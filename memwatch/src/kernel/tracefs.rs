@@ -1,0 +1,74 @@
+//! tracefs: mounted if missing (a fresh host may not have it), and the
+//! tracepoint record layouts read from it instead of assumed.
+
+use std::{fs, io, path::Path};
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Makes sure tracefs is mounted where aya looks for it.
+pub fn ensure_mounted() -> io::Result<()> {
+    if Path::new(TRACEFS).join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
+    let fstype = c"tracefs";
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    tracing::info!(path = TRACEFS, "mounted tracefs");
+    Ok(())
+}
+
+/// The format description of a tracepoint.
+pub fn read_format(category: &str, name: &str) -> io::Result<String> {
+    for root in [TRACEFS, "/sys/kernel/debug/tracing"] {
+        let p = Path::new(root).join("events").join(category).join(name).join("format");
+        if let Ok(text) = fs::read_to_string(&p) {
+            return Ok(text);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no format for tracepoint {category}/{name}"),
+    ))
+}
+
+/// The offset of a field in a tracepoint record, from its format text.
+pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl.split_whitespace().last()?.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        rest.trim().strip_prefix("offset:")?.split(';').next()?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXIT: &str = "name: sched_process_exit
+ID: 369
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;
+\tfield:pid_t pid;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:int prio;\toffset:28;\tsize:4;\tsigned:1;
+\tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;
+";
+
+    #[test]
+    fn offsets_come_from_the_format() {
+        assert_eq!(field_offset(EXIT, "group_dead"), Some(32));
+        assert_eq!(field_offset(EXIT, "pid"), Some(24));
+        assert_eq!(field_offset(EXIT, "comm"), Some(8));
+        assert_eq!(field_offset(EXIT, "clone_flags"), None);
+    }
+}

@@ -1,0 +1,313 @@
+//! The `/leaks` report: tracked processes and their live allocations grouped
+//! by stack, largest first. Built from a [`Snapshot`] by pure functions.
+
+pub mod query;
+pub mod text;
+
+use serde::Serialize;
+
+use memwatch_common::cookie::{CallKind, Family};
+
+use crate::{
+    collect::{aggregate::aggregate, rates::Rates, snapshot::Snapshot},
+    process::Selection,
+    symbolize::Frame,
+};
+pub use query::{Format, LeaksQuery};
+
+#[derive(Debug, Serialize)]
+pub struct LeaksReport {
+    /// When the data was read from the kernel (Unix seconds).
+    pub snapshot_unix: f64,
+    pub snapshot_age_seconds: f64,
+    pub min_age_seconds: f64,
+    pub processes: Vec<ProcessReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: String,
+    pub selection: Selection,
+    pub tracked_since_unix: f64,
+    /// Live bytes and allocations (those at least `min_age` old).
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    #[serde(flatten)]
+    pub rates: Rates,
+    pub totals: Totals,
+    /// Distinct stacks with live allocations, before `limit`.
+    pub stack_count: usize,
+    pub stacks: Vec<StackReport>,
+}
+
+/// Counts since tracking began.
+#[derive(Debug, Serialize)]
+pub struct Totals {
+    pub allocations: u64,
+    pub frees: u64,
+    pub allocated_bytes: u64,
+    pub freed_bytes: u64,
+    pub untracked_frees: u64,
+    pub lost_allocations: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StackReport {
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub oldest_age_seconds: f64,
+    /// The allocator function called (malloc, calloc, …) and its family.
+    pub call: &'static str,
+    pub allocator: &'static str,
+    /// Innermost first: frame 0 is the allocator's direct caller. Empty when
+    /// the stack could not be captured.
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum LeaksError {
+    NotTracked { pid: u32, tracked: Vec<u32> },
+}
+
+impl std::fmt::Display for LeaksError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaksError::NotTracked { pid, tracked } if tracked.is_empty() => {
+                write!(f, "process {pid} is not tracked (no process is)")
+            }
+            LeaksError::NotTracked { pid, tracked } => {
+                let list: Vec<String> = tracked.iter().map(u32::to_string).collect();
+                write!(f, "process {pid} is not tracked (tracked: {})", list.join(", "))
+            }
+        }
+    }
+}
+
+/// Builds the report as of `now_ns` (CLOCK_MONOTONIC).
+pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) -> Result<LeaksReport, LeaksError> {
+    if let Some(pid) = q.pid
+        && !snapshot.processes.iter().any(|p| p.pid == pid)
+    {
+        return Err(LeaksError::NotTracked {
+            pid,
+            tracked: snapshot.processes.iter().map(|p| p.pid).collect(),
+        });
+    }
+    let min_age_ns = q.min_age.as_nanos().min(u64::MAX as u128) as u64;
+    let cutoff = (min_age_ns > 0).then(|| now_ns.saturating_sub(min_age_ns));
+    let mut processes: Vec<ProcessReport> = snapshot
+        .processes
+        .iter()
+        .filter(|p| q.pid.is_none_or(|pid| pid == p.pid))
+        .map(|p| {
+            let agg = aggregate(&p.allocations, cutoff);
+            let stacks = agg
+                .stacks
+                .iter()
+                .take(q.limit)
+                .map(|s| StackReport {
+                    live_bytes: s.live_bytes,
+                    live_allocations: s.live_allocations,
+                    oldest_age_seconds: now_ns.saturating_sub(s.oldest_timestamp_ns) as f64 / 1e9,
+                    call: CallKind::from_u8(s.kind).map_or("unknown", CallKind::name),
+                    allocator: Family::from_u8(s.family).map_or("unknown", Family::name),
+                    frames: p
+                        .stacks
+                        .get(&s.stack_id)
+                        .map(|f| f.as_ref().clone())
+                        .unwrap_or_default(),
+                })
+                .collect();
+            let c = &p.counters;
+            ProcessReport {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                exe: p.exe.clone(),
+                cmdline: p.cmdline.clone(),
+                selection: p.selection.clone(),
+                tracked_since_unix: p.tracked_since_unix,
+                live_bytes: agg.live_bytes,
+                live_allocations: agg.live_allocations,
+                rates: p.rates,
+                totals: Totals {
+                    allocations: c.allocations,
+                    frees: c.frees,
+                    allocated_bytes: c.allocated_bytes,
+                    freed_bytes: c.freed_bytes,
+                    untracked_frees: c.untracked_frees,
+                    lost_allocations: c.lost_allocations,
+                },
+                stack_count: agg.stacks.len(),
+                stacks,
+            }
+        })
+        .collect();
+    processes.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.pid.cmp(&b.pid)));
+    Ok(LeaksReport {
+        snapshot_unix: snapshot.taken_at_unix,
+        snapshot_age_seconds: (now_unix - snapshot.taken_at_unix).max(0.0),
+        min_age_seconds: q.min_age.as_secs_f64(),
+        processes,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{collections::HashMap, sync::Arc, time::Duration};
+
+    use memwatch_common::alloc::ProcCounters;
+
+    use super::*;
+    use crate::{
+        collect::snapshot::{LiveAlloc, ProcessSnapshot},
+        symbolize::FrameKind,
+    };
+
+    pub(crate) fn frame(function: &str, line: u32) -> Frame {
+        Frame {
+            kind: FrameKind::Native,
+            function: Some(function.into()),
+            file: Some("/src/leaky.c".into()),
+            line: Some(line),
+            module: Some("/usr/bin/leaky".into()),
+            build_id: Some("ab12".into()),
+            address: Some("0x401234".into()),
+            inlined: false,
+        }
+    }
+
+    /// Two processes: 42 leaks 3 × 1000 bytes from `leak_here` (old) and
+    /// holds one young 64-byte block; 7 holds 10 bytes with an unknown stack.
+    pub(crate) fn fake_snapshot() -> Snapshot {
+        let s = 1_000_000_000;
+        let mk = |stack_id, size, ts| LiveAlloc {
+            stack_id,
+            size,
+            timestamp_ns: ts,
+            kind: 1,
+            family: 1,
+        };
+        let p42 = ProcessSnapshot {
+            pid: 42,
+            generation: 1 << 16,
+            comm: "leaky".into(),
+            exe: "/usr/bin/leaky".into(),
+            exe_name: "leaky".into(),
+            cmdline: "leaky --fast".into(),
+            selection: Selection::Pid,
+            tracked_since_unix: 1000.0,
+            counters: ProcCounters {
+                allocations: 10,
+                frees: 6,
+                allocated_bytes: 4064,
+                freed_bytes: 1000,
+                ..Default::default()
+            },
+            rates: Rates {
+                allocations_per_second: 2.0,
+                ..Default::default()
+            },
+            allocations: vec![
+                mk(11, 1000, 10 * s),
+                mk(11, 1000, 11 * s),
+                mk(11, 1000, 12 * s),
+                mk(22, 64, 99 * s),
+            ],
+            stacks: HashMap::from([
+                (11, Arc::new(vec![frame("leak_here", 10), frame("main", 20)])),
+                (22, Arc::new(vec![frame("cache_fill", 30)])),
+            ]),
+            probes: vec![],
+        };
+        let p7 = ProcessSnapshot {
+            pid: 7,
+            comm: "small".into(),
+            allocations: vec![mk(0, 10, 50 * s)],
+            stacks: HashMap::new(),
+            ..p42.clone()
+        };
+        Snapshot {
+            ready: true,
+            taken_at_ns: 100 * s,
+            taken_at_unix: 5000.0,
+            processes: vec![p7, p42],
+            ..Default::default()
+        }
+    }
+
+    fn q(pid: Option<u32>, min_age: u64, limit: usize) -> LeaksQuery {
+        LeaksQuery {
+            pid,
+            min_age: Duration::from_secs(min_age),
+            limit,
+            format: Format::Json,
+        }
+    }
+
+    #[test]
+    fn largest_process_and_stack_first() {
+        let r = build(&fake_snapshot(), &q(None, 0, 20), 100_000_000_000, 5001.0).unwrap();
+        assert_eq!(r.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), [42, 7]);
+        let p = &r.processes[0];
+        assert_eq!((p.live_bytes, p.live_allocations, p.stack_count), (3064, 4, 2));
+        assert_eq!((p.stacks[0].live_bytes, p.stacks[0].live_allocations), (3000, 3));
+        assert_eq!(p.stacks[0].oldest_age_seconds, 90.0);
+        assert_eq!(p.stacks[0].frames[0].function.as_deref(), Some("leak_here"));
+        assert_eq!(p.stacks[0].call, "malloc");
+        assert_eq!(r.snapshot_age_seconds, 1.0);
+        // A stack that could not be captured has no frames but still counts.
+        assert!(r.processes[1].stacks[0].frames.is_empty());
+    }
+
+    #[test]
+    fn filters_by_pid_age_and_limit() {
+        let snap = fake_snapshot();
+        let r = build(&snap, &q(Some(42), 0, 1), 100_000_000_000, 5001.0).unwrap();
+        assert_eq!(r.processes.len(), 1);
+        assert_eq!(r.processes[0].stacks.len(), 1);
+        assert_eq!(r.processes[0].stack_count, 2);
+        // Only allocations at least 50 s old: the young 64 bytes drop out.
+        let r = build(&snap, &q(Some(42), 50, 20), 100_000_000_000, 5001.0).unwrap();
+        assert_eq!((r.processes[0].live_bytes, r.processes[0].live_allocations), (3000, 3));
+        assert_eq!(r.processes[0].stacks.len(), 1);
+    }
+
+    #[test]
+    fn an_untracked_pid_is_an_error_naming_the_tracked_ones() {
+        let e = build(&fake_snapshot(), &q(Some(5), 0, 20), 0, 0.0).unwrap_err();
+        assert_eq!(e.to_string(), "process 5 is not tracked (tracked: 7, 42)");
+        let e = build(&Snapshot::default(), &q(Some(5), 0, 20), 0, 0.0).unwrap_err();
+        assert_eq!(e.to_string(), "process 5 is not tracked (no process is)");
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let r = build(&fake_snapshot(), &q(Some(42), 0, 20), 100_000_000_000, 5001.0).unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        let p = &v["processes"][0];
+        for key in [
+            "pid",
+            "comm",
+            "live_bytes",
+            "live_allocations",
+            "stacks",
+            "allocations_per_second",
+            "frees_per_second",
+        ] {
+            assert!(p.get(key).is_some(), "missing {key}");
+        }
+        let s = &p["stacks"][0];
+        for key in ["live_bytes", "live_allocations", "oldest_age_seconds", "frames"] {
+            assert!(s.get(key).is_some(), "missing {key}");
+        }
+        let f = &s["frames"][0];
+        for key in ["function", "file", "line", "module"] {
+            assert!(f.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(f["kind"], "native");
+        assert_eq!(p["selection"]["by"], "pid");
+    }
+}

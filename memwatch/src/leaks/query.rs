@@ -1,0 +1,134 @@
+//! The `/leaks` query string: `?pid=N&min_age=SECONDS&limit=N&format=json|text`.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaksQuery {
+    pub pid: Option<u32>,
+    /// Count only allocations at least this old.
+    pub min_age: Duration,
+    /// Stacks per process.
+    pub limit: usize,
+    pub format: Format,
+}
+
+/// Parses the raw query string. `accept` is the request's Accept header:
+/// `text/plain` asks for the text format unless `format=` says otherwise.
+pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> Result<LeaksQuery, String> {
+    let wants_text = accept.is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/plain")));
+    let mut q = LeaksQuery {
+        pid: None,
+        min_age: Duration::ZERO,
+        limit: default_limit,
+        format: if wants_text { Format::Text } else { Format::Json },
+    };
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "pid" => {
+                let pid: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("invalid pid {value:?}: expected a process id (a positive integer)"))?;
+                q.pid = Some(pid);
+            }
+            "min_age" => {
+                let secs: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
+                    .ok_or_else(|| format!("invalid min_age {value:?}: expected a number of seconds, 0 or more"))?;
+                q.min_age = Duration::from_secs_f64(secs);
+            }
+            "limit" => {
+                q.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|&l: &usize| l > 0 && l <= 100_000)
+                    .ok_or_else(|| format!("invalid limit {value:?}: expected a number of stacks from 1 to 100000"))?;
+            }
+            "format" => {
+                q.format = match value {
+                    "json" => Format::Json,
+                    "text" => Format::Text,
+                    _ => return Err(format!("invalid format {value:?}: expected json or text")),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "unknown parameter {key:?}: expected pid, min_age, limit or format"
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let q = parse(None, None, 20).unwrap();
+        assert_eq!(
+            q,
+            LeaksQuery {
+                pid: None,
+                min_age: Duration::ZERO,
+                limit: 20,
+                format: Format::Json
+            }
+        );
+    }
+
+    #[test]
+    fn all_parameters() {
+        let q = parse(Some("pid=42&min_age=1.5&limit=3&format=text"), None, 20).unwrap();
+        assert_eq!(q.pid, Some(42));
+        assert_eq!(q.min_age, Duration::from_millis(1500));
+        assert_eq!(q.limit, 3);
+        assert_eq!(q.format, Format::Text);
+    }
+
+    #[test]
+    fn accept_header_selects_text_unless_overridden() {
+        assert_eq!(parse(None, Some("text/plain"), 1).unwrap().format, Format::Text);
+        assert_eq!(
+            parse(None, Some("application/json, text/plain;q=0.5"), 1)
+                .unwrap()
+                .format,
+            Format::Text
+        );
+        assert_eq!(
+            parse(Some("format=json"), Some("text/plain"), 1).unwrap().format,
+            Format::Json
+        );
+        assert_eq!(parse(None, Some("*/*"), 1).unwrap().format, Format::Json);
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        for (raw, needle) in [
+            ("pid=abc", "invalid pid"),
+            ("pid=0", "invalid pid"),
+            ("pid=-3", "invalid pid"),
+            ("min_age=-1", "invalid min_age"),
+            ("min_age=soon", "invalid min_age"),
+            ("min_age=NaN", "invalid min_age"),
+            ("limit=0", "invalid limit"),
+            ("format=xml", "invalid format"),
+            ("colour=red", "unknown parameter"),
+        ] {
+            let e = parse(Some(raw), None, 20).unwrap_err();
+            assert!(e.contains(needle), "{raw}: {e}");
+        }
+    }
+}

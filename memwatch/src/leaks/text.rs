@@ -1,0 +1,134 @@
+//! The readable table of `/leaks?format=text` (and `Accept: text/plain`).
+
+use std::fmt::Write;
+
+use super::LeaksReport;
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{secs:.0}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+pub fn render(r: &LeaksReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "memwatch: {} tracked process(es); data {} old{}",
+        r.processes.len(),
+        duration(r.snapshot_age_seconds),
+        if r.min_age_seconds > 0.0 {
+            format!("; allocations at least {} old", duration(r.min_age_seconds))
+        } else {
+            String::new()
+        }
+    );
+    for p in &r.processes {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "PID {} ({})  live {} in {} allocation(s)  alloc {:.0}/s  free {:.0}/s  net {}/s",
+            p.pid,
+            p.comm,
+            bytes(p.live_bytes),
+            p.live_allocations,
+            p.rates.allocations_per_second,
+            p.rates.frees_per_second,
+            signed_bytes(p.rates.allocated_bytes_per_second - p.rates.freed_bytes_per_second),
+        );
+        if p.stacks.is_empty() {
+            let _ = writeln!(out, "  no live allocations");
+        }
+        for (i, s) in p.stacks.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "  #{:<3} {:>10} in {:>7} allocation(s), oldest {:>6}  [{}]",
+                i + 1,
+                bytes(s.live_bytes),
+                s.live_allocations,
+                duration(s.oldest_age_seconds),
+                s.call,
+            );
+            if s.frames.is_empty() {
+                let _ = writeln!(out, "        (stack not captured)");
+            }
+            for f in &s.frames {
+                let module = f.module.as_deref().and_then(|m| m.rsplit('/').next()).unwrap_or("?");
+                let _ = writeln!(out, "        {}  [{}]", f.describe(), module);
+            }
+        }
+        if p.stack_count > p.stacks.len() {
+            let _ = writeln!(
+                out,
+                "  … {} more stack(s); raise ?limit=",
+                p.stack_count - p.stacks.len()
+            );
+        }
+    }
+    out
+}
+
+fn signed_bytes(v: f64) -> String {
+    if v < 0.0 {
+        format!("-{}", bytes((-v) as u64))
+    } else {
+        bytes(v as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::leaks::{Format, LeaksQuery, build, tests::fake_snapshot};
+
+    #[test]
+    fn sizes_and_durations_read_naturally() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(duration(5.0), "5s");
+        assert_eq!(duration(125.0), "2m05s");
+        assert_eq!(duration(7300.0), "2h01m");
+        assert_eq!(signed_bytes(-2048.0), "-2.0 KiB");
+    }
+
+    #[test]
+    fn the_table_names_processes_stacks_and_frames() {
+        let q = LeaksQuery {
+            pid: None,
+            min_age: std::time::Duration::ZERO,
+            limit: 1,
+            format: Format::Text,
+        };
+        let text = render(&build(&fake_snapshot(), &q, 100_000_000_000, 5001.0).unwrap());
+        assert!(
+            text.contains("PID 42 (leaky)  live 3.0 KiB in 4 allocation(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("#1      2.9 KiB in       3 allocation(s), oldest  1m30s  [malloc]"),
+            "{text}"
+        );
+        assert!(text.contains("leak_here (/src/leaky.c:10)  [leaky]"), "{text}");
+        assert!(text.contains("1 more stack(s)"), "{text}");
+        assert!(text.contains("(stack not captured)"), "{text}");
+    }
+}

@@ -1,0 +1,480 @@
+//! Prometheus metrics. Each component registers its own; all are refreshed
+//! from a [`Snapshot`] after every scan, so a scrape only encodes.
+//!
+//! Labels are bounded: `allocator` (a handful), `reason` (fixed), `exe` for
+//! the top-N executables only. No pid, address or stack labels.
+
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::collect::snapshot::Snapshot;
+
+/// Sets a counter to a running total kept elsewhere (it only ever grows).
+fn advance(c: &IntCounter, total: u64) {
+    let cur = c.get();
+    if total > cur {
+        c.inc_by(total - cur);
+    }
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+/// Allocator activity across all tracked processes, exited ones included.
+pub struct AllocatorMetrics {
+    allocations: IntCounterVec,
+    frees: IntCounterVec,
+    allocated_bytes: IntCounterVec,
+    freed_bytes: IntCounterVec,
+    untracked_frees: IntCounterVec,
+    lost_allocations: IntCounterVec,
+    live_bytes: IntGaugeVec,
+    live_allocations: IntGaugeVec,
+}
+
+impl AllocatorMetrics {
+    pub fn register(r: &Registry) -> Self {
+        let l = &["allocator"];
+        let m = AllocatorMetrics {
+            allocations: counter_vec(
+                r,
+                "memwatch_allocations_total",
+                "Allocations seen in tracked processes (realloc moves count).",
+                l,
+            ),
+            frees: counter_vec(r, "memwatch_frees_total", "Releases of tracked allocations.", l),
+            allocated_bytes: counter_vec(
+                r,
+                "memwatch_allocated_bytes_total",
+                "Bytes allocated by tracked processes.",
+                l,
+            ),
+            freed_bytes: counter_vec(
+                r,
+                "memwatch_freed_bytes_total",
+                "Bytes released from tracked allocations.",
+                l,
+            ),
+            untracked_frees: counter_vec(
+                r,
+                "memwatch_untracked_frees_total",
+                "Releases of addresses allocated before tracking began.",
+                l,
+            ),
+            lost_allocations: counter_vec(
+                r,
+                "memwatch_lost_allocations_total",
+                "Allocations that could not be recorded (live map full).",
+                l,
+            ),
+            live_bytes: gauge_vec(r, "memwatch_live_bytes", "Bytes in live tracked allocations.", l),
+            live_allocations: gauge_vec(r, "memwatch_live_allocations", "Live tracked allocations.", l),
+        };
+        // Every series exists from the start, at 0, so rate() and absent()
+        // behave before the first allocation.
+        for f in memwatch_common::cookie::Family::ALL {
+            let l = [f.name()];
+            for c in [
+                &m.allocations,
+                &m.frees,
+                &m.allocated_bytes,
+                &m.freed_bytes,
+                &m.untracked_frees,
+                &m.lost_allocations,
+            ] {
+                c.with_label_values(&l);
+            }
+            m.live_bytes.with_label_values(&l);
+            m.live_allocations.with_label_values(&l);
+        }
+        m
+    }
+
+    fn update(&self, s: &Snapshot) {
+        for (family, c) in &s.families {
+            let l = [family.name()];
+            advance(&self.allocations.with_label_values(&l), c.allocations);
+            advance(&self.frees.with_label_values(&l), c.frees);
+            advance(&self.allocated_bytes.with_label_values(&l), c.allocated_bytes);
+            advance(&self.freed_bytes.with_label_values(&l), c.freed_bytes);
+            advance(&self.untracked_frees.with_label_values(&l), c.untracked_frees);
+            advance(&self.lost_allocations.with_label_values(&l), c.lost_allocations);
+            let (mut bytes, mut count) = (0u64, 0u64);
+            for p in &s.processes {
+                for a in p.allocations.iter().filter(|a| a.family == *family as u8) {
+                    bytes += a.size;
+                    count += 1;
+                }
+            }
+            self.live_bytes.with_label_values(&l).set(bytes as i64);
+            self.live_allocations.with_label_values(&l).set(count as i64);
+        }
+    }
+}
+
+/// Events the kernel side could not record.
+pub struct KernelMetrics {
+    lost: IntCounterVec,
+}
+
+impl KernelMetrics {
+    pub fn register(r: &Registry) -> Self {
+        let lost = counter_vec(
+            r,
+            "memwatch_kernel_events_lost_total",
+            "Events the eBPF programs dropped or could not fully record, by reason.",
+            &["reason"],
+        );
+        for d in memwatch_common::drop::Drop::ALL {
+            lost.with_label_values(&[d.name()]);
+        }
+        KernelMetrics { lost }
+    }
+
+    fn update(&self, s: &Snapshot) {
+        for (reason, n) in &s.drops {
+            advance(&self.lost.with_label_values(&[reason.name()]), *n);
+        }
+    }
+}
+
+/// Per-executable series for the top N by live bytes; the rest summed as
+/// exe="other" (gauges only: a counter under "other" could go backwards).
+pub struct ProcessMetrics {
+    top: usize,
+    live_bytes: IntGaugeVec,
+    live_allocations: IntGaugeVec,
+    processes: IntGaugeVec,
+    allocations: IntCounterVec,
+    frees: IntCounterVec,
+    allocated_bytes: IntCounterVec,
+    freed_bytes: IntCounterVec,
+    shown: std::sync::Mutex<Vec<String>>,
+}
+
+impl ProcessMetrics {
+    pub fn register(r: &Registry, top: usize) -> Self {
+        let l = &["exe"];
+        ProcessMetrics {
+            top,
+            live_bytes: gauge_vec(
+                r,
+                "memwatch_process_live_bytes",
+                "Live bytes of tracked processes, by executable name (top N, rest as \"other\").",
+                l,
+            ),
+            live_allocations: gauge_vec(
+                r,
+                "memwatch_process_live_allocations",
+                "Live allocations of tracked processes, by executable name.",
+                l,
+            ),
+            processes: gauge_vec(
+                r,
+                "memwatch_process_tracked",
+                "Tracked processes, by executable name.",
+                l,
+            ),
+            allocations: counter_vec(
+                r,
+                "memwatch_process_allocations_total",
+                "Allocations by executable name (top N).",
+                l,
+            ),
+            frees: counter_vec(
+                r,
+                "memwatch_process_frees_total",
+                "Releases by executable name (top N).",
+                l,
+            ),
+            allocated_bytes: counter_vec(
+                r,
+                "memwatch_process_allocated_bytes_total",
+                "Bytes allocated by executable name (top N).",
+                l,
+            ),
+            freed_bytes: counter_vec(
+                r,
+                "memwatch_process_freed_bytes_total",
+                "Bytes released by executable name (top N).",
+                l,
+            ),
+            shown: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn update(&self, s: &Snapshot) {
+        let mut groups: Vec<_> = s.groups.iter().filter(|g| g.processes > 0).collect();
+        groups.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.exe_name.cmp(&b.exe_name)));
+        let (top, rest) = groups.split_at(groups.len().min(self.top));
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        for old in shown.iter() {
+            if !top.iter().any(|g| &g.exe_name == old) {
+                for v in [&self.live_bytes, &self.live_allocations, &self.processes] {
+                    let _ = v.remove_label_values(&[old]);
+                }
+                for v in [&self.allocations, &self.frees, &self.allocated_bytes, &self.freed_bytes] {
+                    let _ = v.remove_label_values(&[old]);
+                }
+            }
+        }
+        for g in top {
+            let l = [g.exe_name.as_str()];
+            self.live_bytes.with_label_values(&l).set(g.live_bytes as i64);
+            self.live_allocations
+                .with_label_values(&l)
+                .set(g.live_allocations as i64);
+            self.processes.with_label_values(&l).set(g.processes as i64);
+            advance(&self.allocations.with_label_values(&l), g.counters.allocations);
+            advance(&self.frees.with_label_values(&l), g.counters.frees);
+            advance(&self.allocated_bytes.with_label_values(&l), g.counters.allocated_bytes);
+            advance(&self.freed_bytes.with_label_values(&l), g.counters.freed_bytes);
+        }
+        let other = ["other"];
+        self.live_bytes
+            .with_label_values(&other)
+            .set(rest.iter().map(|g| g.live_bytes as i64).sum());
+        self.live_allocations
+            .with_label_values(&other)
+            .set(rest.iter().map(|g| g.live_allocations as i64).sum());
+        self.processes
+            .with_label_values(&other)
+            .set(rest.iter().map(|g| g.processes as i64).sum());
+        *shown = top.iter().map(|g| g.exe_name.clone()).collect();
+    }
+}
+
+/// memwatch's own health.
+pub struct DaemonMetrics {
+    tracked: IntGauge,
+    probes: IntGauge,
+    attach_failures: IntCounter,
+    scan_seconds: Gauge,
+    last_scan: Gauge,
+    live_entries: IntGauge,
+    live_capacity: IntGauge,
+    stack_entries: IntGauge,
+    stack_capacity: IntGauge,
+    stacks_unavailable: IntCounter,
+    symbol_cache: IntGauge,
+}
+
+impl DaemonMetrics {
+    pub fn register(r: &Registry) -> Self {
+        let f = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let c = |name: &str, help: &str| {
+            let g = IntCounter::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let info = IntGaugeVec::new(Opts::new("memwatch_build_info", "memwatch version."), &["version"])
+            .expect("valid metric");
+        r.register(Box::new(info.clone())).expect("unique metric");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        DaemonMetrics {
+            tracked: gauge(
+                r,
+                "memwatch_tracked_processes",
+                "Processes tracked exactly (allocator probes attached).",
+            ),
+            probes: gauge(r, "memwatch_probes_attached", "Uprobes and uretprobes attached."),
+            attach_failures: c(
+                "memwatch_attach_failures_total",
+                "Processes memwatch was asked to track but could not.",
+            ),
+            scan_seconds: f(
+                "memwatch_scan_duration_seconds",
+                "Time the last scan of the kernel maps took.",
+            ),
+            last_scan: f(
+                "memwatch_last_scan_timestamp_seconds",
+                "When the last scan completed (Unix time).",
+            ),
+            live_entries: gauge(
+                r,
+                "memwatch_live_map_entries",
+                "Entries in the kernel's live-allocation map.",
+            ),
+            live_capacity: gauge(
+                r,
+                "memwatch_live_map_capacity",
+                "Capacity of the kernel's live-allocation map.",
+            ),
+            stack_entries: gauge(r, "memwatch_stack_map_entries", "Distinct stacks held by the kernel."),
+            stack_capacity: gauge(r, "memwatch_stack_map_capacity", "Capacity of the kernel's stack map."),
+            stacks_unavailable: c(
+                "memwatch_stacks_unavailable_total",
+                "Stacks referenced by live allocations but no longer readable.",
+            ),
+            symbol_cache: gauge(r, "memwatch_symbol_cache_entries", "Symbolized addresses cached."),
+        }
+    }
+
+    fn update(&self, s: &Snapshot) {
+        self.tracked.set(s.processes.len() as i64);
+        self.probes.set(s.probes_attached as i64);
+        advance(&self.attach_failures, s.attach_failures_total);
+        self.scan_seconds.set(s.scan_seconds);
+        self.last_scan.set(s.taken_at_unix);
+        self.live_entries.set(s.live_entries as i64);
+        self.live_capacity.set(s.live_capacity.into());
+        self.stack_entries.set(s.stack_entries as i64);
+        self.stack_capacity.set(s.stack_capacity.into());
+        advance(&self.stacks_unavailable, s.stacks_unavailable);
+        self.symbol_cache.set(s.symbol_cache_entries as i64);
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    allocator: AllocatorMetrics,
+    kernel: KernelMetrics,
+    processes: ProcessMetrics,
+    daemon: DaemonMetrics,
+}
+
+impl Metrics {
+    pub fn new(top_processes: usize) -> Self {
+        let registry = Registry::new();
+        Metrics {
+            allocator: AllocatorMetrics::register(&registry),
+            kernel: KernelMetrics::register(&registry),
+            processes: ProcessMetrics::register(&registry, top_processes),
+            daemon: DaemonMetrics::register(&registry),
+            registry,
+        }
+    }
+
+    pub fn update(&self, s: &Snapshot) {
+        self.allocator.update(s);
+        self.kernel.update(s);
+        self.processes.update(s);
+        self.daemon.update(s);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding to memory");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use memwatch_common::{alloc::ProcCounters, cookie::Family, drop::Drop};
+
+    use super::*;
+    use crate::collect::snapshot::GroupTotals;
+
+    fn group(name: &str, live: u64, allocations: u64) -> GroupTotals {
+        GroupTotals {
+            exe_name: name.into(),
+            counters: ProcCounters {
+                allocations,
+                ..Default::default()
+            },
+            live_bytes: live,
+            live_allocations: 1,
+            processes: 1,
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn totals_and_losses_are_exported() {
+        let m = Metrics::new(2);
+        let s = Snapshot {
+            families: vec![(
+                Family::Libc,
+                ProcCounters {
+                    allocations: 5,
+                    frees: 3,
+                    allocated_bytes: 500,
+                    freed_bytes: 300,
+                    ..Default::default()
+                },
+            )],
+            drops: vec![(Drop::LiveMapFull, 4), (Drop::StackCaptureFailed, 0)],
+            ..Default::default()
+        };
+        m.update(&s);
+        let t = m.encode();
+        assert_eq!(value(&t, "memwatch_allocations_total{allocator=\"libc\"}"), Some(5.0));
+        assert_eq!(value(&t, "memwatch_freed_bytes_total{allocator=\"libc\"}"), Some(300.0));
+        assert_eq!(
+            value(&t, "memwatch_kernel_events_lost_total{reason=\"live_map_full\"}"),
+            Some(4.0)
+        );
+        assert_eq!(
+            value(&t, "memwatch_kernel_events_lost_total{reason=\"missed_free\"}"),
+            Some(0.0)
+        );
+        // Counters never go backwards, whatever a snapshot says.
+        m.update(&Snapshot {
+            families: vec![(Family::Libc, ProcCounters::default())],
+            ..Default::default()
+        });
+        assert_eq!(
+            value(&m.encode(), "memwatch_allocations_total{allocator=\"libc\"}"),
+            Some(5.0)
+        );
+    }
+
+    #[test]
+    fn only_the_top_executables_get_series() {
+        let m = Metrics::new(2);
+        let s = Snapshot {
+            groups: vec![
+                group("a", 10, 1),
+                group("b", 30, 2),
+                group("c", 20, 3),
+                group("d", 5, 4),
+            ],
+            ..Default::default()
+        };
+        m.update(&s);
+        let t = m.encode();
+        assert_eq!(value(&t, "memwatch_process_live_bytes{exe=\"b\"}"), Some(30.0));
+        assert_eq!(value(&t, "memwatch_process_live_bytes{exe=\"c\"}"), Some(20.0));
+        assert_eq!(value(&t, "memwatch_process_live_bytes{exe=\"other\"}"), Some(15.0));
+        assert_eq!(value(&t, "memwatch_process_live_bytes{exe=\"a\"}"), None);
+        assert_eq!(value(&t, "memwatch_process_allocations_total{exe=\"c\"}"), Some(3.0));
+        assert!(!t.contains("pid="));
+        // "a" overtakes "c": c's series go away.
+        let s = Snapshot {
+            groups: vec![group("a", 100, 1), group("b", 30, 2), group("c", 20, 3)],
+            ..Default::default()
+        };
+        m.update(&s);
+        let t = m.encode();
+        assert_eq!(value(&t, "memwatch_process_live_bytes{exe=\"c\"}"), None);
+        assert_eq!(value(&t, "memwatch_process_allocations_total{exe=\"c\"}"), None);
+        assert_eq!(value(&t, "memwatch_process_live_bytes{exe=\"a\"}"), Some(100.0));
+    }
+}

@@ -1,0 +1,494 @@
+//! The tracked processes: selection (by pid or executable glob), attaching
+//! and detaching their probes, and following exec, fork and exit.
+//!
+//! Each tracked process incarnation has a generation, unique per pid, that
+//! the kernel stamps on its records; an exec moves it on (the kernel does so
+//! itself, so no record of the new image is ever lost), and an exit retires
+//! it. Records and counters of retired generations are swept by the scan.
+
+pub mod procfs;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::Serialize;
+
+use crate::{
+    config::ExeGlob,
+    kernel::{Kernel, probes},
+    target::{self, elf::ElfCache},
+};
+
+/// Why a process is tracked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "by", content = "value")]
+pub enum Selection {
+    Pid,
+    Exe(String),
+}
+
+/// A probed allocator function, for status reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeSummary {
+    pub module: String,
+    pub function: &'static str,
+    pub file_offset: u64,
+}
+
+pub struct Incarnation {
+    pub pid: u32,
+    pub generation: u32,
+    pub start_time: u64,
+    pub comm: String,
+    pub exe: PathBuf,
+    pub cmdline: String,
+    pub selection: Selection,
+    pub tracked_since_unix: f64,
+    pub sites: Vec<probes::AttachedSite>,
+}
+
+impl Incarnation {
+    pub fn exe_name(&self) -> String {
+        self.exe
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.comm.clone())
+    }
+
+    pub fn probes(&self) -> Vec<ProbeSummary> {
+        self.sites
+            .iter()
+            .map(|s| ProbeSummary {
+                module: s.target_path.clone(),
+                function: s.site.symbol,
+                file_offset: s.site.file_offset,
+            })
+            .collect()
+    }
+}
+
+/// A generation that ended, kept until its counters are read one last time.
+#[derive(Debug, Clone)]
+pub struct Retired {
+    pub pid: u32,
+    pub generation: u32,
+    pub exe_name: String,
+}
+
+/// A process memwatch was asked to track but could not.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachFailure {
+    pub pid: u32,
+    pub error: String,
+    pub at_unix: f64,
+}
+
+const GENERATION_STRIDE: u32 = 1 << 16;
+
+pub struct ProcessTable {
+    procs: BTreeMap<u32, Incarnation>,
+    retired: Vec<Retired>,
+    failures: Vec<AttachFailure>,
+    next_generation: u32,
+    globs: Vec<ExeGlob>,
+    elf: ElfCache,
+    reaper: probes::Reaper,
+    /// Processes just exec'd that match a glob but have not mapped their
+    /// allocator yet (at exec only the executable and ld.so are mapped).
+    pending: Vec<Pending>,
+    /// Probe attachments that failed, ever (a counter for /metrics).
+    pub attach_failures_total: u64,
+}
+
+const MAX_FAILURES_KEPT: usize = 100;
+/// How long a new process may take to map its allocator.
+const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+struct Pending {
+    pid: u32,
+    pattern: String,
+    start_time: u64,
+    deadline: std::time::Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackError {
+    #[error("process {0} does not exist or has exited")]
+    NoProcess(u32),
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
+    #[error("{0:#}")]
+    Kernel(anyhow::Error),
+}
+
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl ProcessTable {
+    pub fn new(globs: Vec<ExeGlob>) -> Self {
+        ProcessTable {
+            procs: BTreeMap::new(),
+            retired: Vec::new(),
+            failures: Vec::new(),
+            next_generation: GENERATION_STRIDE,
+            globs,
+            elf: ElfCache::default(),
+            reaper: probes::Reaper::default(),
+            pending: Vec::new(),
+            attach_failures_total: 0,
+        }
+    }
+
+    pub fn has_globs(&self) -> bool {
+        !self.globs.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Incarnation> {
+        self.procs.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Incarnation> {
+        self.procs.get(&pid)
+    }
+
+    pub fn is_current(&self, pid: u32, generation: u32) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.generation == generation)
+    }
+
+    pub fn failures(&self) -> &[AttachFailure] {
+        &self.failures
+    }
+
+    pub fn probe_count(&self) -> usize {
+        self.procs
+            .values()
+            .flat_map(|p| &p.sites)
+            .map(|s| s.probe_count())
+            .sum()
+    }
+
+    /// Generations ended since the last call.
+    pub fn take_retired(&mut self) -> Vec<Retired> {
+        std::mem::take(&mut self.retired)
+    }
+
+    fn record_failure(&mut self, pid: u32, error: &TrackError) {
+        self.attach_failures_total += 1;
+        if self.failures.len() >= MAX_FAILURES_KEPT {
+            self.failures.remove(0);
+        }
+        self.failures.push(AttachFailure {
+            pid,
+            error: error.to_string(),
+            at_unix: unix_now(),
+        });
+    }
+
+    fn glob_for(&self, exe: &std::path::Path) -> Option<String> {
+        self.globs.iter().find(|g| g.matches(exe)).map(|g| g.pattern.clone())
+    }
+
+    /// Starts tracking `pid`. Failures are returned, remembered for status
+    /// reports, and leave nothing attached.
+    pub fn track(&mut self, kernel: &mut Kernel, pid: u32, selection: Selection) -> Result<(), TrackError> {
+        if self.procs.contains_key(&pid) {
+            return Ok(());
+        }
+        let result = self.try_track(kernel, pid, selection);
+        if let Err(e) = &result {
+            self.record_failure(pid, e);
+        }
+        result
+    }
+
+    fn try_track(&mut self, kernel: &mut Kernel, pid: u32, selection: Selection) -> Result<(), TrackError> {
+        let stat = procfs::read_stat(pid).map_err(|_| TrackError::NoProcess(pid))?;
+        if stat.state == 'Z' || stat.state == 'X' {
+            return Err(TrackError::NoProcess(pid));
+        }
+        let exe = procfs::read_exe(pid).map_err(|_| TrackError::NoProcess(pid))?;
+        let targets = target::find_targets(pid, &mut self.elf)?;
+
+        let generation = self.next_generation;
+        self.next_generation = self
+            .next_generation
+            .wrapping_add(GENERATION_STRIDE)
+            .max(GENERATION_STRIDE);
+        // Counted from the first probe hit on: the entry exists before any probe.
+        kernel.track(pid, generation).map_err(TrackError::Kernel)?;
+        let mut sites = Vec::new();
+        for t in &targets {
+            match probes::attach(kernel.ebpf_mut(), pid, t) {
+                Ok(s) => sites.extend(s),
+                Err(e) => {
+                    self.reaper.reap(probes::detach(kernel.ebpf_mut(), sites));
+                    kernel.untrack(pid);
+                    return Err(TrackError::Kernel(e));
+                }
+            }
+            if !t.missing.is_empty() {
+                tracing::info!(pid, module = %t.path, missing = ?t.missing, "allocator functions not defined by this object");
+            }
+        }
+        let inc = Incarnation {
+            pid,
+            generation,
+            start_time: stat.start_time,
+            comm: stat.comm,
+            exe,
+            cmdline: procfs::read_cmdline(pid).unwrap_or_default(),
+            selection,
+            tracked_since_unix: unix_now(),
+            sites,
+        };
+        tracing::info!(
+            pid,
+            comm = %inc.comm,
+            exe = %inc.exe.display(),
+            probes = inc.sites.iter().map(|s| s.probe_count()).sum::<usize>(),
+            modules = ?targets.iter().map(|t| t.path.as_str()).collect::<Vec<_>>(),
+            "tracking process"
+        );
+        self.procs.insert(pid, inc);
+        Ok(())
+    }
+
+    /// Stops tracking `pid`: detaches its probes and retires its generation.
+    pub fn untrack(&mut self, kernel: &mut Kernel, pid: u32, why: &str) {
+        let Some(inc) = self.procs.remove(&pid) else { return };
+        kernel.untrack(pid);
+        let n: usize = inc.sites.iter().map(|s| s.probe_count()).sum();
+        self.retired.push(Retired {
+            pid,
+            generation: inc.generation,
+            exe_name: inc.exe_name(),
+        });
+        self.reaper.reap(probes::detach(kernel.ebpf_mut(), inc.sites));
+        tracing::info!(pid, comm = %inc.comm, probes = n, "stopped tracking process: {why}");
+    }
+
+    pub fn untrack_all(&mut self, kernel: &mut Kernel) {
+        let pids: Vec<u32> = self.procs.keys().copied().collect();
+        for pid in pids {
+            self.untrack(kernel, pid, "memwatch is shutting down");
+        }
+        self.reaper.finish();
+    }
+
+    /// Tracks every running process whose executable matches a glob.
+    pub fn discover(&mut self, kernel: &mut Kernel) {
+        if self.globs.is_empty() {
+            return;
+        }
+        let me = std::process::id();
+        for pid in procfs::list_pids().unwrap_or_default() {
+            if pid == me || self.procs.contains_key(&pid) || self.pending.iter().any(|p| p.pid == pid) {
+                continue;
+            }
+            let Ok(exe) = procfs::read_exe(pid) else { continue };
+            if let Some(pattern) = self.glob_for(&exe)
+                && let Err(e) = self.track(kernel, pid, Selection::Exe(pattern))
+            {
+                tracing::warn!(pid, error = %e, "cannot track a process matching --exe");
+            }
+        }
+    }
+
+    /// A process exec'd. The kernel already moved a tracked one to
+    /// `old_generation + 1`.
+    pub fn on_exec(&mut self, kernel: &mut Kernel, pid: u32, old_generation: u32) {
+        let Some(inc) = self.procs.get_mut(&pid) else {
+            // Untracked: a candidate for the globs.
+            if let Ok(exe) = procfs::read_exe(pid)
+                && let Some(pattern) = self.glob_for(&exe)
+                && pid != std::process::id()
+            {
+                self.track_new(kernel, pid, pattern);
+            }
+            return;
+        };
+        if inc.generation != old_generation {
+            return;
+        }
+        let exe_name = inc.exe_name();
+        self.retired.push(Retired {
+            pid,
+            generation: old_generation,
+            exe_name,
+        });
+        inc.generation = old_generation.wrapping_add(1);
+        if let Ok(stat) = procfs::read_stat(pid) {
+            inc.comm = stat.comm;
+        }
+        inc.exe = procfs::read_exe(pid).unwrap_or_default();
+        inc.cmdline = procfs::read_cmdline(pid).unwrap_or_default();
+        let keep = match &inc.selection {
+            Selection::Pid => true,
+            Selection::Exe(_) => self.globs.iter().any(|g| g.matches(&inc.exe)),
+        };
+        if !keep {
+            self.untrack(kernel, pid, "it exec'd an executable no --exe glob matches");
+            return;
+        }
+        self.refresh_probes(kernel, pid);
+    }
+
+    /// Re-resolves a process's allocator objects after exec and re-attaches
+    /// only if they changed (the same libc keeps its probes: nothing is missed).
+    fn refresh_probes(&mut self, kernel: &mut Kernel, pid: u32) {
+        let targets = match target::find_targets(pid, &mut self.elf) {
+            Ok(t) => t,
+            Err(e) => {
+                let e = TrackError::from(e);
+                self.record_failure(pid, &e);
+                self.untrack(kernel, pid, &format!("its new image cannot be probed: {e}"));
+                return;
+            }
+        };
+        let Some(inc) = self.procs.get_mut(&pid) else { return };
+        let wanted: Vec<(String, u64)> = targets
+            .iter()
+            .flat_map(|t| t.sites.iter().map(move |s| (t.path.clone(), s.file_offset)))
+            .collect();
+        let mut have: Vec<(String, u64)> = inc
+            .sites
+            .iter()
+            .map(|s| (s.target_path.clone(), s.site.file_offset))
+            .collect();
+        let mut wanted_sorted = wanted.clone();
+        wanted_sorted.sort();
+        have.sort();
+        if wanted_sorted == have {
+            return;
+        }
+        let old = std::mem::take(&mut inc.sites);
+        let mut sites = Vec::new();
+        for t in &targets {
+            match probes::attach(kernel.ebpf_mut(), pid, t) {
+                Ok(s) => sites.extend(s),
+                Err(e) => tracing::warn!(pid, module = %t.path, error = %e, "cannot attach to the new image"),
+            }
+        }
+        self.reaper.reap(probes::detach(kernel.ebpf_mut(), old));
+        if let Some(inc) = self.procs.get_mut(&pid) {
+            inc.sites = sites;
+        }
+    }
+
+    pub fn on_exit(&mut self, kernel: &mut Kernel, pid: u32, generation: u32) {
+        if self.is_current(pid, generation) {
+            self.untrack(kernel, pid, "it exited");
+        }
+    }
+
+    /// A tracked process forked: the child is tracked if its executable
+    /// matches a glob (it is the parent's until it execs).
+    pub fn on_fork(&mut self, kernel: &mut Kernel, child: u32) {
+        if let Ok(exe) = procfs::read_exe(child)
+            && let Some(pattern) = self.glob_for(&exe)
+        {
+            self.track_new(kernel, child, pattern);
+        }
+    }
+
+    /// Tracks a process that just started, or keeps it pending until its
+    /// allocator is mapped.
+    fn track_new(&mut self, kernel: &mut Kernel, pid: u32, pattern: String) {
+        if self.procs.contains_key(&pid) {
+            return;
+        }
+        match self.try_track(kernel, pid, Selection::Exe(pattern.clone())) {
+            Ok(()) => {}
+            Err(TrackError::Target(target::TargetError::NoAllocator { .. })) => {
+                let start_time = procfs::read_stat(pid).map(|s| s.start_time).unwrap_or(0);
+                if !self.pending.iter().any(|p| p.pid == pid) {
+                    self.pending.push(Pending {
+                        pid,
+                        pattern,
+                        start_time,
+                        deadline: std::time::Instant::now() + PENDING_FOR,
+                    });
+                }
+            }
+            Err(e @ TrackError::NoProcess(_)) => {
+                tracing::debug!(pid, error = %e, "a new process was gone before it could be tracked")
+            }
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "cannot track a new process matching --exe");
+                self.record_failure(pid, &e);
+            }
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Retries processes waiting for their allocator to be mapped.
+    pub fn retry_pending(&mut self, kernel: &mut Kernel) {
+        let now = std::time::Instant::now();
+        for p in std::mem::take(&mut self.pending) {
+            let same = procfs::read_stat(p.pid).is_ok_and(|s| s.start_time == p.start_time);
+            if !same {
+                continue;
+            }
+            match self.try_track(kernel, p.pid, Selection::Exe(p.pattern.clone())) {
+                Ok(()) => {}
+                Err(TrackError::Target(target::TargetError::NoAllocator { .. })) if now < p.deadline => {
+                    self.pending.push(p)
+                }
+                Err(e) => {
+                    tracing::warn!(pid = p.pid, error = %e, "cannot track a new process matching --exe");
+                    self.record_failure(p.pid, &e);
+                }
+            }
+        }
+    }
+
+    /// Catches up with events the ring buffer may have dropped: exits (the
+    /// start time no longer matches) and execs (the kernel's generation moved).
+    pub fn reconcile(&mut self, kernel: &mut Kernel) {
+        let pids: Vec<(u32, u64, u32)> = self
+            .procs
+            .values()
+            .map(|p| (p.pid, p.start_time, p.generation))
+            .collect();
+        for (pid, start_time, generation) in pids {
+            let alive =
+                procfs::read_stat(pid).is_ok_and(|s| s.start_time == start_time && s.state != 'Z' && s.state != 'X');
+            if !alive {
+                self.untrack(kernel, pid, "it exited");
+                continue;
+            }
+            match kernel.tracked_generation(pid) {
+                Some(g) if g != generation => {
+                    // Missed exec events: retire ours and follow the kernel's.
+                    let exe_name = self.procs[&pid].exe_name();
+                    self.retired.push(Retired {
+                        pid,
+                        generation,
+                        exe_name,
+                    });
+                    if let Some(inc) = self.procs.get_mut(&pid) {
+                        inc.generation = g;
+                    }
+                    self.refresh_probes(kernel, pid);
+                }
+                None => self.untrack(kernel, pid, "its kernel state vanished"),
+                _ => {}
+            }
+        }
+        self.discover(kernel);
+    }
+}

@@ -1,0 +1,265 @@
+//! Reading /proc. Parsers are pure functions over the file contents; the
+//! readers around them do the I/O.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+/// The fields of /proc/PID/stat that memwatch uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub comm: String,
+    pub state: char,
+    pub ppid: u32,
+    /// Start time in clock ticks since boot: with the pid, a process's identity.
+    pub start_time: u64,
+}
+
+/// Parses /proc/PID/stat. `comm` may hold spaces and parentheses, so it is
+/// delimited by the first `(` and the last `)`.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); start_time is field 22.
+    Some(Stat {
+        pid,
+        comm,
+        state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
+        start_time: rest.get(19)?.parse().ok()?,
+    })
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub offset: u64,
+    pub dev: String,
+    pub inode: u64,
+    /// The path as the process sees it (inside its mount namespace), without
+    /// a " (deleted)" suffix; None for anonymous mappings.
+    pub path: Option<String>,
+    pub deleted: bool,
+}
+
+pub fn parse_maps(text: &str) -> Vec<MapEntry> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.to_string();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?.to_string();
+    let inode = it.next()?.parse().ok()?;
+    let path = it.next().map(str::trim_start).filter(|p| !p.is_empty());
+    let (start, end) = range.split_once('-')?;
+    let (path, deleted) = match path {
+        Some(p) if p.ends_with(" (deleted)") => (Some(p.trim_end_matches(" (deleted)").to_string()), true),
+        Some(p) if p.starts_with('/') => (Some(p.to_string()), false),
+        // [heap], [stack], [vdso], …
+        _ => (None, false),
+    };
+    Some(MapEntry {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms,
+        offset,
+        dev,
+        inode,
+        path,
+        deleted,
+    })
+}
+
+/// A file-backed object mapped by a process, listed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedFile {
+    pub path: String,
+    pub dev: String,
+    pub inode: u64,
+    pub deleted: bool,
+    /// Start of its lowest mapping, for /proc/PID/map_files access.
+    pub first_start: u64,
+    pub first_end: u64,
+    pub executable: bool,
+}
+
+/// The distinct files behind a process's mappings, in address order.
+pub fn mapped_files(entries: &[MapEntry]) -> Vec<MappedFile> {
+    let mut out: Vec<MappedFile> = Vec::new();
+    for e in entries {
+        let Some(path) = &e.path else { continue };
+        let exec = e.perms.as_bytes().get(2) == Some(&b'x');
+        match out
+            .iter_mut()
+            .find(|f| f.inode == e.inode && f.dev == e.dev && &f.path == path)
+        {
+            Some(f) => f.executable |= exec,
+            None => out.push(MappedFile {
+                path: path.clone(),
+                dev: e.dev.clone(),
+                inode: e.inode,
+                deleted: e.deleted,
+                first_start: e.start,
+                first_end: e.end,
+                executable: exec,
+            }),
+        }
+    }
+    out
+}
+
+pub fn proc_path(pid: u32, file: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/{file}"))
+}
+
+pub fn read_stat(pid: u32) -> io::Result<Stat> {
+    let text = fs::read_to_string(proc_path(pid, "stat"))?;
+    parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+}
+
+pub fn read_maps(pid: u32) -> io::Result<Vec<MapEntry>> {
+    Ok(parse_maps(&fs::read_to_string(proc_path(pid, "maps"))?))
+}
+
+/// The executable's path as the process sees it.
+pub fn read_exe(pid: u32) -> io::Result<PathBuf> {
+    let p = fs::read_link(proc_path(pid, "exe"))?;
+    let s = p.to_string_lossy();
+    Ok(match s.strip_suffix(" (deleted)") {
+        Some(t) => PathBuf::from(t),
+        None => p,
+    })
+}
+
+pub fn read_cmdline(pid: u32) -> io::Result<String> {
+    let raw = fs::read(proc_path(pid, "cmdline"))?;
+    let parts: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    Ok(parts.join(" "))
+}
+
+/// Thread-group id of a task (a thread's /proc entry is reachable by its tid).
+pub fn read_tgid(pid: u32) -> io::Result<u32> {
+    let text = fs::read_to_string(proc_path(pid, "status"))?;
+    parse_status_tgid(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Tgid in status"))
+}
+
+pub fn parse_status_tgid(text: &str) -> Option<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// All process ids currently in /proc.
+pub fn list_pids() -> io::Result<Vec<u32>> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        if let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            pids.push(pid);
+        }
+    }
+    Ok(pids)
+}
+
+/// A path inside the process's root, so that files of containerised
+/// processes are reached through their own mount namespace.
+pub fn in_root(pid: u32, path: &str) -> PathBuf {
+    let mut p = proc_path(pid, "root");
+    p.push(path.trim_start_matches('/'));
+    p
+}
+
+/// Whether the process shares our filesystem root (then its paths are ours).
+pub fn shares_root(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(proc_path(pid, "root")), fs::metadata("/")) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Where memwatch can open a file the process maps.
+pub fn openable_path(pid: u32, path: &str) -> PathBuf {
+    if shares_root(pid) {
+        PathBuf::from(path)
+    } else {
+        in_root(pid, path)
+    }
+}
+
+pub fn exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_survives_odd_command_names() {
+        let text = "1234 (a (weird) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 98765 1000 200 18446744073709551615";
+        let s = parse_stat(text).unwrap();
+        assert_eq!(s.pid, 1234);
+        assert_eq!(s.comm, "a (weird) name");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.ppid, 1);
+        assert_eq!(s.start_time, 98765);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn maps_lines_parse_with_and_without_paths() {
+        let text = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 1311 /usr/bin/leaky
+7f1c2a200000-7f1c2a228000 r--p 00000000 fe:01 2050 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2a228000-7f1c2a39d000 r-xp 00028000 fe:01 2050 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f1c2a400000-7f1c2a500000 rw-p 00000000 00:00 0 
+7ffd1a000000-7ffd1a021000 rw-p 00000000 00:00 0                          [stack]
+7f1c2b000000-7f1c2b001000 r-xp 00000000 fe:01 99 /tmp/old lib.so (deleted)
+";
+        let m = parse_maps(text);
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[2].start, 0x7f1c2a228000);
+        assert_eq!(m[2].offset, 0x28000);
+        assert_eq!(m[2].path.as_deref(), Some("/usr/lib/x86_64-linux-gnu/libc.so.6"));
+        assert_eq!(m[3].path, None);
+        assert_eq!(m[4].path, None);
+        assert_eq!(m[5].path.as_deref(), Some("/tmp/old lib.so"));
+        assert!(m[5].deleted);
+
+        let files = mapped_files(&m);
+        assert_eq!(files.len(), 3);
+        assert_eq!(files[1].path, "/usr/lib/x86_64-linux-gnu/libc.so.6");
+        assert!(files[1].executable);
+        assert!(!files[0].executable);
+        assert_eq!(files[1].first_start, 0x7f1c2a200000);
+    }
+
+    #[test]
+    fn status_gives_the_thread_group() {
+        assert_eq!(parse_status_tgid("Name:\tx\nTgid:\t42\nPid:\t43\n"), Some(42));
+        assert_eq!(parse_status_tgid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn paths_resolve_inside_the_process_root() {
+        assert_eq!(
+            in_root(7, "/usr/lib/libc.so.6"),
+            PathBuf::from("/proc/7/root/usr/lib/libc.so.6")
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! ELF facts memwatch needs from an object: where the allocator functions are
+//! and which file offsets they have. Parsed once per (device, inode).
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+use super::LIBC_FUNCTIONS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a readable ELF object: {source}")]
+    Parse { path: PathBuf, source: object::Error },
+}
+
+/// What memwatch keeps of one object.
+#[derive(Debug, Default)]
+pub struct ElfInfo {
+    pub build_id: Option<String>,
+    /// Defined functions among the allocator names, by virtual address.
+    functions: HashMap<String, u64>,
+    /// Loadable segments: (vaddr, size, file offset).
+    segments: Vec<(u64, u64, u64)>,
+}
+
+impl ElfInfo {
+    pub fn defines(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+    }
+
+    pub fn function(&self, name: &str) -> Option<u64> {
+        self.functions.get(name).copied()
+    }
+
+    /// The file offset of a virtual address, which is what uprobes take.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|&&(start, size, _)| vaddr >= start && vaddr < start + size)
+            .map(|&(start, _, off)| vaddr - start + off)
+    }
+
+    pub fn parse(data: &[u8]) -> Result<ElfInfo, object::Error> {
+        let file = object::File::parse(data)?;
+        let wanted = |n: &str| LIBC_FUNCTIONS.iter().any(|(f, _)| *f == n);
+        let mut functions = HashMap::new();
+        // Dynamic symbols first (what the linker binds), then the static
+        // table of unstripped or static executables.
+        for sym in file.dynamic_symbols().chain(file.symbols()) {
+            if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.address() == 0 {
+                continue;
+            }
+            if let Ok(name) = sym.name()
+                && wanted(name)
+            {
+                functions.entry(name.to_string()).or_insert(sym.address());
+            }
+        }
+        let segments = file
+            .segments()
+            .map(|s| (s.address(), s.size(), s.file_range().0))
+            .collect();
+        let build_id = file.build_id()?.map(hex);
+        Ok(ElfInfo {
+            build_id,
+            functions,
+            segments,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parsed objects by (device, inode): processes share their libc.
+#[derive(Default)]
+pub struct ElfCache {
+    by_file: HashMap<(String, u64), Arc<ElfInfo>>,
+}
+
+impl ElfCache {
+    pub fn get(&mut self, path: &Path, dev: &str, inode: u64) -> Result<Arc<ElfInfo>, ElfError> {
+        let key = (dev.to_string(), inode);
+        if let Some(info) = self.by_file.get(&key) {
+            return Ok(info.clone());
+        }
+        let file = File::open(path).map_err(|source| ElfError::Open {
+            path: path.into(),
+            source,
+        })?;
+        // SAFETY: the mapping is read-only; a concurrent truncation of a
+        // mapped library would already break the process that maps it.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ElfError::Open {
+            path: path.into(),
+            source,
+        })?;
+        let info = Arc::new(ElfInfo::parse(&map).map_err(|source| ElfError::Parse {
+            path: path.into(),
+            source,
+        })?);
+        // Bounded by the number of distinct mapped objects; trim if a host
+        // churns through many.
+        if self.by_file.len() >= 4096 {
+            self.by_file.clear();
+        }
+        self.by_file.insert(key, info.clone());
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_map_through_loadable_segments() {
+        let info = ElfInfo {
+            segments: vec![(0x0, 0x1000, 0x0), (0x11000, 0x5000, 0x1000)],
+            ..Default::default()
+        };
+        assert_eq!(info.file_offset(0x11234), Some(0x1234));
+        assert_eq!(info.file_offset(0x500), Some(0x500));
+        assert_eq!(info.file_offset(0x9000), None);
+    }
+
+    #[test]
+    fn garbage_is_not_an_elf() {
+        assert!(ElfInfo::parse(b"not an elf").is_err());
+    }
+}

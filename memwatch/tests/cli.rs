@@ -1,0 +1,73 @@
+//! The command line refuses bad input before anything is attached. These
+//! need no root: memwatch must exit before loading any eBPF.
+
+use std::process::Command;
+
+fn memwatch(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memwatch"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn config(name: &str, text: &str) -> String {
+    let p = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn malformed_config_is_refused_naming_the_key() {
+    let cases = [
+        ("unknown-key.toml", "[maps]\nlive_allocs = 5\n", "live_allocs"),
+        (
+            "bad-type.toml",
+            "[collect]\ninterval_seconds = \"soon\"\n",
+            "interval_seconds",
+        ),
+        ("bad-range.toml", "[maps]\nstacks = 1\n", "maps.stacks"),
+        ("bad-listen.toml", "listen = \"everywhere\"\n", "listen"),
+        ("bad-pid.toml", "[track]\npids = [-4]\n", "track.pids[0]"),
+        ("bad-glob.toml", "[track]\nexe = [\"a[\"]\n", "track.exe[0]"),
+        ("not-toml.toml", "this is = = not toml", "invalid config file"),
+    ];
+    for (name, text, needle) in cases {
+        let (code, stderr) = memwatch(&["run", "--config", &config(name, text)]);
+        assert_eq!(code, 2, "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+        assert!(!stderr.contains("tracking process"), "{name}: nothing may be attached");
+    }
+}
+
+#[test]
+fn missing_config_file_and_bad_flags_are_refused() {
+    let (code, stderr) = memwatch(&["run", "--config", "/nonexistent/memwatch.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/memwatch.toml"),
+        "{stderr}"
+    );
+    let (code, stderr) = memwatch(&["run", "--pid", "abc"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--pid"), "{stderr}");
+    let (code, stderr) = memwatch(&["run", "--listen", "nowhere"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--listen"), "{stderr}");
+    let (code, _) = memwatch(&["run", "--exe", "["]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn the_shipped_config_is_accepted() {
+    // Parsing succeeds; listening on a taken port then fails with a clear message.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/memwatch.toml");
+    let (code, stderr) = memwatch(&["run", "--config", shipped, "--listen", &addr]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+}

@@ -1,0 +1,297 @@
+//! Harness for the privileged integration tests: the C fixture, the daemon
+//! as a child process, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+pub const IGNORE_REASON: &str = "needs root and eBPF; run with `cargo xtask test`";
+
+pub fn require_root() {
+    // SAFETY: plain syscall.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged test: run as root (`cargo xtask test`)"
+    );
+}
+
+/// Compiles a C fixture once per test binary, with frame pointers and debug
+/// info (what memwatch's stack walk and symbolizer rely on).
+pub fn fixture_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if !built.iter().any(|b| b == name) {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(format!("{name}.c"));
+        let status = Command::new("cc")
+            .args([
+                "-O1",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-fno-inline",
+                "-fno-builtin",
+                "-pthread",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("running cc");
+        assert!(status.success(), "compiling {}", src.display());
+        built.push(name.to_string());
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+pub struct FixtureCounts {
+    pub allocations: u64,
+    pub frees: u64,
+    pub allocated_bytes: u64,
+    pub freed_bytes: u64,
+    pub leaked_allocations: u64,
+    pub leaked_bytes: u64,
+}
+
+/// The leaker fixture, paused until `go`.
+pub struct Fixture {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl Fixture {
+    pub fn start(args: &[&str]) -> Fixture {
+        Fixture::start_from(&fixture_binary("leaker"), args)
+    }
+
+    /// Runs a copy of the fixture under another file name, for tests that
+    /// select by executable without catching other tests' fixtures.
+    pub fn start_renamed(name: &str, args: &[&str]) -> Fixture {
+        let copy = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::copy(fixture_binary("leaker"), &copy).unwrap();
+        Fixture::start_from(&copy, args)
+    }
+
+    fn start_from(binary: &std::path::Path, args: &[&str]) -> Fixture {
+        let mut child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the fixture");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready "), "fixture said {line:?}");
+        let pid = child.id();
+        Fixture {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        let _ = writeln!(stdin, "{line}");
+        let _ = stdin.flush();
+    }
+
+    /// Runs the work; returns the fixture's own counts.
+    pub fn go(&mut self) -> FixtureCounts {
+        self.send("go");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("fixture output {line:?}: {e}"))
+    }
+
+    /// Starts the work and returns at once (for fixtures that die midway).
+    pub fn go_and_forget(&mut self) {
+        self.send("go");
+    }
+
+    pub fn exit(mut self) -> ExitStatus {
+        self.send("exit");
+        self.stdin.take();
+        self.child.wait().unwrap()
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: String,
+    pub config: PathBuf,
+}
+
+/// A config for fast tests: scans every 200 ms.
+pub const FAST: &str = "[collect]\ninterval_seconds = 0.2\n";
+
+impl Daemon {
+    /// Starts `memwatch run` with `config` and `args`; waits until /healthz is OK.
+    pub fn start(config: &str, args: &[&str]) -> Daemon {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("memwatch-{port}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_memwatch"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--listen", &addr])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("starting memwatch");
+        let d = Daemon {
+            child: Some(child),
+            addr,
+            config: config_path,
+        };
+        d.wait_for("memwatch to become healthy", Duration::from_secs(30), || {
+            d.get("/healthz").0 == 200
+        });
+        d
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.get_with(path, None)
+    }
+
+    pub fn get_with(&self, path: &str, accept: Option<&str>) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut req = agent.get(format!("http://{}{path}", self.addr));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        match req.call() {
+            Ok(mut resp) => (
+                resp.status().as_u16(),
+                resp.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The value of one series in /metrics, e.g. `memwatch_allocations_total{allocator="libc"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for a scan that started after now.
+    pub fn wait_for_fresh_scan(&self) {
+        let t0 = self.metric("memwatch_last_scan_timestamp_seconds").unwrap_or(0.0);
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        self.wait_for("a fresh scan", Duration::from_secs(20), || {
+            self.metric("memwatch_last_scan_timestamp_seconds")
+                .is_some_and(|t| t > t0 && t > start + 0.05)
+        });
+    }
+
+    pub fn wait_tracked(&self, pid: u32) {
+        self.wait_for(&format!("pid {pid} to be tracked"), Duration::from_secs(30), || {
+            self.get(&format!("/leaks?pid={pid}")).0 == 200
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "memwatch did not stop within 60 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// All stacks of a /leaks process entry whose innermost frame is `function`.
+pub fn stacks_at<'a>(process: &'a serde_json::Value, function: &str) -> Vec<&'a serde_json::Value> {
+    process["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["frames"].get(0).and_then(|f| f["function"].as_str()) == Some(function))
+        .collect()
+}
+
+pub fn stack_mentions(stack: &serde_json::Value, function: &str) -> bool {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["function"].as_str() == Some(function))
+}

@@ -1,0 +1,261 @@
+//! End-to-end tests of exact (uprobe) tracking: real eBPF, a real leaking C
+//! program, real HTTP. They need root: `cargo xtask test` runs them.
+
+mod common;
+
+use std::{io::Read, os::unix::fs::FileExt, time::Duration};
+
+use common::*;
+
+const LEAKS: [(&str, u64); 4] = [
+    ("leak_with_malloc", 4000),
+    ("leak_with_calloc", 1000),
+    ("leak_with_realloc", 3000),
+    ("leak_with_memalign", 2000),
+];
+/// Leaks of each kind: 2 threads × 50.
+const LEAKS_PER_KIND: u64 = 100;
+
+fn process(leaks: &serde_json::Value, pid: u32) -> &serde_json::Value {
+    leaks["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .expect("process in /leaks")
+}
+
+fn counter(d: &Daemon, name: &str) -> u64 {
+    d.metric(&format!("{name}{{allocator=\"libc\"}}")).unwrap_or(0.0) as u64
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn leaks_and_counters_match_the_fixture_exactly() {
+    require_root();
+    let mut fx = Fixture::start(&[]);
+    let d = Daemon::start(FAST, &["--pid", &fx.pid.to_string()]);
+    d.wait_tracked(fx.pid);
+    d.wait_for_fresh_scan();
+    let names = [
+        "memwatch_allocations_total",
+        "memwatch_frees_total",
+        "memwatch_allocated_bytes_total",
+        "memwatch_freed_bytes_total",
+    ];
+    let before: Vec<u64> = names.iter().map(|n| counter(&d, n)).collect();
+
+    let counts = fx.go();
+    assert_eq!(counts.leaked_allocations, LEAKS_PER_KIND * 4);
+    d.wait_for_fresh_scan();
+
+    // /metrics agrees with the fixture's own counts.
+    let after: Vec<u64> = names.iter().map(|n| counter(&d, n)).collect();
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        delta,
+        vec![
+            counts.allocations,
+            counts.frees,
+            counts.allocated_bytes,
+            counts.freed_bytes
+        ],
+        "metrics deltas vs fixture"
+    );
+    for reason in [
+        "live_map_full",
+        "stack_capture_failed",
+        "return_without_entry",
+        "stale_call",
+        "calls_map_full",
+        "missed_free",
+    ] {
+        assert_eq!(
+            d.metric(&format!("memwatch_kernel_events_lost_total{{reason=\"{reason}\"}}")),
+            Some(0.0),
+            "{reason}"
+        );
+    }
+    assert_eq!(counter(&d, "memwatch_live_bytes"), counts.leaked_bytes);
+
+    // /leaks: exactly the leaked bytes, at the leaking functions, nothing churned.
+    let leaks = d.json(&format!("/leaks?pid={}&limit=100", fx.pid));
+    let p = process(&leaks, fx.pid);
+    assert_eq!(p["comm"], "leaker");
+    assert_eq!(p["live_bytes"], counts.leaked_bytes);
+    assert_eq!(p["live_allocations"], counts.leaked_allocations);
+    assert_eq!(p["totals"]["allocations"], counts.allocations);
+    for (function, size) in LEAKS {
+        let stacks = stacks_at(p, function);
+        assert_eq!(stacks.len(), 1, "{function}: one stack expected, got {stacks:#?}");
+        let s = stacks[0];
+        assert_eq!(s["live_bytes"], size * LEAKS_PER_KIND, "{function}");
+        assert_eq!(s["live_allocations"], LEAKS_PER_KIND, "{function}");
+        assert!(
+            stack_mentions(s, "do_work") && stack_mentions(s, "thread_main"),
+            "{function}: call chain {s:#}"
+        );
+        let f = &s["frames"][0];
+        assert!(f["file"].as_str().unwrap().ends_with("leaker.c"), "{f}");
+        assert!(f["line"].as_u64().unwrap() > 0);
+        assert!(f["module"].as_str().unwrap().ends_with("/leaker"), "{f}");
+        assert!(s["oldest_age_seconds"].as_f64().unwrap() >= 0.0);
+    }
+    let calls: Vec<&str> = LEAKS
+        .iter()
+        .map(|(f, _)| stacks_at(p, f)[0]["call"].as_str().unwrap())
+        .collect();
+    assert_eq!(calls, ["malloc", "calloc", "realloc", "posix_memalign"]);
+    assert_eq!(
+        p["stacks"].as_array().unwrap().len(),
+        4,
+        "only the four leak sites hold memory"
+    );
+    assert!(
+        !p["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| stack_mentions(s, "churn"))
+    );
+
+    // The text form says the same.
+    let (status, text) = d.get_with(&format!("/leaks?pid={}", fx.pid), Some("text/plain"));
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(&format!("PID {} (leaker)", fx.pid))
+            && text.contains("leak_with_malloc (")
+            && text.contains("leaker.c:"),
+        "{text}"
+    );
+
+    // ?min_age= far in the past of the leaks drops them all.
+    let young = d.json(&format!("/leaks?pid={}&min_age=3600", fx.pid));
+    assert_eq!(process(&young, fx.pid)["live_bytes"], 0);
+
+    assert!(fx.exit().success());
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn a_process_that_exits_midway_leaves_nothing_behind() {
+    require_root();
+    let mut fx = Fixture::start(&["die-midway"]);
+    let pid = fx.pid;
+    let d = Daemon::start(FAST, &["--pid", &pid.to_string()]);
+    d.wait_tracked(pid);
+    fx.go_and_forget();
+    fx.wait();
+    d.wait_for("the exited process to be dropped", Duration::from_secs(30), || {
+        d.get(&format!("/leaks?pid={pid}")).0 == 404
+    });
+    d.wait_for_fresh_scan();
+    d.wait_for_fresh_scan();
+    assert_eq!(d.metric("memwatch_tracked_processes"), Some(0.0));
+    assert_eq!(d.metric("memwatch_probes_attached"), Some(0.0));
+    assert_eq!(
+        d.metric("memwatch_live_map_entries"),
+        Some(0.0),
+        "live records of the dead process must be swept"
+    );
+    assert_eq!(d.metric("memwatch_live_bytes{allocator=\"libc\"}"), Some(0.0));
+    // Its counts stay in the totals: counters never go back.
+    assert!(counter(&d, "memwatch_allocations_total") > 1000);
+    let (status, body) = d.get(&format!("/leaks?pid={pid}"));
+    assert_eq!(status, 404);
+    assert!(body.contains("not tracked"), "{body}");
+    assert_eq!(d.get("/healthz").0, 200);
+}
+
+/// The byte at `malloc` in the process's memory, and the one in libc's file.
+fn malloc_bytes(pid: u32) -> (u8, u8) {
+    let mut cache = memwatch::target::elf::ElfCache::default();
+    let targets = memwatch::target::find_targets(pid, &mut cache).unwrap();
+    let libc = targets.iter().find(|t| t.path.contains("libc.so")).unwrap();
+    let site = libc.sites.iter().find(|s| s.symbol == "malloc").unwrap();
+    let maps = memwatch::process::procfs::read_maps(pid).unwrap();
+    let m = maps
+        .iter()
+        .find(|m| {
+            m.path.as_deref() == Some(libc.path.as_str())
+                && m.offset <= site.file_offset
+                && site.file_offset < m.offset + (m.end - m.start)
+        })
+        .unwrap();
+    let addr = m.start + (site.file_offset - m.offset);
+    let mut live = [0u8];
+    std::fs::File::open(format!("/proc/{pid}/mem"))
+        .unwrap()
+        .read_exact_at(&mut live, addr)
+        .unwrap();
+    let mut file = Vec::new();
+    std::fs::File::open(&libc.open_path)
+        .unwrap()
+        .read_to_end(&mut file)
+        .unwrap();
+    (live[0], file[site.file_offset as usize])
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn shutdown_detaches_every_probe() {
+    require_root();
+    let mut fx = Fixture::start(&[]);
+    let d = Daemon::start(FAST, &["--pid", &fx.pid.to_string()]);
+    d.wait_tracked(fx.pid);
+    let (live, original) = malloc_bytes(fx.pid);
+    assert_eq!(live, 0xcc, "a breakpoint sits at malloc while tracked");
+    assert_ne!(original, 0xcc);
+    let status = d.stop();
+    assert!(status.success(), "memwatch exit status {status:?}");
+    let (live, original) = malloc_bytes(fx.pid);
+    assert_eq!(live, original, "malloc is restored after shutdown");
+    // The process is left intact: its whole workload still runs.
+    assert_eq!(fx.go().leaked_allocations, 400);
+    assert!(fx.exit().success());
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn bad_requests_and_unknown_pids_get_errors_while_serving_goes_on() {
+    require_root();
+    // An unknown pid at startup is reported, and memwatch keeps running.
+    let d = Daemon::start(FAST, &["--pid", "999999999"]);
+    assert_eq!(d.metric("memwatch_attach_failures_total"), Some(1.0));
+    for (path, status, needle) in [
+        ("/leaks?pid=999999999", 404, "not tracked"),
+        ("/leaks?pid=abc", 400, "invalid pid"),
+        ("/leaks?min_age=-1", 400, "invalid min_age"),
+        ("/leaks?limit=zero", 400, "invalid limit"),
+        ("/leaks?format=yaml", 400, "invalid format"),
+        ("/leaks?what=1", 400, "unknown parameter"),
+        ("/no/such/thing", 404, "no such endpoint"),
+    ] {
+        let (s, body) = d.get(path);
+        assert_eq!(s, status, "{path}: {body}");
+        assert!(body.contains(needle), "{path}: {body}");
+    }
+    assert_eq!(d.get("/healthz"), (200, "ok\n".to_string()));
+    let leaks = d.json("/leaks");
+    assert_eq!(leaks["processes"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn processes_started_later_are_found_by_executable_glob() {
+    require_root();
+    let d = Daemon::start(FAST, &["--exe", "globbed-leak*"]);
+    let mut fx = Fixture::start_renamed("globbed-leaker", &[]);
+    d.wait_tracked(fx.pid);
+    let counts = fx.go();
+    d.wait_for_fresh_scan();
+    let leaks = d.json(&format!("/leaks?pid={}", fx.pid));
+    let p = process(&leaks, fx.pid);
+    assert_eq!(p["selection"]["by"], "exe");
+    assert_eq!(p["selection"]["value"], "globbed-leak*");
+    assert_eq!(p["live_bytes"], counts.leaked_bytes);
+    assert_eq!(stacks_at(p, "leak_with_malloc")[0]["live_bytes"], 4000 * LEAKS_PER_KIND);
+    // Caught as it started, not as a failure retried later.
+    assert_eq!(d.metric("memwatch_attach_failures_total"), Some(0.0));
+    assert!(fx.exit().success());
+}

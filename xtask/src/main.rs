@@ -1,0 +1,111 @@
+//! Developer tasks: `cargo xtask setup | run | test`.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "memwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the eBPF build needs (nightly rust-src, LLVM 22, bpf-linker) and the test tools. Idempotent.
+    Setup,
+    /// Build memwatch (release) and run the daemon with deploy/memwatch.toml; extra arguments go to `memwatch run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: formatting, clippy, unit tests and the privileged eBPF integration tests (as root).
+    Test {
+        /// Extra arguments for the test harness (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Run { args } => run(&args),
+        Task::Test { args } => test(&args),
+    }
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+pub fn check(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    check(cargo().args(["build", "--release", "--package", "memwatch"]))?;
+    let bin = workspace_root().join("target/release/memwatch");
+    let config = workspace_root().join("deploy/memwatch.toml");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("run").arg("--config").arg(&config).args(args);
+    if !is_root() {
+        eprintln!("memwatch needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE): running it with sudo");
+        cmd = Command::new("sudo");
+        cmd.arg(&bin).arg("run").arg("--config").arg(&config).args(args);
+    }
+    check(&mut cmd)
+}
+
+fn test(args: &[String]) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root");
+    }
+    setup::run()?;
+    check(cargo().args(["fmt", "--all", "--check"]))?;
+    check(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // $CARGO is the stable toolchain's cargo: go through rustup for nightly.
+    check(Command::new("rustup").current_dir(workspace_root()).args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "memwatch-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate is left out of default-members: `cargo test` covers the
+    // rest, and the eBPF object is exercised by the integration tests.
+    check(cargo().args(["test", "--", "--include-ignored"]).args(args))
+}
