@@ -42,14 +42,16 @@ pub struct AllocRecord {
     pub _pad: [u8; 6],
 }
 
-/// One incarnation of a process for one allocator family.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ProcKey {
-    pub tgid: u32,
-    pub generation: u32,
-    pub family: u8,
-    pub _pad: [u8; 7],
+/// Counter slots per tracked process: the generation's low bits pick one,
+/// so that an exec (which moves the generation on in the kernel) starts
+/// counting in a fresh slot while the daemon reads the old one's final values.
+pub const GENERATION_SLOTS: u32 = 4;
+
+/// Index in the `COUNTERS` per-CPU array for a process's counter slot base,
+/// generation and allocator family.
+#[inline(always)]
+pub const fn counter_index(slot: u32, generation: u32, family: u8) -> u32 {
+    (slot * GENERATION_SLOTS + (generation % GENERATION_SLOTS)) * crate::cookie::Family::COUNT + (family as u32 - 1)
 }
 
 /// Per-process counters (one copy per CPU; the daemon sums them).
@@ -74,16 +76,19 @@ pub struct ProcCounters {
     pub _reserved: u64,
 }
 
-/// The state of a process being tracked, kept by the daemon and bumped by the
-/// exec tracepoint.
+/// A process being tracked, in the `TRACKED` array at index tgid: set by the
+/// daemon, moved on by the exec tracepoint. Generation 0 means untracked.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tracked {
     pub generation: u32,
-    pub _pad: u32,
+    /// Base of the process's counter slots (see [`counter_index`]).
+    pub slot: u32,
 }
 
-/// An allocator call in flight on one thread, from its entry to its return.
+/// A thread's allocator call state, from an entry to its return. The entry
+/// stays in the map between calls with `kind` = [`IDLE`], so that the hot
+/// path writes it in place instead of inserting and deleting it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CallEntry {
@@ -99,6 +104,9 @@ pub struct CallEntry {
     pub family: u8,
     pub _pad: [u8; 6],
 }
+
+/// `CallEntry::kind` of a thread with no allocator call in flight.
+pub const IDLE: u8 = 0;
 
 /// Up to three integer arguments of an allocator call, in ABI order.
 #[derive(Clone, Copy, Debug)]
@@ -245,16 +253,6 @@ pub fn classify_entry(in_flight: Option<&CallEntry>, entry_sp: u64, kind: CallKi
         EntryDecision::Nested
     } else {
         EntryDecision::ReplaceStale
-    }
-}
-
-/// Whether a release (free, munmap) happens inside an allocator call in
-/// flight, which then accounts for it (realloc's free of the old block).
-#[inline(always)]
-pub fn release_is_nested(in_flight: Option<&CallEntry>, entry_sp: u64, now_ns: u64) -> bool {
-    match in_flight {
-        None => false,
-        Some(prev) => now_ns.wrapping_sub(prev.timestamp_ns) <= STALE_CALL_NS && prev.entry_sp >= entry_sp,
     }
 }
 

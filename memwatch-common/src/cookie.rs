@@ -68,6 +68,19 @@ impl CallKind {
         })
     }
 
+    /// The integer arguments (bit i = argument i) the programs read at the
+    /// probe site; placement must not move past an instruction changing them.
+    pub const fn arguments_read(self) -> u8 {
+        match self {
+            CallKind::Malloc | CallKind::Valloc | CallKind::Pvalloc | CallKind::Free => 0b0001,
+            CallKind::Calloc | CallKind::Realloc | CallKind::Munmap => 0b0011,
+            CallKind::ReallocArray => 0b0111,
+            CallKind::PosixMemalign => 0b0101,
+            CallKind::AlignedAlloc => 0b0010,
+            CallKind::Mmap => 0b1010,
+        }
+    }
+
     /// Releases memory at entry and needs no return probe.
     pub const fn is_release(self) -> bool {
         matches!(self, CallKind::Free | CallKind::Munmap)
@@ -100,6 +113,7 @@ pub enum Family {
 
 impl Family {
     pub const ALL: [Family; 1] = [Family::Libc];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub const fn from_u8(v: u8) -> Option<Self> {
         match v {

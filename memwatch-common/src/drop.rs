@@ -9,8 +9,9 @@ mod user;
 pub enum Drop {
     /// An allocation could not be recorded: the live map is full.
     LiveMapFull = 0,
-    /// An allocator entry could not be remembered: too many calls in flight.
-    CallsMapFull = 1,
+    /// An allocator entry could not be remembered: the thread's call state
+    /// could not be created (out of memory).
+    CallStateUnavailable = 1,
     /// Per-process counters could not be created: the counters map is full.
     CountersMapFull = 2,
     /// A new stack could not be stored: the stacks map is full.
@@ -37,7 +38,7 @@ impl Drop {
 
     pub const ALL: [Drop; Drop::COUNT as usize] = [
         Drop::LiveMapFull,
-        Drop::CallsMapFull,
+        Drop::CallStateUnavailable,
         Drop::CountersMapFull,
         Drop::StacksMapFull,
         Drop::StackCaptureFailed,
@@ -53,7 +54,7 @@ impl Drop {
     pub const fn name(self) -> &'static str {
         match self {
             Drop::LiveMapFull => "live_map_full",
-            Drop::CallsMapFull => "calls_map_full",
+            Drop::CallStateUnavailable => "call_state_unavailable",
             Drop::CountersMapFull => "counters_map_full",
             Drop::StacksMapFull => "stacks_map_full",
             Drop::StackCaptureFailed => "stack_capture_failed",

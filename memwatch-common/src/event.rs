@@ -41,5 +41,7 @@ pub struct Settings {
     pub exit_group_dead_offset: u32,
     /// Offset of `clone_flags` in the task_newtask record.
     pub newtask_clone_flags_offset: u32,
-    pub _pad: u32,
+    /// Bumped by the daemon before it deletes unused stacks: per-CPU caches
+    /// of stored stack ids from an older epoch are dropped.
+    pub stacks_epoch: u32,
 }

@@ -2,11 +2,13 @@
 
 /// Live allocations: [`crate::alloc::AllocKey`] → [`crate::alloc::AllocRecord`].
 pub const LIVE: &str = "LIVE";
-/// Allocator calls in flight, per thread: pid_tgid → [`crate::alloc::CallEntry`].
+/// Allocator call state per thread (task-local storage): [`crate::alloc::CallEntry`].
 pub const CALLS: &str = "CALLS";
-/// Per-process counters (per-CPU): [`crate::alloc::ProcKey`] → [`crate::alloc::ProcCounters`].
+/// Per-process counters (per-CPU array), at [`crate::alloc::counter_index`].
 pub const COUNTERS: &str = "COUNTERS";
-/// Processes being tracked: tgid → [`crate::alloc::Tracked`].
+/// Processes being tracked: an array indexed by tgid (sized to pid_max) of
+/// [`crate::alloc::Tracked`]. An array, so that the lookup on every probe
+/// hit is inlined by the verifier.
 pub const TRACKED: &str = "TRACKED";
 /// User stacks by content hash: u64 → [`crate::stack::StackFrames`].
 pub const STACKS: &str = "STACKS";
@@ -28,8 +30,7 @@ pub const PROG_FORK: &str = "task_newtask";
 
 /// Default capacities; the daemon resizes them from its config before load.
 pub const DEFAULT_LIVE_ENTRIES: u32 = 1 << 20;
-pub const DEFAULT_CALLS_ENTRIES: u32 = 1 << 14;
 pub const DEFAULT_COUNTERS_ENTRIES: u32 = 1 << 12;
-pub const DEFAULT_TRACKED_ENTRIES: u32 = 1 << 12;
+pub const DEFAULT_TRACKED_ENTRIES: u32 = 1 << 15;
 pub const DEFAULT_STACKS_ENTRIES: u32 = 1 << 15;
 pub const EVENTS_BYTES: u32 = 1 << 18;

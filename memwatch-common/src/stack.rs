@@ -10,6 +10,21 @@ mod user;
 /// Frames kept per stack. Deeper stacks are truncated at the outer end.
 pub const MAX_STACK_DEPTH: usize = 64;
 
+/// Stack ids each CPU remembers as present in `STACKS`.
+pub const STACK_CACHE: usize = 16;
+
+/// Per-CPU scratch for stack capture, with a small direct-mapped cache of
+/// stack ids known to be stored, valid while `epoch` equals the daemon's
+/// `Settings::stacks_epoch` (bumped before it deletes unused stacks).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackScratch {
+    pub frames: StackFrames,
+    pub cache: [u64; STACK_CACHE],
+    pub epoch: u32,
+    pub _pad: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackFrames {
@@ -18,21 +33,50 @@ pub struct StackFrames {
     pub frames: [u64; MAX_STACK_DEPTH],
 }
 
+/// A stack's content hash, fed one frame at a time (the eBPF side hashes
+/// while it walks).
+#[derive(Clone, Copy)]
+pub struct StackHasher(u64);
+
+impl StackHasher {
+    #[inline(always)]
+    pub const fn new() -> Self {
+        StackHasher(0xcbf2_9ce4_8422_2325)
+    }
+
+    #[inline(always)]
+    pub fn push(&mut self, frame: u64) {
+        let h = (self.0 ^ frame).wrapping_mul(0x0000_0100_0000_01b3);
+        self.0 = h ^ (h >> 29);
+    }
+
+    /// Never 0, which means "no stack".
+    #[inline(always)]
+    pub fn finish(self) -> u64 {
+        let mut h = (self.0 ^ (self.0 >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        if h == 0 { 1 } else { h }
+    }
+}
+
+impl Default for StackHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Hashes the frames up to the first zero. Never 0, which means "no stack".
 #[inline(always)]
 pub fn stack_hash(frames: &[u64; MAX_STACK_DEPTH]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = StackHasher::new();
     let mut i = 0;
     while i < MAX_STACK_DEPTH {
         let f = frames[i];
         if f == 0 {
             break;
         }
-        h = (h ^ f).wrapping_mul(0x0000_0100_0000_01b3);
-        h ^= h >> 29;
+        h.push(f);
         i += 1;
     }
-    h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    if h == 0 { 1 } else { h }
+    h.finish()
 }

@@ -3,6 +3,9 @@
 //! Entry remembers the call's arguments per thread; return turns them and the
 //! return value into records and counters; releases act at entry. The rules
 //! themselves live in `memwatch_common::alloc` and are unit-tested on the host.
+//!
+//! Every probe hit costs here on top of the kernel's trap, so the common
+//! paths do as few map operations as they can (see `cargo xtask bench`).
 
 use aya_ebpf::{
     EbpfContext,
@@ -12,15 +15,15 @@ use aya_ebpf::{
 };
 use memwatch_common::{
     alloc::{
-        AllocKey, AllocRecord, Args, CallEntry, EntryDecision, OutParam, ProcCounters, ProcKey, Unmap, call_outcome,
-        call_request, classify_entry, release_is_nested, return_matches, unmap_effect,
+        AllocKey, AllocRecord, Args, CallEntry, EntryDecision, IDLE, OutParam, Unmap, call_outcome, call_request,
+        classify_entry, return_matches, unmap_effect,
     },
     cookie::{CallKind, ProbeCookie},
     drop::Drop,
 };
 
 use crate::{
-    maps::{CALLS, EEXIST, LIVE, TRACKED, add, count_drop, counters},
+    maps::{CALLS, EEXIST, LIVE, Proc, add, count_drop, tracked},
     stack,
 };
 
@@ -37,37 +40,15 @@ fn regs(ptr: *mut pt_regs) -> &'static pt_regs {
     unsafe { &*ptr }
 }
 
-/// The process incarnation a call belongs to; `None` for untracked ones.
 #[inline(always)]
-fn proc_key(tgid: u32, family: u8) -> Option<ProcKey> {
-    // SAFETY: the value is copied out immediately.
-    let tracked = unsafe { TRACKED.get(tgid) }?;
-    Some(ProcKey {
-        tgid,
-        generation: tracked.generation,
-        family,
-        _pad: [0; 7],
-    })
-}
-
-#[inline(always)]
-fn in_flight(pid_tgid: u64) -> Option<CallEntry> {
-    // SAFETY: copied out; only this thread writes its own entry.
-    unsafe { CALLS.get(pid_tgid) }.copied()
+fn now() -> u64 {
+    // SAFETY: plain helper.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 pub fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     let cookie = cookie(ctx)?;
     let r = regs(ctx.regs);
-    let entry_sp = cookie.entry_sp(r.rsp);
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let now = unsafe { bpf_ktime_get_ns() };
-
-    match classify_entry(in_flight(pid_tgid).as_ref(), entry_sp, cookie.kind, now) {
-        EntryDecision::Nested => return Ok(()),
-        EntryDecision::ReplaceStale => count_drop(Drop::StaleCall),
-        EntryDecision::Record => {}
-    }
     let args = Args {
         a0: r.rdi,
         a1: r.rsi,
@@ -76,29 +57,48 @@ pub fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     };
     let (size, aux) = call_request(cookie.kind, args);
     let entry = CallEntry {
-        entry_sp,
-        timestamp_ns: now,
+        entry_sp: cookie.entry_sp(r.rsp),
+        timestamp_ns: now(),
         size,
         aux,
         kind: cookie.kind as u8,
         family: cookie.family as u8,
         _pad: [0; 6],
     };
-    CALLS
-        .insert(pid_tgid, entry, BPF_ANY as u64)
-        .map_err(|_| Drop::CallsMapFull)
+    let Some(slot) = CALLS.current() else {
+        // The thread's first allocator call: its entry is created once and
+        // then rewritten in place.
+        let mut entry = entry;
+        return CALLS.create(&mut entry).map(|_| ()).ok_or(Drop::CallStateUnavailable);
+    };
+    // SAFETY: the map value of this thread, which only this thread writes.
+    let prev = unsafe { *slot };
+    if prev.kind != IDLE {
+        match classify_entry(Some(&prev), entry.entry_sp, cookie.kind, entry.timestamp_ns) {
+            EntryDecision::Nested => return Ok(()),
+            EntryDecision::ReplaceStale | EntryDecision::Record => count_drop(Drop::StaleCall),
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *slot = entry };
+    Ok(())
 }
 
 pub fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), Drop> {
     let cookie = cookie(ctx)?;
     let r = regs(ctx.regs);
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let entry = in_flight(pid_tgid).ok_or(Drop::ReturnWithoutEntry)?;
+    let slot = CALLS.current().ok_or(Drop::ReturnWithoutEntry)?;
+    // SAFETY: the map value of this thread, which only this thread writes.
+    let entry = unsafe { *slot };
+    if entry.kind == IDLE {
+        return Err(Drop::ReturnWithoutEntry);
+    }
     if !return_matches(&entry, cookie.kind, r.rsp) {
         // The return of a nested call; the outer call's return accounts.
         return Ok(());
     }
-    let _ = CALLS.remove(pid_tgid);
+    // SAFETY: as above.
+    unsafe { (*slot).kind = IDLE };
 
     let ret = r.rax;
     let out = if entry.kind == CallKind::PosixMemalign as u8 && ret as u32 == 0 {
@@ -117,15 +117,14 @@ pub fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), Drop> {
     if outcome.release == 0 && outcome.record == 0 {
         return Ok(());
     }
-    let Some(key) = proc_key((pid_tgid >> 32) as u32, entry.family) else {
+    let Some(p) = tracked((bpf_get_current_pid_tgid() >> 32) as u32, entry.family)? else {
         return Ok(());
     };
-    let c = counters(&key)?;
     if outcome.release != 0 {
-        release_all(&key, outcome.release, c);
+        release_all(&p, outcome.release);
     }
     if outcome.record != 0 {
-        record(ctx, &key, &entry, outcome.record, outcome.size, c)?;
+        record(ctx, &p, &entry, outcome.record, outcome.size)?;
     }
     Ok(())
 }
@@ -137,20 +136,18 @@ pub fn try_free_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     if addr == 0 {
         return Ok(());
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let now = unsafe { bpf_ktime_get_ns() };
-    if release_is_nested(in_flight(pid_tgid).as_ref(), cookie.entry_sp(r.rsp), now) {
-        return Ok(());
-    }
-    let Some(key) = proc_key((pid_tgid >> 32) as u32, cookie.family as u8) else {
+    // No nesting check: a release counts only if a live record exists, so a
+    // free made inside realloc (of the block realloc then reports released)
+    // is counted once either way.
+    let Some(p) = tracked((bpf_get_current_pid_tgid() >> 32) as u32, cookie.family as u8)? else {
         return Ok(());
     };
-    let c = counters(&key)?;
     match cookie.kind {
-        CallKind::Munmap => unmap(&key, addr, r.rsi, c),
+        CallKind::Munmap => unmap(&p, addr, r.rsi),
         _ => {
-            if !release_all(&key, addr, c) {
-                add(unsafe { &raw mut (*c).untracked_frees }, 1);
+            if !release_all(&p, addr) {
+                // SAFETY: this CPU's counters.
+                add(unsafe { &raw mut (*p.counters).untracked_frees }, 1);
             }
             Ok(())
         }
@@ -158,18 +155,27 @@ pub fn try_free_enter(ctx: &ProbeContext) -> Result<(), Drop> {
 }
 
 #[inline(always)]
-fn alloc_key(key: &ProcKey, addr: u64) -> AllocKey {
+fn alloc_key(p: &Proc, addr: u64) -> AllocKey {
     AllocKey {
-        tgid: key.tgid,
-        generation: key.generation,
+        tgid: p.tgid,
+        generation: p.generation,
         addr,
+    }
+}
+
+#[inline(always)]
+fn count_freed(p: &Proc, frees: u64, bytes: u64) {
+    // SAFETY: `p.counters` points to this CPU's counters map value.
+    unsafe {
+        add(&raw mut (*p.counters).frees, frees);
+        add(&raw mut (*p.counters).freed_bytes, bytes);
     }
 }
 
 /// Removes the record at `addr`, counting it as freed. False if untracked.
 #[inline(always)]
-fn release_all(key: &ProcKey, addr: u64, c: *mut ProcCounters) -> bool {
-    let k = alloc_key(key, addr);
+fn release_all(p: &Proc, addr: u64) -> bool {
+    let k = alloc_key(p, addr);
     // SAFETY: the size is copied out before the element is deleted.
     let Some(size) = (unsafe { LIVE.get(k) }).map(|rec| rec.size) else {
         return false;
@@ -178,21 +184,12 @@ fn release_all(key: &ProcKey, addr: u64, c: *mut ProcCounters) -> bool {
         // Another thread released it first (a double free in the program).
         return false;
     }
-    count_freed(c, 1, size);
+    count_freed(p, 1, size);
     true
 }
 
-#[inline(always)]
-fn count_freed(c: *mut ProcCounters, frees: u64, bytes: u64) {
-    // SAFETY: `c` points to this CPU's counters map value.
-    unsafe {
-        add(&raw mut (*c).frees, frees);
-        add(&raw mut (*c).freed_bytes, bytes);
-    }
-}
-
-fn unmap(key: &ProcKey, addr: u64, len: u64, c: *mut ProcCounters) -> Result<(), Drop> {
-    let k = alloc_key(key, addr);
+fn unmap(p: &Proc, addr: u64, len: u64) -> Result<(), Drop> {
+    let k = alloc_key(p, addr);
     // SAFETY: copied out.
     let Some(rec) = (unsafe { LIVE.get(k) }).copied() else {
         // Unrecorded mappings include file mappings, which are not tracked.
@@ -202,22 +199,19 @@ fn unmap(key: &ProcKey, addr: u64, len: u64, c: *mut ProcCounters) -> Result<(),
         Unmap::Nothing => Ok(()),
         Unmap::All => {
             if LIVE.remove(k).is_ok() {
-                count_freed(c, 1, rec.size);
+                count_freed(p, 1, rec.size);
             }
             Ok(())
         }
         Unmap::Head { freed, rest } => {
-            let moved = AllocRecord { size: rest, ..rec };
             if LIVE.remove(k).is_err() {
                 return Ok(());
             }
-            count_freed(c, 0, freed);
-            if LIVE
-                .insert(alloc_key(key, addr + freed), moved, BPF_ANY as u64)
-                .is_err()
-            {
-                // The rest could not be kept: account it as lost, not live.
-                count_freed(c, 1, rest);
+            count_freed(p, 0, freed);
+            let moved = AllocRecord { size: rest, ..rec };
+            if LIVE.insert(alloc_key(p, addr + freed), moved, BPF_ANY as u64).is_err() {
+                // The rest could not be kept: account it as released.
+                count_freed(p, 1, rest);
                 return Err(Drop::LiveMapFull);
             }
             Ok(())
@@ -225,50 +219,42 @@ fn unmap(key: &ProcKey, addr: u64, len: u64, c: *mut ProcCounters) -> Result<(),
     }
 }
 
-fn record(
-    ctx: &RetProbeContext,
-    key: &ProcKey,
-    entry: &CallEntry,
-    addr: u64,
-    size: u64,
-    c: *mut ProcCounters,
-) -> Result<(), Drop> {
-    let stack_id = match stack::capture(ctx) {
-        Ok(id) => id,
-        Err(reason) => {
-            count_drop(reason);
-            0
-        }
-    };
+fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u64) -> Result<(), Drop> {
+    let stack_id = stack::capture(ctx).unwrap_or_else(|reason| {
+        count_drop(reason);
+        0
+    });
+    // The call's start stands for the allocation's time: one clock read less.
     let rec = AllocRecord {
         size,
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        timestamp_ns: entry.timestamp_ns,
         stack_id,
         kind: entry.kind,
         family: entry.family,
         _pad: [0; 6],
     };
-    // SAFETY: `c` points to this CPU's counters map value.
+    // SAFETY: `p.counters` points to this CPU's counters map value.
     unsafe {
-        add(&raw mut (*c).allocations, 1);
-        add(&raw mut (*c).allocated_bytes, size);
+        add(&raw mut (*p.counters).allocations, 1);
+        add(&raw mut (*p.counters).allocated_bytes, size);
     }
-    let k = alloc_key(key, addr);
+    let k = alloc_key(p, addr);
     match LIVE.insert(k, rec, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         Err(EEXIST) => {
             // Still recorded: its release went unseen. Count the old block as
             // freed so that allocated - freed stays equal to live.
+            // SAFETY: copied out.
             let old = unsafe { LIVE.get(k) }.map(|r| r.size).unwrap_or(0);
-            count_freed(c, 1, old);
+            count_freed(p, 1, old);
             count_drop(Drop::MissedFree);
             LIVE.insert(k, rec, BPF_ANY as u64).map_err(|_| Drop::LiveMapFull)
         }
         Err(_) => {
             // SAFETY: as above.
             unsafe {
-                add(&raw mut (*c).lost_allocations, 1);
-                add(&raw mut (*c).lost_bytes, size);
+                add(&raw mut (*p.counters).lost_allocations, 1);
+                add(&raw mut (*p.counters).lost_bytes, size);
             }
             Err(Drop::LiveMapFull)
         }

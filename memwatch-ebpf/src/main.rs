@@ -10,6 +10,7 @@ mod alloc;
 mod maps;
 mod process;
 mod stack;
+mod task_storage;
 
 use aya_ebpf::{
     macros::{tracepoint, uprobe, uretprobe},

@@ -2,37 +2,39 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+use crate::task_storage::TaskStorage;
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    bindings::BPF_F_NO_PREALLOC,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use memwatch_common::{
-    alloc::{AllocKey, AllocRecord, CallEntry, ProcCounters, ProcKey, Tracked},
+    alloc::{AllocKey, AllocRecord, CallEntry, ProcCounters, Tracked, counter_index},
     drop::Drop,
     event::Settings,
     maps::*,
-    stack::StackFrames,
+    stack::{StackFrames, StackScratch},
 };
 
 #[map(name = "LIVE")]
 pub static LIVE: HashMap<AllocKey, AllocRecord> = HashMap::with_max_entries(DEFAULT_LIVE_ENTRIES, BPF_F_NO_PREALLOC);
 
-#[map(name = "CALLS")]
-pub static CALLS: HashMap<u64, CallEntry> = HashMap::with_max_entries(DEFAULT_CALLS_ENTRIES, 0);
+/// Each thread's allocator call state: task-local, so the lookup on every
+/// probe hit is a pointer chase rather than a hash.
+#[btf_map(name = "CALLS")]
+pub static CALLS: TaskStorage<CallEntry> = TaskStorage::new();
 
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuHashMap<ProcKey, ProcCounters> =
-    PerCpuHashMap::with_max_entries(DEFAULT_COUNTERS_ENTRIES, 0);
+pub static COUNTERS: PerCpuArray<ProcCounters> = PerCpuArray::with_max_entries(DEFAULT_COUNTERS_ENTRIES, 0);
 
 #[map(name = "TRACKED")]
-pub static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(DEFAULT_TRACKED_ENTRIES, 0);
+pub static TRACKED: Array<Tracked> = Array::with_max_entries(DEFAULT_TRACKED_ENTRIES, 0);
 
 #[map(name = "STACKS")]
 pub static STACKS: HashMap<u64, StackFrames> = HashMap::with_max_entries(DEFAULT_STACKS_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "STACK_SCRATCH")]
-pub static STACK_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+pub static STACK_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "DROPS")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);
@@ -74,15 +76,31 @@ pub fn settings() -> Settings {
     }
 }
 
-/// This CPU's counters for a process incarnation, created on first use.
+/// A tracked process as the probes see it: its generation and this CPU's
+/// counters for it.
+pub struct Proc {
+    pub tgid: u32,
+    pub generation: u32,
+    pub counters: *mut ProcCounters,
+}
+
+/// The tracked process `tgid` for allocator `family`, or None if untracked.
+/// Both lookups are array lookups, inlined by the verifier.
 #[inline(always)]
-pub fn counters(key: &ProcKey) -> Result<*mut ProcCounters, Drop> {
-    if let Some(c) = COUNTERS.get_ptr_mut(key) {
-        return Ok(c);
+pub fn tracked(tgid: u32, family: u8) -> Result<Option<Proc>, Drop> {
+    let Some(t) = TRACKED.get(tgid) else { return Ok(None) };
+    let (generation, slot) = (t.generation, t.slot);
+    if generation == 0 {
+        return Ok(None);
     }
-    // EEXIST (another CPU or program got there first) is fine.
-    let _ = COUNTERS.insert(key, ProcCounters::default(), BPF_NOEXIST as u64);
-    COUNTERS.get_ptr_mut(key).ok_or(Drop::CountersMapFull)
+    let counters = COUNTERS
+        .get_ptr_mut(counter_index(slot, generation, family))
+        .ok_or(Drop::CountersMapFull)?;
+    Ok(Some(Proc {
+        tgid,
+        generation,
+        counters,
+    }))
 }
 
 /// `-EEXIST` as map helpers return it.

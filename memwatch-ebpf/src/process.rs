@@ -10,7 +10,7 @@ use memwatch_common::{
     event::{EventKind, ProcEvent},
 };
 
-use crate::maps::{CALLS, EVENTS, TRACKED, settings};
+use crate::maps::{EVENTS, TRACKED, settings};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// `pid` in task_newtask, stable since the tracepoint was added.
@@ -27,12 +27,21 @@ fn send(kind: EventKind, tgid: u32, generation: u32, parent_tgid: u32) -> Result
     EVENTS.output::<ProcEvent>(&event, 0).map_err(|_| Drop::EventsFull)
 }
 
+/// The tracked generation of `tgid`, 0 when untracked.
+fn generation(tgid: u32) -> u32 {
+    TRACKED.get(tgid).map_or(0, |t| t.generation)
+}
+
 pub fn try_exec(_ctx: &TracePointContext) -> Result<(), Drop> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(t) = TRACKED.get_ptr_mut(tgid) {
-        // SAFETY: exec runs once the other threads are gone; nobody else
-        // writes this entry now.
+    if let Some(t) = TRACKED.get_ptr_mut(tgid)
+        // SAFETY: a map value; exec runs once the other threads are gone, so
+        // nobody else writes this entry now.
+        && unsafe { (*t).generation } != 0
+    {
         let old = unsafe { (*t).generation };
+        // The daemon gives generations in strides of 2^16: this never wraps
+        // into another process's range, nor to 0.
         unsafe { (*t).generation = old.wrapping_add(1) };
         return send(EventKind::Exec, tgid, old, 0);
     }
@@ -45,12 +54,10 @@ pub fn try_exec(_ctx: &TracePointContext) -> Result<(), Drop> {
 pub fn try_exit(ctx: &TracePointContext) -> Result<(), Drop> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: copied out.
-    let Some(generation) = (unsafe { TRACKED.get(tgid) }).map(|t| t.generation) else {
+    let generation = generation(tgid);
+    if generation == 0 {
         return Ok(());
-    };
-    // A thread that dies inside an allocator call leaves its entry behind.
-    let _ = CALLS.remove(pid_tgid);
+    }
     let offset = settings().exit_group_dead_offset as usize;
     let group_dead = if offset != 0 {
         // SAFETY: reads the tracepoint record at an offset from its format.
@@ -61,13 +68,16 @@ pub fn try_exit(ctx: &TracePointContext) -> Result<(), Drop> {
     if !group_dead {
         return Ok(());
     }
-    let _ = TRACKED.remove(tgid);
+    if let Some(t) = TRACKED.get_ptr_mut(tgid) {
+        // SAFETY: a map value; the process is gone.
+        unsafe { (*t).generation = 0 };
+    }
     send(EventKind::Exit, tgid, generation, 0)
 }
 
 pub fn try_newtask(ctx: &TracePointContext) -> Result<(), Drop> {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if unsafe { TRACKED.get(parent) }.is_none() {
+    if generation(parent) == 0 {
         return Ok(());
     }
     let offset = settings().newtask_clone_flags_offset as usize;

@@ -1,47 +1,77 @@
-//! User stack capture, deduplicated by content hash.
+//! User stack capture by frame pointers, deduplicated by content hash.
 
-use aya_ebpf::{
-    EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::generated::bpf_get_stack,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::RetProbeContext};
 use memwatch_common::{
     drop::Drop,
-    stack::{StackFrames, stack_hash},
+    stack::{MAX_STACK_DEPTH, STACK_CACHE, StackHasher},
 };
 
-use crate::maps::{STACK_SCRATCH, STACKS};
+use crate::maps::{EEXIST, STACK_SCRATCH, STACKS, settings};
 
-/// Captures the current user stack and returns its id (0 when none).
+/// Captures the current user stack and returns its id.
 ///
 /// Called from the return probe, where the kernel has restored the
 /// instruction pointer to the return address: frame 0 is the allocator's
-/// direct caller, which a walk from the function's entry would skip.
+/// direct caller, and the frame pointer is the caller's.
 #[inline(always)]
-pub fn capture<C: EbpfContext>(ctx: &C) -> Result<u64, Drop> {
+pub fn capture(ctx: &RetProbeContext) -> Result<u64, Drop> {
     let scratch = STACK_SCRATCH.get_ptr_mut(0).ok_or(Drop::StackCaptureFailed)?;
-    // SAFETY: the helper writes at most `size` bytes into the map value and
-    // zeroes what it does not fill.
-    let n = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            scratch.cast(),
-            size_of::<StackFrames>() as u32,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if n <= 0 {
-        return Err(Drop::StackCaptureFailed);
+    // SAFETY: this CPU's map value; programs on one CPU do not interleave
+    // between here and the copy into STACKS.
+    let frames = unsafe { &mut (*scratch).frames.frames };
+    let regs = unsafe { &*ctx.regs };
+    frames[0] = regs.rip;
+    let mut hash = StackHasher::new();
+    hash.push(regs.rip);
+    let mut fp = regs.rbp;
+    let mut n = 1;
+    while n < MAX_STACK_DEPTH {
+        if fp == 0 || fp & 7 != 0 {
+            break;
+        }
+        // SAFETY: the helper checks the user address.
+        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        frames[n] = ret;
+        hash.push(ret);
+        n += 1;
+        // A frame pointer that does not move up the stack is not one.
+        if next <= fp {
+            break;
+        }
+        fp = next;
     }
-    // SAFETY: `scratch` is this CPU's map value.
-    let frames = unsafe { &*scratch };
-    let id = stack_hash(&frames.frames);
+    if n < MAX_STACK_DEPTH {
+        frames[n] = 0;
+    }
+    let id = hash.finish();
+
+    // Most allocations come from a few stacks: skip the map lookup for one
+    // this CPU stored recently, unless the daemon has deleted stacks since.
+    // SAFETY: this CPU's map value.
+    let (cache, epoch) = unsafe { (&mut (*scratch).cache, &mut (*scratch).epoch) };
+    let current = settings().stacks_epoch;
+    if *epoch != current {
+        *cache = [0; STACK_CACHE];
+        *epoch = current;
+    }
+    let way = (id as usize) & (STACK_CACHE - 1);
+    if cache[way] == id {
+        return Ok(id);
+    }
     if STACKS.get_ptr(id).is_none() {
-        match STACKS.insert(id, frames, BPF_NOEXIST as u64) {
-            Ok(()) => {}
-            Err(crate::maps::EEXIST) => {}
+        // By reference: a copy would take the whole 512-byte BPF stack.
+        // SAFETY: as above.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        match STACKS.insert(id, unsafe { &(*scratch).frames }, BPF_NOEXIST as u64) {
+            Ok(()) | Err(EEXIST) => {}
             Err(_) => return Err(Drop::StacksMapFull),
         }
     }
+    cache[way] = id;
     Ok(id)
 }

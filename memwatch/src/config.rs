@@ -43,6 +43,14 @@ pub struct FileConfig {
     pub metrics: MetricsFile,
     #[serde(default)]
     pub symbolize: SymbolizeFile,
+    #[serde(default)]
+    pub probes: ProbesFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbesFile {
+    pub placement: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,7 +65,6 @@ pub struct TrackFile {
 pub struct MapsFile {
     pub live_allocations: Option<i64>,
     pub stacks: Option<i64>,
-    pub calls_in_flight: Option<i64>,
     pub processes: Option<i64>,
 }
 
@@ -133,13 +140,14 @@ pub struct Config {
     pub stacks_per_process: usize,
     pub top_processes: usize,
     pub symbol_cache_entries: usize,
+    /// Probe instructions the kernel emulates instead of function entries.
+    pub placement: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {
     pub live_allocations: u32,
     pub stacks: u32,
-    pub calls_in_flight: u32,
     pub processes: u32,
 }
 
@@ -202,8 +210,7 @@ impl Config {
         let maps = MapSizes {
             live_allocations: ranged("maps.live_allocations", m.live_allocations, 1 << 20, 1024, 1 << 26)?,
             stacks: ranged("maps.stacks", m.stacks, 1 << 15, 256, 1 << 22)?,
-            calls_in_flight: ranged("maps.calls_in_flight", m.calls_in_flight, 1 << 14, 64, 1 << 22)?,
-            processes: ranged("maps.processes", m.processes, 1 << 12, 16, 1 << 20)?,
+            processes: ranged("maps.processes", m.processes, 1 << 10, 16, 1 << 16)?,
         };
 
         let interval = file.collect.interval_seconds.unwrap_or(5.0);
@@ -233,6 +240,7 @@ impl Config {
                 10_000,
             )? as usize,
             top_processes: ranged("metrics.top_processes", file.metrics.top_processes, 10, 0, 1000)? as usize,
+            placement: file.probes.placement.unwrap_or(true),
             symbol_cache_entries: ranged(
                 "symbolize.cache_entries",
                 file.symbolize.cache_entries,
@@ -303,6 +311,8 @@ mod tests {
         assert_eq!(c.stacks_per_process, d.stacks_per_process);
         assert_eq!(c.top_processes, d.top_processes);
         assert_eq!(c.symbol_cache_entries, d.symbol_cache_entries);
+        assert_eq!(c.placement, d.placement);
+        assert!(d.placement);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/leaks", get(leaks))
         .route("/healthz", get(healthz))
+        .route("/probes", get(probes))
         .fallback(not_found)
         .with_state(state)
 }
@@ -77,6 +78,26 @@ async fn leaks(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: Head
     }
 }
 
+/// Where every allocator function is probed, per binary, and why.
+async fn probes(State(s): State<AppState>) -> Response {
+    let snapshot = s.snapshot.get();
+    let sites: Vec<serde_json::Value> = crate::collect::snapshot::probe_sites(&snapshot.processes)
+        .into_iter()
+        .map(|(p, n)| {
+            let mut v = serde_json::to_value(&p).expect("serializable");
+            v["processes"] = n.into();
+            v
+        })
+        .collect();
+    let body = serde_json::json!({ "placement": snapshot.placement, "sites": sites });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&body).expect("json"),
+    )
+        .into_response()
+}
+
 async fn healthz(State(s): State<AppState>) -> Response {
     let snapshot = s.snapshot.get();
     if !snapshot.ready {
@@ -95,7 +116,7 @@ async fn healthz(State(s): State<AppState>) -> Response {
 async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "no such endpoint; memwatch serves /leaks, /metrics and /healthz\n".into(),
+        "no such endpoint; memwatch serves /leaks, /probes, /metrics and /healthz\n".into(),
     )
 }
 
@@ -213,6 +234,26 @@ mod tests {
         let (status, _, body) = get(r, "/healthz", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.starts_with("stale"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn probes_lists_each_site_once_with_its_processes() {
+        let (status, ctype, body) = get(app(fake_snapshot()), "/probes", None).await;
+        assert_eq!((status, ctype.as_str()), (StatusCode::OK, "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let sites = v["sites"].as_array().unwrap();
+        // Both fake processes use the same free site.
+        assert_eq!(sites.len(), 1);
+        assert_eq!(sites[0]["function"], "free");
+        assert_eq!(sites[0]["offset"], 9);
+        assert_eq!(sites[0]["emulated"], true);
+        assert_eq!(sites[0]["instruction"], "push %rbp");
+        assert_eq!(sites[0]["processes"], 2);
+        let (_, _, metrics) = get(app(fake_snapshot()), "/metrics", None).await;
+        assert!(
+            metrics.contains("memwatch_probe_site_info{emulated=\"true\",function=\"free\",instruction=\"push %rbp\",module=\"/usr/lib/libc.so.6\",offset=\"0x9\"} 2"),
+            "{metrics}"
+        );
     }
 
     #[tokio::test]

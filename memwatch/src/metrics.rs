@@ -343,12 +343,81 @@ impl DaemonMetrics {
     }
 }
 
+/// Where probes sit and what the programs cost.
+pub struct ProbeMetrics {
+    sites: IntGaugeVec,
+    runs: IntCounterVec,
+    run_seconds: prometheus::CounterVec,
+    stats_enabled: IntGauge,
+}
+
+impl ProbeMetrics {
+    pub fn register(r: &Registry) -> Self {
+        let run_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "memwatch_bpf_program_run_seconds_total",
+                "Time spent in memwatch's eBPF programs (counted while sysctl kernel.bpf_stats_enabled=1).",
+            ),
+            &["program"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(run_seconds.clone())).expect("unique metric");
+        ProbeMetrics {
+            sites: gauge_vec(
+                r,
+                "memwatch_probe_site_info",
+                "Probe sites in use, by binary and function: value = processes probed there.",
+                &["module", "function", "offset", "instruction", "emulated"],
+            ),
+            runs: counter_vec(
+                r,
+                "memwatch_bpf_program_runs_total",
+                "Runs of memwatch's eBPF programs (counted while sysctl kernel.bpf_stats_enabled=1).",
+                &["program"],
+            ),
+            run_seconds,
+            stats_enabled: gauge(
+                r,
+                "memwatch_bpf_stats_enabled",
+                "1 while the kernel times BPF programs.",
+            ),
+        }
+    }
+
+    fn update(&self, s: &Snapshot) {
+        self.sites.reset();
+        for (p, n) in crate::collect::snapshot::probe_sites(&s.processes) {
+            let offset = format!("{:#x}", p.placement.offset);
+            let emulated = if p.placement.emulated { "true" } else { "false" };
+            self.sites
+                .with_label_values(&[
+                    p.module.as_str(),
+                    p.function,
+                    &offset,
+                    &p.placement.instruction,
+                    emulated,
+                ])
+                .set(n as i64);
+        }
+        for p in &s.programs {
+            advance(&self.runs.with_label_values(&[&p.name]), p.runs);
+            let c = self.run_seconds.with_label_values(&[&p.name]);
+            let total = p.run_ns as f64 / 1e9;
+            if total > c.get() {
+                c.inc_by(total - c.get());
+            }
+        }
+        self.stats_enabled.set(s.bpf_stats_enabled.into());
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     allocator: AllocatorMetrics,
     kernel: KernelMetrics,
     processes: ProcessMetrics,
     daemon: DaemonMetrics,
+    probes: ProbeMetrics,
 }
 
 impl Metrics {
@@ -359,6 +428,7 @@ impl Metrics {
             kernel: KernelMetrics::register(&registry),
             processes: ProcessMetrics::register(&registry, top_processes),
             daemon: DaemonMetrics::register(&registry),
+            probes: ProbeMetrics::register(&registry),
             registry,
         }
     }
@@ -368,6 +438,7 @@ impl Metrics {
         self.kernel.update(s);
         self.processes.update(s);
         self.daemon.update(s);
+        self.probes.update(s);
     }
 
     /// The Prometheus text exposition.

@@ -67,7 +67,7 @@ fn leaks_and_counters_match_the_fixture_exactly() {
         "stack_capture_failed",
         "return_without_entry",
         "stale_call",
-        "calls_map_full",
+        "call_state_unavailable",
         "missed_free",
     ] {
         assert_eq!(
@@ -170,7 +170,7 @@ fn a_process_that_exits_midway_leaves_nothing_behind() {
 /// The byte at `malloc` in the process's memory, and the one in libc's file.
 fn malloc_bytes(pid: u32) -> (u8, u8) {
     let mut cache = memwatch::target::elf::ElfCache::default();
-    let targets = memwatch::target::find_targets(pid, &mut cache).unwrap();
+    let targets = memwatch::target::find_targets(pid, &mut cache, true).unwrap();
     let libc = targets.iter().find(|t| t.path.contains("libc.so")).unwrap();
     let site = libc.sites.iter().find(|s| s.symbol == "malloc").unwrap();
     let maps = memwatch::process::procfs::read_maps(pid).unwrap();
@@ -178,11 +178,11 @@ fn malloc_bytes(pid: u32) -> (u8, u8) {
         .iter()
         .find(|m| {
             m.path.as_deref() == Some(libc.path.as_str())
-                && m.offset <= site.file_offset
-                && site.file_offset < m.offset + (m.end - m.start)
+                && m.offset <= site.file_offset()
+                && site.file_offset() < m.offset + (m.end - m.start)
         })
         .unwrap();
-    let addr = m.start + (site.file_offset - m.offset);
+    let addr = m.start + (site.file_offset() - m.offset);
     let mut live = [0u8];
     std::fs::File::open(format!("/proc/{pid}/mem"))
         .unwrap()
@@ -193,7 +193,7 @@ fn malloc_bytes(pid: u32) -> (u8, u8) {
         .unwrap()
         .read_to_end(&mut file)
         .unwrap();
-    (live[0], file[site.file_offset as usize])
+    (live[0], file[site.file_offset() as usize])
 }
 
 #[test]
@@ -257,5 +257,50 @@ fn processes_started_later_are_found_by_executable_glob() {
     assert_eq!(stacks_at(p, "leak_with_malloc")[0]["live_bytes"], 4000 * LEAKS_PER_KIND);
     // Caught as it started, not as a failure retried later.
     assert_eq!(d.metric("memwatch_attach_failures_total"), Some(0.0));
+    assert!(fx.exit().success());
+}
+
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn exec_starts_the_process_afresh() {
+    require_root();
+    let mut fx = Fixture::start(&[]);
+    let pid = fx.pid;
+    let d = Daemon::start(FAST, &["--pid", &pid.to_string()]);
+    d.wait_tracked(pid);
+    let first = fx.go();
+    d.wait_for_fresh_scan();
+    assert_eq!(
+        process(&d.json(&format!("/leaks?pid={pid}")), pid)["live_bytes"],
+        first.leaked_bytes
+    );
+
+    // The new image inherits nothing: the old image's leak stacks go, and
+    // counting restarts (the new image's own thread stacks, mapped before it
+    // says "ready", are all it holds).
+    fx.exec();
+    d.wait_for("the old image's records to be swept", Duration::from_secs(30), || {
+        let leaks = d.json(&format!("/leaks?pid={pid}&limit=100"));
+        let p = process(&leaks, pid);
+        p["totals"]["allocations"].as_u64().unwrap() < first.allocations
+            && LEAKS.iter().all(|(f, _)| stacks_at(p, f).is_empty())
+    });
+    d.wait_for_fresh_scan();
+    let startup = process(&d.json(&format!("/leaks?pid={pid}")), pid).clone();
+    // ...and its own leaks are counted exactly, under the same pid.
+    let second = fx.go();
+    d.wait_for_fresh_scan();
+    let leaks = d.json(&format!("/leaks?pid={pid}&limit=100"));
+    let p = process(&leaks, pid);
+    let grown = |key: &str| p[key].as_u64().unwrap() - startup[key].as_u64().unwrap();
+    assert_eq!(grown("live_bytes"), second.leaked_bytes);
+    assert_eq!(grown("live_allocations"), second.leaked_allocations);
+    assert_eq!(
+        p["totals"]["allocations"].as_u64().unwrap() - startup["totals"]["allocations"].as_u64().unwrap(),
+        second.allocations
+    );
+    assert_eq!(stacks_at(p, "leak_with_malloc")[0]["live_bytes"], 4000 * LEAKS_PER_KIND);
+    // Both images' allocations are in the running totals.
+    assert!(counter(&d, "memwatch_allocations_total") >= first.allocations + second.allocations);
     assert!(fx.exit().success());
 }

@@ -23,6 +23,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure memwatch's overhead against untraced runs and bare uprobes (as root). MWBENCH_PAIRS,
+    /// MWBENCH_ROUNDS and MWBENCH_MODES narrow it down for quick comparisons.
+    Bench,
     /// Run every test: formatting, clippy, unit tests and the privileged eBPF integration tests (as root).
     Test {
         /// Extra arguments for the test harness (e.g. a test name filter).
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
+        Task::Bench => bench(),
     }
 }
 
@@ -80,6 +84,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         cmd.arg(&bin).arg("run").arg("--config").arg(&config).args(args);
     }
     check(&mut cmd)
+}
+
+fn bench() -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the benchmark attaches uprobes: run `cargo xtask bench` as root");
+    }
+    setup::run()?;
+    check(cargo().args(["bench", "--package", "memwatch", "--bench", "overhead"]))
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {

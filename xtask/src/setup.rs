@@ -35,7 +35,7 @@ fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
     check(Command::new("apt-get").args(["update", "-q"]))?;
     check(
         Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["install", "-y", "-q"])
             .args(pkgs)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )

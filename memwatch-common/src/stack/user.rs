@@ -31,6 +31,16 @@ mod tests {
     }
 
     #[test]
+    fn incremental_hashing_matches() {
+        let f = frames(&[0x401000, 0x402000, 0x403000]);
+        let mut h = StackHasher::new();
+        for x in &f[..3] {
+            h.push(*x);
+        }
+        assert_eq!(h.finish(), stack_hash(&f));
+    }
+
+    #[test]
     fn addresses_stop_at_the_padding() {
         let s = StackFrames {
             frames: frames(&[1, 2, 3]),

@@ -56,7 +56,6 @@ pub struct Collector {
     /// Final counters of ended generations.
     retired_families: BTreeMap<Family, ProcCounters>,
     retired_groups: HashMap<String, ProcCounters>,
-    pending_retired: HashMap<(u32, u32), String>,
     /// The previous reading per (pid, generation), for rates.
     previous: HashMap<(u32, u32), (u64, ProcCounters)>,
 }
@@ -75,7 +74,7 @@ impl Collector {
     ) -> Self {
         Collector {
             kernel,
-            table: ProcessTable::new(config.exe.clone()),
+            table: ProcessTable::new(config.exe.clone(), config.placement, config.maps.processes),
             symbolizer,
             config,
             shared,
@@ -85,7 +84,6 @@ impl Collector {
             stacks_unavailable: 0,
             retired_families: BTreeMap::new(),
             retired_groups: HashMap::new(),
-            pending_retired: HashMap::new(),
             previous: HashMap::new(),
         }
     }
@@ -153,6 +151,37 @@ impl Collector {
         for e in events {
             self.handle(e);
         }
+        self.fold_retired();
+    }
+
+    /// Reads the final counters of generations that ended (exit, exec,
+    /// untracking), adds them to the running totals and frees their slot.
+    fn fold_retired(&mut self) {
+        for r in self.table.take_retired() {
+            for f in Family::ALL {
+                match self.kernel.counters(r.slot, r.generation, f) {
+                    Ok(c) => {
+                        add(self.retired_families.entry(f).or_default(), &c);
+                        let group = if self.retired_groups.len() >= MAX_GROUPS
+                            && !self.retired_groups.contains_key(&r.exe_name)
+                        {
+                            "other".to_string()
+                        } else {
+                            r.exe_name.clone()
+                        };
+                        add(self.retired_groups.entry(group).or_default(), &c);
+                    }
+                    Err(e) => tracing::warn!(pid = r.pid, error = %e, "reading final counters failed"),
+                }
+            }
+            // The slot's parity is reused by the generation four execs on.
+            if let Err(e) = self.kernel.clear_counters(r.slot, r.generation) {
+                tracing::warn!(pid = r.pid, error = %e, "clearing counters failed");
+            }
+            if r.release_slot {
+                self.table.release_slot(r.slot);
+            }
+        }
     }
 
     fn handle(&mut self, e: ProcEvent) {
@@ -167,44 +196,25 @@ impl Collector {
     /// Reads the kernel maps and publishes a new snapshot.
     pub fn scan(&mut self) {
         let started = Instant::now();
+        // A snapshot is dated when its data is read: before the counters.
+        let (read_ns, read_unix) = (monotonic_ns(), unix_now());
         self.table.reconcile(&mut self.kernel);
-        for r in self.table.take_retired() {
-            self.pending_retired.insert((r.pid, r.generation), r.exe_name);
-        }
+        self.fold_retired();
 
-        // Counters: current generations are reported; ended ones are folded
-        // into the running totals once and deleted.
+        // Counters of the current generations.
         let mut current: HashMap<(u32, u32), ProcCounters> = HashMap::new();
         let mut families: BTreeMap<Family, ProcCounters> = self.retired_families.clone();
-        match self.kernel.counters() {
-            Ok(all) => {
-                for (key, c) in all {
-                    let family = Family::from_u8(key.family).unwrap_or(Family::Libc);
-                    add(families.entry(family).or_default(), &c);
-                    if self.table.is_current(key.tgid, key.generation) {
-                        add(current.entry((key.tgid, key.generation)).or_default(), &c);
-                    } else {
-                        let exe = self
-                            .pending_retired
-                            .get(&(key.tgid, key.generation))
-                            .cloned()
-                            .or_else(|| self.table.get(key.tgid).map(|p| p.exe_name()))
-                            .unwrap_or_else(|| "unknown".into());
-                        add(self.retired_families.entry(family).or_default(), &c);
-                        let group =
-                            if self.retired_groups.len() >= MAX_GROUPS && !self.retired_groups.contains_key(&exe) {
-                                "other".to_string()
-                            } else {
-                                exe
-                            };
-                        add(self.retired_groups.entry(group).or_default(), &c);
-                        self.kernel.delete_counters(&key);
+        for inc in self.table.iter() {
+            for f in Family::ALL {
+                match self.kernel.counters(inc.slot, inc.generation, f) {
+                    Ok(c) => {
+                        add(families.entry(f).or_default(), &c);
+                        add(current.entry((inc.pid, inc.generation)).or_default(), &c);
                     }
+                    Err(e) => tracing::warn!(pid = inc.pid, error = %e, "reading counters failed"),
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "reading counters failed"),
         }
-        self.pending_retired.clear();
 
         // Live allocations, and the leftovers of ended generations.
         let mut live: HashMap<(u32, u32), Vec<LiveAlloc>> = HashMap::new();
@@ -238,14 +248,13 @@ impl Collector {
         let referenced = self.symbolize_new_stacks(&live);
         let stack_entries = self.collect_stack_garbage(&referenced);
 
-        let now_ns = monotonic_ns();
         let mut processes = Vec::new();
         let mut groups: HashMap<String, GroupTotals> = HashMap::new();
         for inc in self.table.iter() {
             let key = (inc.pid, inc.generation);
             let counters = current.get(&key).copied().unwrap_or_default();
             let rates = match self.previous.get(&key) {
-                Some((t, prev)) => rates::rates(prev, &counters, now_ns.saturating_sub(*t) as f64 / 1e9),
+                Some((t, prev)) => rates::rates(prev, &counters, read_ns.saturating_sub(*t) as f64 / 1e9),
                 None => rates::Rates::default(),
             };
             let allocations = live.remove(&key).unwrap_or_default();
@@ -286,7 +295,7 @@ impl Collector {
             });
             add(&mut g.counters, c);
         }
-        self.previous = current.into_iter().map(|(k, c)| (k, (now_ns, c))).collect();
+        self.previous = current.into_iter().map(|(k, c)| (k, (read_ns, c))).collect();
 
         let drops = match self.kernel.drops() {
             Ok(d) => Drop::ALL.iter().map(|&r| (r, d[r as usize])).collect(),
@@ -297,8 +306,8 @@ impl Collector {
         };
         let snapshot = Snapshot {
             ready: true,
-            taken_at_ns: now_ns,
-            taken_at_unix: unix_now(),
+            taken_at_ns: read_ns,
+            taken_at_unix: read_unix,
             scan_seconds: started.elapsed().as_secs_f64(),
             processes,
             drops,
@@ -313,6 +322,9 @@ impl Collector {
             stack_capacity: self.kernel.sizes.stacks,
             stacks_unavailable: self.stacks_unavailable,
             symbol_cache_entries: self.symbolizer.cached(),
+            programs: self.kernel.program_stats(),
+            bpf_stats_enabled: crate::kernel::bpf_stats_enabled(),
+            placement: self.config.placement,
         };
         self.metrics.update(&snapshot);
         self.shared.set(snapshot);

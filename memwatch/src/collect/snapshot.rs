@@ -9,6 +9,7 @@ use memwatch_common::{alloc::ProcCounters, cookie::Family, drop::Drop};
 
 use crate::{
     collect::rates::Rates,
+    kernel::ProgramStats,
     process::{AttachFailure, ProbeSummary, Selection},
     symbolize::Frame,
 };
@@ -75,6 +76,29 @@ pub struct Snapshot {
     pub stack_capacity: u32,
     pub stacks_unavailable: u64,
     pub symbol_cache_entries: usize,
+    pub programs: Vec<ProgramStats>,
+    pub bpf_stats_enabled: bool,
+    /// Whether probes go to emulated instructions (else to entries).
+    pub placement: bool,
+}
+
+/// Probe sites in use, one per binary and function, with how many tracked
+/// processes use each.
+pub fn probe_sites(processes: &[ProcessSnapshot]) -> Vec<(ProbeSummary, usize)> {
+    let mut out: Vec<(ProbeSummary, usize)> = Vec::new();
+    for p in processes {
+        for s in &p.probes {
+            match out
+                .iter_mut()
+                .find(|(o, _)| o.module == s.module && o.function == s.function && o.build_id == s.build_id)
+            {
+                Some((_, n)) => *n += 1,
+                None => out.push((s.clone(), 1)),
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.0.module, a.0.entry_offset).cmp(&(&b.0.module, b.0.entry_offset)));
+    out
 }
 
 /// The latest snapshot, swapped in whole after each scan.

@@ -10,11 +10,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use anyhow::{Context, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{TracePoint, UProbe},
 };
 use memwatch_common::{
-    alloc::{AllocKey, AllocRecord, ProcCounters, ProcKey, Tracked},
+    alloc::{AllocKey, AllocRecord, GENERATION_SLOTS, ProcCounters, Tracked, counter_index},
+    cookie::Family,
     drop::Drop,
     event::Settings,
     maps as names,
@@ -22,6 +23,26 @@ use memwatch_common::{
 };
 
 use crate::config::MapSizes;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
+/// The kernel's pid_max: the size of the TRACKED array indexed by tgid.
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 22)
+}
+
+/// Whether the kernel is timing BPF programs (`sysctl kernel.bpf_stats_enabled`).
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
 
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memwatch"));
@@ -76,15 +97,24 @@ impl Kernel {
             exit_group_dead_offset: tracefs::field_offset(&exit_format, "group_dead").unwrap_or(0),
             newtask_clone_flags_offset: tracefs::field_offset(&newtask_format, "clone_flags")
                 .context("task_newtask has no clone_flags field")?,
-            _pad: 0,
+            stacks_epoch: 0,
         };
 
+        // MEMWATCH_VERIFIER_LOG=1 puts the verifier's full log into load errors.
+        let log = if std::env::var_os("MEMWATCH_VERIFIER_LOG").is_some() {
+            aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS
+        } else {
+            aya::VerifierLogLevel::default()
+        };
         let mut ebpf = EbpfLoader::new()
+            .verifier_log_level(log)
+            // CALLS is task-local storage, which aya creates but has no
+            // user-space wrapper for; the daemon never reads it.
+            .allow_unsupported_maps()
             .map_max_entries(names::LIVE, sizes.live_allocations)
             .map_max_entries(names::STACKS, sizes.stacks)
-            .map_max_entries(names::CALLS, sizes.calls_in_flight)
-            .map_max_entries(names::COUNTERS, sizes.processes)
-            .map_max_entries(names::TRACKED, sizes.processes)
+            .map_max_entries(names::COUNTERS, sizes.processes * GENERATION_SLOTS * Family::COUNT)
+            .map_max_entries(names::TRACKED, pid_max())
             .load(OBJECT)
             .context("loading the eBPF object (memwatch needs root, or CAP_BPF and CAP_PERFMON)")?;
 
@@ -138,23 +168,46 @@ impl Kernel {
         Ok(())
     }
 
-    /// Starts counting a process's allocations under `generation`.
-    pub fn track(&mut self, tgid: u32, generation: u32) -> anyhow::Result<()> {
-        let mut m = HashMap::<_, u32, Tracked>::try_from(&mut self.tracked)?;
-        m.insert(tgid, Tracked { generation, _pad: 0 }, 0)
-            .context("the tracked-process map is full (raise maps.processes)")?;
+    /// Starts counting a process's allocations under `generation`, in counter
+    /// slot `slot` (whose counters are zeroed first).
+    pub fn track(&mut self, tgid: u32, generation: u32, slot: u32) -> anyhow::Result<()> {
+        for parity in 0..GENERATION_SLOTS {
+            self.clear_counters(slot, parity)?;
+        }
+        let mut m = Array::<_, Tracked>::try_from(&mut self.tracked)?;
+        m.set(tgid, Tracked { generation, slot }, 0)
+            .with_context(|| format!("pid {tgid} is beyond this kernel's pid_max at startup"))?;
         Ok(())
     }
 
     pub fn untrack(&mut self, tgid: u32) {
-        if let Ok(mut m) = HashMap::<_, u32, Tracked>::try_from(&mut self.tracked) {
-            let _ = m.remove(&tgid);
+        if let Ok(mut m) = Array::<_, Tracked>::try_from(&mut self.tracked) {
+            let _ = m.set(tgid, Tracked::default(), 0);
         }
     }
 
+    /// The kernel's view of a process's generation (it moves on at exec).
     pub fn tracked_generation(&self, tgid: u32) -> Option<u32> {
-        let m = HashMap::<_, u32, Tracked>::try_from(&self.tracked).ok()?;
-        m.get(&tgid, 0).ok().map(|t| t.generation)
+        let m = Array::<_, Tracked>::try_from(&self.tracked).ok()?;
+        m.get(&tgid, 0).ok().map(|t| t.generation).filter(|&g| g != 0)
+    }
+
+    /// A process generation's counters for one allocator family, summed over CPUs.
+    pub fn counters(&self, slot: u32, generation: u32, family: Family) -> anyhow::Result<ProcCounters> {
+        let a = PerCpuArray::<_, ProcCounters>::try_from(&self.counters)?;
+        let values = a.get(&counter_index(slot, generation, family as u8), 0)?;
+        Ok(ProcCounters::sum(values.iter()))
+    }
+
+    /// Zeroes the counters of one generation parity of a slot (all families).
+    pub fn clear_counters(&mut self, slot: u32, generation: u32) -> anyhow::Result<()> {
+        let mut a = PerCpuArray::<_, ProcCounters>::try_from(&mut self.counters)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        for f in Family::ALL {
+            let zero = PerCpuValues::try_from(vec![ProcCounters::default(); cpus])?;
+            a.set(counter_index(slot, generation, f as u8), zero, 0)?;
+        }
+        Ok(())
     }
 
     /// Every live allocation, read in batches.
@@ -164,25 +217,6 @@ impl Kernel {
 
     pub fn delete_live(&self, keys: &[AllocKey]) -> std::io::Result<usize> {
         batch::delete(&Fd(map_fd(&self.live).as_raw_fd()), keys)
-    }
-
-    /// Per-process counters, summed over CPUs.
-    pub fn counters(&self) -> anyhow::Result<Vec<(ProcKey, ProcCounters)>> {
-        let m = PerCpuHashMap::<_, ProcKey, ProcCounters>::try_from(&self.counters)?;
-        let mut out = Vec::new();
-        for key in m.keys() {
-            let key = key?;
-            if let Ok(values) = m.get(&key, 0) {
-                out.push((key, ProcCounters::sum(values.iter())));
-            }
-        }
-        Ok(out)
-    }
-
-    pub fn delete_counters(&mut self, key: &ProcKey) {
-        if let Ok(mut m) = PerCpuHashMap::<_, ProcKey, ProcCounters>::try_from(&mut self.counters) {
-            let _ = m.remove(key);
-        }
     }
 
     /// Events lost in the kernel, by [`Drop`] reason, summed over CPUs.
@@ -208,8 +242,32 @@ impl Kernel {
         ids
     }
 
-    pub fn delete_stacks(&self, ids: &[u64]) -> std::io::Result<usize> {
-        batch::delete(&Fd(map_fd(&self.stacks).as_raw_fd()), ids)
+    /// Deletes stored stacks. The eBPF side caches ids of stored stacks per
+    /// CPU; bumping the epoch first and letting programs in flight finish
+    /// keeps a cached id from outliving its stack.
+    pub fn delete_stacks(&mut self, ids: &[u64]) -> anyhow::Result<usize> {
+        let mut a = Array::<_, Settings>::try_from(&mut self.settings)?;
+        let mut s = a.get(&0, 0)?;
+        s.stacks_epoch = s.stacks_epoch.wrapping_add(1);
+        a.set(0, s, 0)?;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        Ok(batch::delete(&Fd(map_fd(&self.stacks).as_raw_fd()), ids)?)
+    }
+
+    /// Run counts and times of memwatch's programs. The kernel keeps them
+    /// only while the `kernel.bpf_stats_enabled` sysctl is 1.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(ProgramStats {
+                    name: name.to_string(),
+                    runs: info.run_count(),
+                    run_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     pub fn events(&mut self) -> &mut RingBuf<MapData> {

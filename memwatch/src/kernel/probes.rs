@@ -21,6 +21,7 @@ use crate::target::{AllocatorTarget, Site};
 pub struct AttachedSite {
     pub site: Site,
     pub target_path: String,
+    pub build_id: Option<String>,
     links: Vec<(&'static str, UProbeLinkId)>,
 }
 
@@ -44,7 +45,7 @@ fn attach_one(
         sp_words: 0,
     };
     let point = UProbeAttachPoint {
-        location: UProbeAttachLocation::AbsoluteOffset(site.file_offset),
+        location: UProbeAttachLocation::AbsoluteOffset(site.file_offset()),
         cookie: Some(cookie.encode()),
     };
     let id = program(ebpf, prog)?
@@ -52,7 +53,9 @@ fn attach_one(
         .with_context(|| {
             format!(
                 "attaching {prog} to {}+{:#x} ({})",
-                target.path, site.file_offset, site.symbol
+                target.path,
+                site.file_offset(),
+                site.symbol
             )
         })?;
     Ok((prog, id))
@@ -71,6 +74,7 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, target: &AllocatorTarget) -> anyhow::Re
         .map(|s| AttachedSite {
             site: s.clone(),
             target_path: target.path.clone(),
+            build_id: target.build_id.clone(),
             links: Vec::new(),
         })
         .collect();

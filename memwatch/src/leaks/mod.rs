@@ -220,7 +220,19 @@ pub(crate) mod tests {
                 (11, Arc::new(vec![frame("leak_here", 10), frame("main", 20)])),
                 (22, Arc::new(vec![frame("cache_fill", 30)])),
             ]),
-            probes: vec![],
+            probes: vec![crate::process::ProbeSummary {
+                module: "/usr/lib/libc.so.6".into(),
+                build_id: Some("cafe".into()),
+                function: "free",
+                entry_offset: 0x98ef0,
+                placement: crate::target::placement::Placement {
+                    offset: 9,
+                    sp_words: 0,
+                    instruction: "push %rbp".into(),
+                    emulated: true,
+                    reason: "moved past 2 single-stepped instruction(s) to an emulated one".into(),
+                },
+            }],
         };
         let p7 = ProcessSnapshot {
             pid: 7,

@@ -26,17 +26,24 @@ pub enum Selection {
     Exe(String),
 }
 
-/// A probed allocator function, for status reports.
-#[derive(Debug, Clone, Serialize)]
+/// A probed allocator function and where its probes sit, for /probes,
+/// /metrics and the logs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProbeSummary {
     pub module: String,
+    pub build_id: Option<String>,
     pub function: &'static str,
-    pub file_offset: u64,
+    /// File offset of the function's entry.
+    pub entry_offset: u64,
+    #[serde(flatten)]
+    pub placement: crate::target::placement::Placement,
 }
 
 pub struct Incarnation {
     pub pid: u32,
     pub generation: u32,
+    /// Counter slot base in the kernel's COUNTERS array.
+    pub slot: u32,
     pub start_time: u64,
     pub comm: String,
     pub exe: PathBuf,
@@ -59,8 +66,10 @@ impl Incarnation {
             .iter()
             .map(|s| ProbeSummary {
                 module: s.target_path.clone(),
+                build_id: s.build_id.clone(),
                 function: s.site.symbol,
-                file_offset: s.site.file_offset,
+                entry_offset: s.site.entry_offset,
+                placement: s.site.placement.clone(),
             })
             .collect()
     }
@@ -72,6 +81,9 @@ pub struct Retired {
     pub pid: u32,
     pub generation: u32,
     pub exe_name: String,
+    pub slot: u32,
+    /// The process is no longer tracked: its slot can be reused once read.
+    pub release_slot: bool,
 }
 
 /// A process memwatch was asked to track but could not.
@@ -90,11 +102,16 @@ pub struct ProcessTable {
     failures: Vec<AttachFailure>,
     next_generation: u32,
     globs: Vec<ExeGlob>,
+    /// Probe emulated instructions rather than entries.
+    placement: bool,
     elf: ElfCache,
     reaper: probes::Reaper,
+    /// Counter slots not in use.
+    free_slots: Vec<u32>,
     /// Processes just exec'd that match a glob but have not mapped their
     /// allocator yet (at exec only the executable and ld.so are mapped).
     pending: Vec<Pending>,
+    logged_placements: std::collections::HashSet<(String, u64)>,
     /// Probe attachments that failed, ever (a counter for /metrics).
     pub attach_failures_total: u64,
 }
@@ -105,7 +122,9 @@ const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Pending {
     pid: u32,
-    pattern: String,
+    /// The glob it matched (a new process to track), or None for a tracked
+    /// process whose probes are refreshed after exec.
+    pattern: Option<String>,
     start_time: u64,
     deadline: std::time::Instant,
 }
@@ -118,6 +137,8 @@ pub enum TrackError {
     Target(#[from] target::TargetError),
     #[error("{0:#}")]
     Kernel(anyhow::Error),
+    #[error("too many tracked processes (raise maps.processes)")]
+    TooMany,
 }
 
 pub fn unix_now() -> f64 {
@@ -128,16 +149,19 @@ pub fn unix_now() -> f64 {
 }
 
 impl ProcessTable {
-    pub fn new(globs: Vec<ExeGlob>) -> Self {
+    pub fn new(globs: Vec<ExeGlob>, placement: bool, slots: u32) -> Self {
         ProcessTable {
             procs: BTreeMap::new(),
             retired: Vec::new(),
             failures: Vec::new(),
             next_generation: GENERATION_STRIDE,
             globs,
+            placement,
             elf: ElfCache::default(),
             reaper: probes::Reaper::default(),
+            free_slots: (0..slots).rev().collect(),
             pending: Vec::new(),
+            logged_placements: Default::default(),
             attach_failures_total: 0,
         }
     }
@@ -183,6 +207,11 @@ impl ProcessTable {
         std::mem::take(&mut self.retired)
     }
 
+    /// Returns a counter slot once its last generation has been read.
+    pub fn release_slot(&mut self, slot: u32) {
+        self.free_slots.push(slot);
+    }
+
     fn record_failure(&mut self, pid: u32, error: &TrackError) {
         self.attach_failures_total += 1;
         if self.failures.len() >= MAX_FAILURES_KEPT {
@@ -218,15 +247,19 @@ impl ProcessTable {
             return Err(TrackError::NoProcess(pid));
         }
         let exe = procfs::read_exe(pid).map_err(|_| TrackError::NoProcess(pid))?;
-        let targets = target::find_targets(pid, &mut self.elf)?;
+        let targets = target::find_targets(pid, &mut self.elf, self.placement)?;
 
         let generation = self.next_generation;
         self.next_generation = self
             .next_generation
             .wrapping_add(GENERATION_STRIDE)
             .max(GENERATION_STRIDE);
+        let slot = self.free_slots.pop().ok_or(TrackError::TooMany)?;
         // Counted from the first probe hit on: the entry exists before any probe.
-        kernel.track(pid, generation).map_err(TrackError::Kernel)?;
+        if let Err(e) = kernel.track(pid, generation, slot) {
+            self.free_slots.push(slot);
+            return Err(TrackError::Kernel(e));
+        }
         let mut sites = Vec::new();
         for t in &targets {
             match probes::attach(kernel.ebpf_mut(), pid, t) {
@@ -234,9 +267,11 @@ impl ProcessTable {
                 Err(e) => {
                     self.reaper.reap(probes::detach(kernel.ebpf_mut(), sites));
                     kernel.untrack(pid);
+                    self.free_slots.push(slot);
                     return Err(TrackError::Kernel(e));
                 }
             }
+            self.log_placements(t);
             if !t.missing.is_empty() {
                 tracing::info!(pid, module = %t.path, missing = ?t.missing, "allocator functions not defined by this object");
             }
@@ -244,6 +279,7 @@ impl ProcessTable {
         let inc = Incarnation {
             pid,
             generation,
+            slot,
             start_time: stat.start_time,
             comm: stat.comm,
             exe,
@@ -264,6 +300,27 @@ impl ProcessTable {
         Ok(())
     }
 
+    /// Logs where each function of a binary is probed, the first time.
+    fn log_placements(&mut self, t: &target::AllocatorTarget) {
+        let key = (t.dev.clone(), t.inode);
+        if self.logged_placements.contains(&key) {
+            return;
+        }
+        self.logged_placements.insert(key);
+        for s in &t.sites {
+            let p = &s.placement;
+            tracing::info!(
+                module = %t.path,
+                function = s.symbol,
+                offset = format_args!("+{:#x}", p.offset),
+                instruction = %p.instruction,
+                emulated = p.emulated,
+                "probe site: {}",
+                p.reason
+            );
+        }
+    }
+
     /// Stops tracking `pid`: detaches its probes and retires its generation.
     pub fn untrack(&mut self, kernel: &mut Kernel, pid: u32, why: &str) {
         let Some(inc) = self.procs.remove(&pid) else { return };
@@ -273,6 +330,8 @@ impl ProcessTable {
             pid,
             generation: inc.generation,
             exe_name: inc.exe_name(),
+            slot: inc.slot,
+            release_slot: true,
         });
         self.reaper.reap(probes::detach(kernel.ebpf_mut(), inc.sites));
         tracing::info!(pid, comm = %inc.comm, probes = n, "stopped tracking process: {why}");
@@ -326,6 +385,8 @@ impl ProcessTable {
             pid,
             generation: old_generation,
             exe_name,
+            slot: inc.slot,
+            release_slot: false,
         });
         inc.generation = old_generation.wrapping_add(1);
         if let Ok(stat) = procfs::read_stat(pid) {
@@ -341,36 +402,42 @@ impl ProcessTable {
             self.untrack(kernel, pid, "it exec'd an executable no --exe glob matches");
             return;
         }
-        self.refresh_probes(kernel, pid);
+        self.refresh_or_wait(kernel, pid);
     }
 
     /// Re-resolves a process's allocator objects after exec and re-attaches
     /// only if they changed (the same libc keeps its probes: nothing is missed).
-    fn refresh_probes(&mut self, kernel: &mut Kernel, pid: u32) {
-        let targets = match target::find_targets(pid, &mut self.elf) {
+    /// Returns false when the image has not mapped its allocator yet (just
+    /// after exec only the executable and ld.so are mapped; the current
+    /// probes, by inode, fire again once libc is mapped).
+    fn refresh_probes(&mut self, kernel: &mut Kernel, pid: u32) -> bool {
+        let targets = match target::find_targets(pid, &mut self.elf, self.placement) {
             Ok(t) => t,
+            Err(target::TargetError::NoAllocator { .. }) => return false,
             Err(e) => {
                 let e = TrackError::from(e);
                 self.record_failure(pid, &e);
                 self.untrack(kernel, pid, &format!("its new image cannot be probed: {e}"));
-                return;
+                return true;
             }
         };
-        let Some(inc) = self.procs.get_mut(&pid) else { return };
+        let Some(inc) = self.procs.get_mut(&pid) else {
+            return true;
+        };
         let wanted: Vec<(String, u64)> = targets
             .iter()
-            .flat_map(|t| t.sites.iter().map(move |s| (t.path.clone(), s.file_offset)))
+            .flat_map(|t| t.sites.iter().map(move |s| (t.path.clone(), s.file_offset())))
             .collect();
         let mut have: Vec<(String, u64)> = inc
             .sites
             .iter()
-            .map(|s| (s.target_path.clone(), s.site.file_offset))
+            .map(|s| (s.target_path.clone(), s.site.file_offset()))
             .collect();
         let mut wanted_sorted = wanted.clone();
         wanted_sorted.sort();
         have.sort();
         if wanted_sorted == have {
-            return;
+            return true;
         }
         let old = std::mem::take(&mut inc.sites);
         let mut sites = Vec::new();
@@ -383,6 +450,20 @@ impl ProcessTable {
         self.reaper.reap(probes::detach(kernel.ebpf_mut(), old));
         if let Some(inc) = self.procs.get_mut(&pid) {
             inc.sites = sites;
+        }
+        true
+    }
+
+    fn refresh_or_wait(&mut self, kernel: &mut Kernel, pid: u32) {
+        if !self.refresh_probes(kernel, pid) && !self.pending.iter().any(|p| p.pid == pid) {
+            let start_time = self.procs.get(&pid).map_or(0, |p| p.start_time);
+            let deadline = std::time::Instant::now() + PENDING_FOR;
+            self.pending.push(Pending {
+                pid,
+                pattern: None,
+                start_time,
+                deadline,
+            });
         }
     }
 
@@ -415,7 +496,7 @@ impl ProcessTable {
                 if !self.pending.iter().any(|p| p.pid == pid) {
                     self.pending.push(Pending {
                         pid,
-                        pattern,
+                        pattern: Some(pattern),
                         start_time,
                         deadline: std::time::Instant::now() + PENDING_FOR,
                     });
@@ -443,7 +524,19 @@ impl ProcessTable {
             if !same {
                 continue;
             }
-            match self.try_track(kernel, p.pid, Selection::Exe(p.pattern.clone())) {
+            let Some(pattern) = p.pattern.clone() else {
+                // A tracked process after exec: refresh, or give up at the deadline.
+                let mapped = self.refresh_probes(kernel, p.pid);
+                if !mapped && now < p.deadline {
+                    self.pending.push(p);
+                } else if !mapped {
+                    let e = TrackError::Target(target::TargetError::NoAllocator { pid: p.pid });
+                    self.record_failure(p.pid, &e);
+                    self.untrack(kernel, p.pid, &format!("its new image cannot be probed: {e}"));
+                }
+                continue;
+            };
+            match self.try_track(kernel, p.pid, Selection::Exe(pattern)) {
                 Ok(()) => {}
                 Err(TrackError::Target(target::TargetError::NoAllocator { .. })) if now < p.deadline => {
                     self.pending.push(p)
@@ -473,17 +566,25 @@ impl ProcessTable {
             }
             match kernel.tracked_generation(pid) {
                 Some(g) if g != generation => {
-                    // Missed exec events: retire ours and follow the kernel's.
-                    let exe_name = self.procs[&pid].exe_name();
-                    self.retired.push(Retired {
-                        pid,
-                        generation,
-                        exe_name,
-                    });
+                    // Missed exec events: retire ours and those in between,
+                    // and follow the kernel's.
+                    let (exe_name, slot) = (self.procs[&pid].exe_name(), self.procs[&pid].slot);
+                    let mut old = generation;
+                    while old != g {
+                        let exe_name = exe_name.clone();
+                        self.retired.push(Retired {
+                            pid,
+                            generation: old,
+                            exe_name,
+                            slot,
+                            release_slot: false,
+                        });
+                        old = old.wrapping_add(1);
+                    }
                     if let Some(inc) = self.procs.get_mut(&pid) {
                         inc.generation = g;
                     }
-                    self.refresh_probes(kernel, pid);
+                    self.refresh_or_wait(kernel, pid);
                 }
                 None => self.untrack(kernel, pid, "its kernel state vanished"),
                 _ => {}

@@ -28,6 +28,8 @@ pub struct ElfInfo {
     functions: HashMap<String, u64>,
     /// Loadable segments: (vaddr, size, file offset).
     segments: Vec<(u64, u64, u64)>,
+    /// The first bytes of each function above, by virtual address.
+    prologues: HashMap<u64, Vec<u8>>,
 }
 
 impl ElfInfo {
@@ -40,6 +42,10 @@ impl ElfInfo {
     }
 
     /// The file offset of a virtual address, which is what uprobes take.
+    pub fn prologue(&self, vaddr: u64) -> &[u8] {
+        self.prologues.get(&vaddr).map_or(&[], Vec::as_slice)
+    }
+
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
             .iter()
@@ -68,11 +74,23 @@ impl ElfInfo {
             .map(|s| (s.address(), s.size(), s.file_range().0))
             .collect();
         let build_id = file.build_id()?.map(hex);
-        Ok(ElfInfo {
+        let mut info = ElfInfo {
             build_id,
             functions,
             segments,
-        })
+            prologues: HashMap::new(),
+        };
+        let addrs: Vec<u64> = info.functions.values().copied().collect();
+        for vaddr in addrs {
+            if let Some(off) = info.file_offset(vaddr) {
+                let start = off as usize;
+                let end = (start + super::placement::PROLOGUE_BYTES).min(data.len());
+                if start < end {
+                    info.prologues.insert(vaddr, data[start..end].to_vec());
+                }
+            }
+        }
+        Ok(info)
     }
 }
 

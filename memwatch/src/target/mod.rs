@@ -7,12 +7,14 @@
 //! counted twice.
 
 pub mod elf;
+pub mod placement;
 
 use std::path::PathBuf;
 
 use memwatch_common::cookie::{CallKind, Family};
 
 use crate::process::procfs::{self, MappedFile};
+use placement::Placement;
 
 /// The libc allocation API, by symbol. Aliases at one address (memalign and
 /// aligned_alloc, mmap and mmap64 in glibc) get a single probe.
@@ -39,7 +41,17 @@ pub struct Site {
     /// The symbol it was found by (the first of its aliases in the table).
     pub symbol: &'static str,
     pub vaddr: u64,
-    pub file_offset: u64,
+    /// File offset of the function's entry.
+    pub entry_offset: u64,
+    /// Where in the function the probes go, and why.
+    pub placement: Placement,
+}
+
+impl Site {
+    /// File offset of the probe site (what uprobes attach to).
+    pub fn file_offset(&self) -> u64 {
+        self.entry_offset + self.placement.offset
+    }
 }
 
 /// One object of a process that provides allocator functions.
@@ -96,7 +108,9 @@ pub enum TargetError {
 
 /// Finds the allocator providers of a running process. Objects that cannot be
 /// read are skipped with a warning; the others still count.
-pub fn find_targets(pid: u32, cache: &mut elf::ElfCache) -> Result<Vec<AllocatorTarget>, TargetError> {
+/// With `place`, probes go to emulated instructions (see [`placement`]);
+/// without, to function entries.
+pub fn find_targets(pid: u32, cache: &mut elf::ElfCache, place: bool) -> Result<Vec<AllocatorTarget>, TargetError> {
     let entries = procfs::read_maps(pid).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound || !procfs::exists(pid) {
             TargetError::NoProcess { pid }
@@ -106,7 +120,7 @@ pub fn find_targets(pid: u32, cache: &mut elf::ElfCache) -> Result<Vec<Allocator
     })?;
     let mut targets = Vec::new();
     for file in procfs::mapped_files(&entries).into_iter().filter(|f| f.executable) {
-        match target_for(pid, &file, cache) {
+        match target_for(pid, &file, cache, place) {
             Ok(Some(t)) => targets.push(t),
             Ok(None) => {}
             Err(e) => {
@@ -124,6 +138,7 @@ fn target_for(
     pid: u32,
     file: &MappedFile,
     cache: &mut elf::ElfCache,
+    place: bool,
 ) -> Result<Option<AllocatorTarget>, elf::ElfError> {
     let open_path = if file.deleted {
         // A replaced file is still reachable through its mapping.
@@ -142,12 +157,21 @@ fn target_for(
     let mut sites = Vec::new();
     for (kind, symbol, vaddr) in planned {
         match info.file_offset(vaddr) {
-            Some(file_offset) => sites.push(Site {
-                kind,
-                symbol,
-                vaddr,
-                file_offset,
-            }),
+            Some(entry_offset) => {
+                let code = info.prologue(vaddr);
+                let placement = if place {
+                    placement::place(code, vaddr, kind)
+                } else {
+                    placement::at_entry(code, vaddr)
+                };
+                sites.push(Site {
+                    kind,
+                    symbol,
+                    vaddr,
+                    entry_offset,
+                    placement,
+                });
+            }
             None => tracing::warn!(pid, path = %file.path, symbol, "symbol outside any loadable segment; not probed"),
         }
     }
@@ -213,7 +237,7 @@ mod tests {
         // The real glibc of the test machine, as a process maps it.
         let pid = std::process::id();
         let mut cache = elf::ElfCache::default();
-        let targets = find_targets(pid, &mut cache).expect("the test binary maps libc");
+        let targets = find_targets(pid, &mut cache, true).expect("the test binary maps libc");
         let libc = targets
             .iter()
             .find(|t| t.path.contains("libc.so"))
@@ -224,5 +248,55 @@ mod tests {
             assert!(kinds.contains(&kind), "{kind} not planned");
         }
         assert!(libc.build_id.as_deref().is_some_and(|b| b.len() == 40));
+        let site = |name: &str| libc.sites.iter().find(|s| s.symbol == name).unwrap().placement.clone();
+        // glibc's free starts with `test %rdi,%rdi; je`: moved past it.
+        let free = site("free");
+        assert!(free.emulated && free.offset > 0, "{free:?}");
+        assert!(free.instruction.starts_with("push"), "{free:?}");
+        // Every chosen site is what the kernel emulates, or the entry.
+        for s in &libc.sites {
+            assert!(s.placement.emulated || s.placement.offset == 0, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn debian_12_glibc_placements() {
+        // The machine this project targets: glibc 2.36 as Debian 12 builds it.
+        // SAFETY: returns a static NUL-terminated string.
+        let version = unsafe { std::ffi::CStr::from_ptr(gnu_get_libc_version()) }
+            .to_string_lossy()
+            .into_owned();
+        if version != "2.36" {
+            eprintln!("glibc {version}: this test checks 2.36 only");
+            return;
+        }
+        let mut cache = elf::ElfCache::default();
+        let targets = find_targets(std::process::id(), &mut cache, true).unwrap();
+        let libc = targets.iter().find(|t| t.path.contains("libc.so")).unwrap();
+        let got: Vec<(&str, u64, bool)> = libc
+            .sites
+            .iter()
+            .map(|s| (s.symbol, s.placement.offset, s.placement.emulated))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("malloc", 0, true),         // push %r12
+                ("calloc", 0, true),         // push %r13
+                ("realloc", 0, true),        // push %r15
+                ("reallocarray", 0, false),  // mov %rsi,%rax; mul %rdx: arguments change first
+                ("free", 9, true),           // test; je (NULL); push %rbp
+                ("posix_memalign", 7, true), // cmpb $0,…(%rip); push %r12
+                ("aligned_alloc", 7, true),  // cmpb; je
+                ("valloc", 7, true),         // cmpb; push %rbx
+                ("pvalloc", 7, true),        // cmpb; push %rbx
+                ("mmap", 10, true),          // mov %ecx,%r10d; test $0xfff,%r9d; jne
+                ("munmap", 0, false),        // mov $0xb,%eax; syscall
+            ]
+        );
+    }
+
+    unsafe extern "C" {
+        fn gnu_get_libc_version() -> *const std::ffi::c_char;
     }
 }

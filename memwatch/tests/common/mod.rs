@@ -124,6 +124,18 @@ impl Fixture {
         self.send("go");
     }
 
+    /// Execs the fixture afresh: same pid, new image, paused until `go`.
+    pub fn exec(&mut self) {
+        self.send("exec");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("ready {}", self.pid),
+            "the new image keeps the pid"
+        );
+    }
+
     pub fn exit(mut self) -> ExitStatus {
         self.send("exit");
         self.stdin.take();

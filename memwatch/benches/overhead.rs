@@ -1,0 +1,535 @@
+//! The overhead benchmark behind `cargo xtask bench` (root needed).
+//!
+//! A malloc-heavy workload (benches/workload.c, ~1 M alloc/free pairs of
+//! mixed sizes) runs, side by side in one invocation, untraced; tracked by
+//! memwatch with probe placement on and off; and under bare counting uprobes
+//! (perf events, no BPF) at the entry sites and at the sites memwatch chose.
+//! Runs are interleaved and repeated; medians are compared as ratios, since
+//! absolute times on a shared VM are noise. A last run with
+//! `kernel.bpf_stats_enabled=1` gives the BPF program time per hit.
+
+use std::{
+    ffi::CString,
+    io::{BufRead, BufReader, Write},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Pairs per run and rounds; MWBENCH_PAIRS / MWBENCH_ROUNDS override them
+/// for quick iterations.
+const PAIRS_DEFAULT: u64 = 1_000_000;
+/// From linux/perf_event.h (not in the libc crate).
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+const ROUNDS_DEFAULT: usize = 3;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+const TARGET_VS_BARE: f64 = 1.15;
+const TARGET_VS_ENTRY: f64 = 4.0;
+const TARGET_NS_PER_HIT: f64 = 250.0;
+
+fn tmp() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// Compiles the workload once and copies it under `name`, so that each
+/// memwatch daemon (selecting by executable name) sees only its own runs.
+fn workload_binary(name: &str) -> PathBuf {
+    let built = tmp().join("mwbench-workload");
+    if !built.exists() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/workload.c");
+        let ok = Command::new("cc")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-fno-builtin", "-o"])
+            .arg(&built)
+            .arg(&src)
+            .status()
+            .expect("cc")
+            .success();
+        assert!(ok, "compiling {}", src.display());
+    }
+    let copy = tmp().join(name);
+    std::fs::copy(&built, &copy).unwrap();
+    copy
+}
+
+struct Workload {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pid: u32,
+}
+
+impl Workload {
+    fn start(binary: &Path) -> Workload {
+        let mut child = Command::new(binary)
+            .arg(env_or("MWBENCH_PAIRS", PAIRS_DEFAULT).to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("workload");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("ready"), "{line}");
+        let pid = child.id();
+        Workload {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    /// Runs the pairs; returns ns per pair.
+    fn go(&mut self) -> f64 {
+        writeln!(self.stdin, "go").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let mut it = line.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+        let (pairs, ns) = (it.next().unwrap(), it.next().unwrap());
+        ns / pairs
+    }
+
+    fn finish(mut self) {
+        let _ = writeln!(self.stdin, "exit");
+        let _ = self.child.wait();
+    }
+}
+
+struct Daemon {
+    child: Child,
+    addr: String,
+    placement: bool,
+}
+
+impl Daemon {
+    fn start(exe_glob: &str, placement: bool) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = tmp().join(format!("mwbench-{port}.toml"));
+        std::fs::write(
+            &config,
+            format!("[collect]\ninterval_seconds = 0.5\n[probes]\nplacement = {placement}\n"),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_memwatch"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--listen", &addr, "--exe", exe_glob, "--log", "warn"])
+            .spawn()
+            .expect("memwatch");
+        let d = Daemon { child, addr, placement };
+        d.wait("healthy", |d| d.get("/healthz").0 == 200);
+        d
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        match agent.get(format!("http://{}{path}", self.addr)).call() {
+            Ok(mut r) => (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    fn wait(&self, what: &str, ok: impl Fn(&Daemon) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ok(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for memwatch: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_tracked(&self, pid: u32) {
+        self.wait("the workload to be tracked", |d| {
+            d.get(&format!("/leaks?pid={pid}")).0 == 200
+        });
+    }
+
+    fn sites(&self) -> Vec<Site> {
+        let v: serde_json::Value = serde_json::from_str(&self.get("/probes").1).unwrap();
+        v["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| Site {
+                module: s["module"].as_str().unwrap().to_string(),
+                function: s["function"].as_str().unwrap().to_string(),
+                file_offset: s["entry_offset"].as_u64().unwrap() + s["offset"].as_u64().unwrap(),
+                instruction: s["instruction"].as_str().unwrap().to_string(),
+                emulated: s["emulated"].as_bool().unwrap(),
+            })
+            .collect()
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Site {
+    module: String,
+    function: String,
+    file_offset: u64,
+    instruction: String,
+    emulated: bool,
+}
+
+impl Site {
+    fn needs_return(&self) -> bool {
+        !matches!(self.function.as_str(), "free" | "munmap")
+    }
+}
+
+/// A counting uprobe (a perf event with no BPF program): the kernel's own
+/// cost of a probe hit at a site, which memwatch cannot go below.
+struct BareProbe {
+    fd: OwnedFd,
+}
+
+/// `struct perf_event_attr` up to config2 (PERF_ATTR_SIZE_VER1 is 72 bytes;
+/// the kernel zero-extends).
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+}
+
+fn sysfs_number(path: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let text = text.trim().trim_start_matches("config:");
+    text.parse().unwrap_or_else(|_| panic!("{path}: {text}"))
+}
+
+impl BareProbe {
+    fn attach(pid: u32, path: &str, offset: u64, ret: bool) -> BareProbe {
+        let ty = sysfs_number("/sys/bus/event_source/devices/uprobe/type") as u32;
+        let ret_bit = sysfs_number("/sys/bus/event_source/devices/uprobe/format/retprobe");
+        let c_path = CString::new(path).unwrap();
+        let attr = PerfEventAttr {
+            type_: ty,
+            size: size_of::<PerfEventAttr>() as u32,
+            config: if ret { 1 << ret_bit } else { 0 },
+            config1: c_path.as_ptr() as u64,
+            config2: offset,
+            ..Default::default()
+        };
+        // SAFETY: valid attr; pid-scoped, any CPU, close-on-exec.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const PerfEventAttr,
+                pid as i32,
+                -1,
+                -1,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        assert!(
+            fd >= 0,
+            "perf_event_open({path}+{offset:#x}): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh descriptor we own.
+        BareProbe {
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        }
+    }
+
+    fn count(&self) -> u64 {
+        let mut v = 0u64;
+        // SAFETY: reading a u64 counter from our own perf event.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+        v
+    }
+}
+
+/// The sites a daemon uses, after it has tracked one workload.
+fn sites_of(d: &Daemon) -> Vec<Site> {
+    let w = Workload::start(&workload_binary(if d.placement {
+        "mwbench-placed"
+    } else {
+        "mwbench-entry"
+    }));
+    d.wait_tracked(w.pid);
+    let sites = d.sites();
+    w.finish();
+    sites
+}
+
+fn bare_probes(pid: u32, sites: &[Site]) -> Vec<BareProbe> {
+    let mut probes = Vec::new();
+    for s in sites {
+        if s.needs_return() {
+            probes.push(BareProbe::attach(pid, &s.module, s.file_offset, true));
+        }
+        probes.push(BareProbe::attach(pid, &s.module, s.file_offset, false));
+    }
+    probes
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Untraced,
+    BareEntry,
+    BarePlaced,
+    MemwatchEntry,
+    MemwatchPlaced,
+}
+
+impl Mode {
+    const ALL: [Mode; 5] = [
+        Mode::MemwatchPlaced,
+        Mode::MemwatchEntry,
+        Mode::Untraced,
+        Mode::BareEntry,
+        Mode::BarePlaced,
+    ];
+
+    /// Short names for MWBENCH_MODES (a comma-separated subset, for quick A/B runs).
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::BareEntry => "bare-entry",
+            Mode::BarePlaced => "bare-placed",
+            Mode::MemwatchEntry => "entry",
+            Mode::MemwatchPlaced => "placed",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::BareEntry => "bare counting uprobes at function entries",
+            Mode::BarePlaced => "bare counting uprobes at memwatch's sites",
+            Mode::MemwatchEntry => "memwatch, placement off (entries)",
+            Mode::MemwatchPlaced => "memwatch, placement on",
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn set_bpf_stats(on: bool) -> String {
+    let path = "/proc/sys/kernel/bpf_stats_enabled";
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    std::fs::write(path, if on { "1" } else { "0" }).expect("setting kernel.bpf_stats_enabled");
+    old.trim().to_string()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    // SAFETY: plain syscall.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the benchmark attaches probes: run it as root (`cargo xtask bench`)"
+    );
+    let stats_before = set_bpf_stats(false);
+    let (pairs, rounds) = (
+        env_or("MWBENCH_PAIRS", PAIRS_DEFAULT),
+        env_or("MWBENCH_ROUNDS", ROUNDS_DEFAULT),
+    );
+
+    let placed = Daemon::start("mwbench-placed", true);
+    let entry = Daemon::start("mwbench-entry", false);
+    let bin = |m: Mode| match m {
+        Mode::MemwatchPlaced => workload_binary("mwbench-placed"),
+        Mode::MemwatchEntry => workload_binary("mwbench-entry"),
+        _ => workload_binary("mwbench-plain"),
+    };
+    let (mut placed_sites, mut entry_sites) = (Vec::new(), Vec::new());
+    let selected: Vec<Mode> = match std::env::var("MWBENCH_MODES") {
+        Ok(list) => Mode::ALL
+            .into_iter()
+            .filter(|m| list.split(',').any(|k| k == m.key()))
+            .collect(),
+        Err(_) => Mode::ALL.to_vec(),
+    };
+    let mut results: Vec<(Mode, Vec<f64>)> = selected.iter().map(|&m| (m, Vec::new())).collect();
+    let mut hit_check = Vec::new();
+
+    eprintln!(
+        "memwatch overhead benchmark: {pairs} alloc/free pairs a run, {rounds} rounds of {} modes",
+        Mode::ALL.len()
+    );
+    for round in 0..rounds {
+        for &mode in &selected {
+            let mut w = Workload::start(&bin(mode));
+            let mut probes = Vec::new();
+            match mode {
+                Mode::MemwatchPlaced => placed.wait_tracked(w.pid),
+                Mode::MemwatchEntry => entry.wait_tracked(w.pid),
+                Mode::BareEntry => probes = bare_probes(w.pid, &entry_sites),
+                Mode::BarePlaced => {
+                    if placed_sites.is_empty() {
+                        placed_sites = sites_of(&placed);
+                    }
+                    probes = bare_probes(w.pid, &placed_sites)
+                }
+                Mode::Untraced => {}
+            }
+            let ns = w.go();
+            if !probes.is_empty() && round == 0 {
+                hit_check.push((mode, probes.iter().map(BareProbe::count).sum::<u64>()));
+            }
+            drop(probes);
+            w.finish();
+            if mode == Mode::MemwatchPlaced && placed_sites.is_empty() {
+                placed_sites = placed.sites();
+            }
+            if mode == Mode::MemwatchEntry && entry_sites.is_empty() {
+                entry_sites = entry.sites();
+            }
+            eprintln!("  round {} {:<44} {:>9.1} ns/pair", round + 1, mode.label(), ns);
+            results.iter_mut().find(|(m, _)| *m == mode).unwrap().1.push(ns);
+        }
+    }
+
+    // BPF time per hit, measured apart: timing adds to every program run.
+    set_bpf_stats(true);
+    let programs = ["alloc_enter", "alloc_exit", "free_enter"];
+    if placed_sites.is_empty() {
+        let mut w = Workload::start(&bin(Mode::MemwatchPlaced));
+        placed.wait_tracked(w.pid);
+        w.go();
+        w.finish();
+    }
+    let read = |d: &Daemon| -> Vec<(f64, f64)> {
+        programs
+            .iter()
+            .map(|p| {
+                (
+                    d.metric(&format!("memwatch_bpf_program_runs_total{{program=\"{p}\"}}")),
+                    d.metric(&format!("memwatch_bpf_program_run_seconds_total{{program=\"{p}\"}}")),
+                )
+            })
+            .collect()
+    };
+    let mut w = Workload::start(&bin(Mode::MemwatchPlaced));
+    placed.wait_tracked(w.pid);
+    std::thread::sleep(Duration::from_millis(700));
+    let before = read(&placed);
+    w.go();
+    w.finish();
+    placed.wait("a scan after the stats run", |d| {
+        d.metric("memwatch_bpf_program_runs_total{program=\"free_enter\"}") >= before[2].0 + pairs as f64 * 0.99
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let after = read(&placed);
+    set_bpf_stats(stats_before == "1");
+
+    if rounds == 0 {
+        // MWBENCH_ROUNDS=0: BPF time per hit only, for quick comparisons.
+        print_bpf_stats(pairs, &programs, &before, &after);
+        return;
+    }
+    let med: Vec<(Mode, f64)> = results.iter_mut().map(|(m, v)| (*m, median(v))).collect();
+    if selected.len() < Mode::ALL.len() {
+        for (m, ns) in &med {
+            println!("{:<44} {:>10.1} ns/pair", m.label(), ns);
+        }
+        return;
+    }
+    let get = |m: Mode| med.iter().find(|(x, _)| *x == m).unwrap().1;
+    let untraced = get(Mode::Untraced);
+
+    println!();
+    println!("memwatch overhead, median of {rounds} runs of {pairs} alloc/free pairs (mixed sizes; 90% malloc)");
+    println!("{:<44} {:>10} {:>12}", "mode", "ns/pair", "vs untraced");
+    for &(m, ns) in &med {
+        println!("{:<44} {:>10.1} {:>11.1}x", m.label(), ns, ns / untraced);
+    }
+    println!();
+    println!("probe sites chosen by memwatch (entry → site):");
+    for (p, e) in placed_sites.iter().zip(&entry_sites) {
+        println!(
+            "  {:<15} {:<24} {} → +{:#x} {:<28} {}",
+            p.function,
+            e.instruction,
+            if e.emulated { "emulated" } else { "single-stepped" },
+            p.file_offset - e.file_offset,
+            p.instruction,
+            if p.emulated { "emulated" } else { "single-stepped" },
+        );
+    }
+    println!();
+    for (m, hits) in &hit_check {
+        println!("  sanity: {} counted {hits} probe hits in round 1", m.label());
+    }
+    let mw = get(Mode::MemwatchPlaced) - untraced;
+    let bare = get(Mode::BarePlaced) - untraced;
+    let vs_bare = get(Mode::MemwatchPlaced) / get(Mode::BarePlaced);
+    let vs_entry = get(Mode::MemwatchEntry) / get(Mode::MemwatchPlaced);
+    println!();
+    println!("ratios (targets from issue #3):");
+    println!(
+        "  memwatch / bare uprobes at the same sites   {vs_bare:>6.2}x   target <= {TARGET_VS_BARE:.2}x  {}   (overhead only: {:.2}x)",
+        verdict(vs_bare <= TARGET_VS_BARE),
+        mw / bare
+    );
+    println!(
+        "  memwatch placement off / on                 {vs_entry:>6.2}x   target >= {TARGET_VS_ENTRY:.1}x   {}",
+        verdict(vs_entry >= TARGET_VS_ENTRY)
+    );
+    println!(
+        "  bare uprobes, entries / memwatch's sites    {:>6.2}x",
+        get(Mode::BareEntry) / get(Mode::BarePlaced)
+    );
+    println!();
+    print_bpf_stats(pairs, &programs, &before, &after);
+}
+
+fn print_bpf_stats(pairs: u64, programs: &[&str], before: &[(f64, f64)], after: &[(f64, f64)]) {
+    println!("BPF program time per hit (kernel.bpf_stats_enabled=1, one run of {pairs} pairs):");
+    let mut worst: f64 = 0.0;
+    for (i, p) in programs.iter().enumerate() {
+        let runs = after[i].0 - before[i].0;
+        let ns = (after[i].1 - before[i].1) * 1e9 / runs.max(1.0);
+        worst = worst.max(ns);
+        println!("  {p:<12} {runs:>10.0} runs {ns:>8.0} ns/hit");
+    }
+    println!(
+        "  worst program {worst:.0} ns/hit (alloc_exit includes the stack capture)   target <= {TARGET_NS_PER_HIT:.0} ns   {}",
+        verdict(worst <= TARGET_NS_PER_HIT)
+    );
+}
