@@ -31,10 +31,12 @@ pub enum Drop {
     /// An address was allocated again while still recorded: its release
     /// went unseen. The old record is counted as freed and replaced.
     MissedFree = 10,
+    /// A growth record could not be stored (the LRU growth map refused it).
+    GrowthMapFull = 11,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
 
     pub const ALL: [Drop; Drop::COUNT as usize] = [
         Drop::LiveMapFull,
@@ -48,6 +50,7 @@ impl Drop {
         Drop::OutParamUnreadable,
         Drop::BadCookie,
         Drop::MissedFree,
+        Drop::GrowthMapFull,
     ];
 
     /// The `reason` label value.
@@ -64,6 +67,7 @@ impl Drop {
             Drop::OutParamUnreadable => "out_param_unreadable",
             Drop::BadCookie => "bad_cookie",
             Drop::MissedFree => "missed_free",
+            Drop::GrowthMapFull => "growth_map_full",
         }
     }
 }

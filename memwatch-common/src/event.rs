@@ -44,4 +44,7 @@ pub struct Settings {
     /// Bumped by the daemon before it deletes unused stacks: per-CPU caches
     /// of stored stack ids from an older epoch are dropped.
     pub stacks_epoch: u32,
+    /// The daemon's own tgid, whose growth is not recorded.
+    pub daemon_tgid: u32,
+    pub _pad: u32,
 }

@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod cookie;
 pub mod drop;
 pub mod event;
+pub mod growth;
 pub mod maps;
 pub mod stack;
 pub mod time;

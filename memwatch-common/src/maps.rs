@@ -20,6 +20,11 @@ pub const DROPS: &str = "DROPS";
 pub const EVENTS: &str = "EVENTS";
 /// Read-only settings written by the daemon before load: [`crate::event::Settings`].
 pub const SETTINGS: &str = "SETTINGS";
+/// Address-space growth by (process, stack), host-wide (LRU):
+/// [`crate::growth::GrowthKey`] → [`crate::growth::GrowthValue`].
+pub const GROWTH: &str = "GROWTH";
+/// Each process's last brk, to measure brk growth (LRU): tgid → u64.
+pub const BRK_LAST: &str = "BRK_LAST";
 
 pub const PROG_ALLOC_ENTER: &str = "alloc_enter";
 pub const PROG_ALLOC_EXIT: &str = "alloc_exit";
@@ -27,6 +32,9 @@ pub const PROG_FREE_ENTER: &str = "free_enter";
 pub const PROG_EXEC: &str = "sched_process_exec";
 pub const PROG_EXIT: &str = "sched_process_exit";
 pub const PROG_FORK: &str = "task_newtask";
+pub const PROG_MMAP: &str = "sys_enter_mmap";
+pub const PROG_BRK: &str = "sys_exit_brk";
+pub const PROG_MREMAP: &str = "sys_enter_mremap";
 
 /// Default capacities; the daemon resizes them from its config before load.
 pub const DEFAULT_LIVE_ENTRIES: u32 = 1 << 20;
@@ -34,3 +42,4 @@ pub const DEFAULT_COUNTERS_ENTRIES: u32 = 1 << 12;
 pub const DEFAULT_TRACKED_ENTRIES: u32 = 1 << 15;
 pub const DEFAULT_STACKS_ENTRIES: u32 = 1 << 15;
 pub const EVENTS_BYTES: u32 = 1 << 18;
+pub const DEFAULT_GROWTH_ENTRIES: u32 = 1 << 14;

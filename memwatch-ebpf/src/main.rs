@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 
 mod alloc;
+mod growth;
 mod maps;
 mod process;
 mod stack;
@@ -53,6 +54,26 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
     maps::count_result(process::try_newtask(&ctx));
+    0
+}
+
+/// Anonymous mmap, host-wide: growth attributed to the calling stack.
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    maps::count_result(growth::try_mmap(&ctx));
+    0
+}
+
+/// brk's return is the new break: growth since the last one.
+#[tracepoint]
+pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
+    maps::count_result(growth::try_brk(&ctx));
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
+    maps::count_result(growth::try_mremap(&ctx));
     0
 }
 

@@ -6,12 +6,13 @@ use crate::task_storage::TaskStorage;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use memwatch_common::{
     alloc::{AllocKey, AllocRecord, CallEntry, ProcCounters, Tracked, counter_index},
     drop::Drop,
     event::Settings,
+    growth::{GrowthKey, GrowthValue},
     maps::*,
     stack::{StackFrames, StackScratch},
 };
@@ -41,6 +42,16 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 
 
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "GROWTH")]
+pub static GROWTH: LruHashMap<GrowthKey, GrowthValue> = LruHashMap::with_max_entries(DEFAULT_GROWTH_ENTRIES, 0);
+
+#[map(name = "BRK_LAST")]
+pub static BRK_LAST: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFAULT_GROWTH_ENTRIES, 0);
+
+/// Stack scratch for the syscall tracepoints, apart from the uprobes'.
+#[map(name = "GROWTH_SCRATCH")]
+pub static GROWTH_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

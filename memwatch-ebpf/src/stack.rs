@@ -1,12 +1,17 @@
 //! User stack capture by frame pointers, deduplicated by content hash.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::RetProbeContext};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_probe_read_user, generated::bpf_get_stack},
+    programs::RetProbeContext,
+};
 use memwatch_common::{
     drop::Drop,
-    stack::{MAX_STACK_DEPTH, STACK_CACHE, StackHasher},
+    stack::{MAX_STACK_DEPTH, STACK_CACHE, StackFrames, StackHasher, stack_hash},
 };
 
-use crate::maps::{EEXIST, STACK_SCRATCH, STACKS, settings};
+use crate::maps::{EEXIST, GROWTH_SCRATCH, STACK_SCRATCH, STACKS, settings};
 
 /// Captures the current user stack and returns its id.
 ///
@@ -73,5 +78,36 @@ pub fn capture(ctx: &RetProbeContext) -> Result<u64, Drop> {
         }
     }
     cache[way] = id;
+    Ok(id)
+}
+
+/// Captures the user stack of the current task from a tracepoint (a syscall
+/// in progress), where no user registers are at hand: the kernel's own
+/// frame-pointer walk does it. Syscalls are rare, so its cost is fine here.
+pub fn capture_current<C: EbpfContext>(ctx: &C) -> Result<u64, Drop> {
+    let scratch = GROWTH_SCRATCH.get_ptr_mut(0).ok_or(Drop::StackCaptureFailed)?;
+    // SAFETY: the helper writes at most `size` bytes into the map value and
+    // zeroes the rest.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            scratch.cast(),
+            size_of::<StackFrames>() as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if n <= 0 {
+        return Err(Drop::StackCaptureFailed);
+    }
+    // SAFETY: this CPU's map value.
+    let id = stack_hash(unsafe { &(*scratch).frames });
+    if STACKS.get_ptr(id).is_none() {
+        // SAFETY: as above; by reference to keep it off the BPF stack.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        match STACKS.insert(id, unsafe { &*scratch }, BPF_NOEXIST as u64) {
+            Ok(()) | Err(EEXIST) => {}
+            Err(_) => return Err(Drop::StacksMapFull),
+        }
+    }
     Ok(id)
 }

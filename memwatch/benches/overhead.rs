@@ -107,6 +107,7 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// A daemon tracking `exe_glob` exactly, without host-wide detection.
     fn start(exe_glob: &str, placement: bool) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -178,6 +179,131 @@ impl Daemon {
     }
 }
 
+/// A daemon with the shipped configuration (host-wide detection on), plus
+/// `args`.
+fn default_daemon(args: &[&str]) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/memwatch.toml");
+    let child = Command::new(env!("CARGO_BIN_EXE_memwatch"))
+        .args(["run", "--config"])
+        .arg(shipped)
+        .args(["--listen", &addr, "--log", "warn"])
+        .args(args)
+        .spawn()
+        .expect("memwatch");
+    (child, addr)
+}
+
+fn http_status(addr: &str, path: &str) -> u16 {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .map_or(0, |r| r.status().as_u16())
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+/// kmem:rss_stat events per second host-wide, counted by perf for `secs`:
+/// what a program on that tracepoint would run for.
+fn rss_stat_rate(secs: f64) -> Option<f64> {
+    let id: u64 = std::fs::read_to_string("/sys/kernel/tracing/events/kmem/rss_stat/id")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut fds = Vec::new();
+    for cpu in 0..cpus {
+        let attr = PerfEventAttr {
+            type_: 2,
+            size: size_of::<PerfEventAttr>() as u32,
+            config: id,
+            ..Default::default()
+        };
+        fds.push(BareProbe {
+            fd: perf_event_open(&attr, -1, cpu as i32).ok()?,
+        });
+    }
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    Some(fds.iter().map(BareProbe::count).sum::<u64>() as f64 / secs)
+}
+
+/// Always-on memwatch must not slow processes it is not tracking: blocks of
+/// runs with no daemon, with a default daemon, and with a daemon tracking a
+/// different (paused) process exactly. Daemons run only during their block.
+fn always_on(pairs: u64) {
+    const BLOCKS: usize = 3;
+    const RUNS: usize = 11;
+    let runs = |binary: &Path| -> f64 {
+        let mut v: Vec<f64> = (0..RUNS)
+            .map(|_| {
+                let mut w = Workload::start(binary);
+                let ns = w.go();
+                w.finish();
+                ns
+            })
+            .collect();
+        median(&mut v)
+    };
+    let plain = workload_binary("mwbench-plain");
+    let target_bin = workload_binary("mwbench-target");
+    let (mut on, mut beside) = (Vec::new(), Vec::new());
+    let mut untraced = Vec::new();
+    for _ in 0..BLOCKS {
+        let base = runs(&plain);
+        untraced.push(base);
+
+        let (daemon, addr) = default_daemon(&[]);
+        while http_status(&addr, "/healthz") != 200 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(3)); // a few samples in
+        on.push(runs(&plain) / base);
+        stop(daemon);
+
+        let target = Workload::start(&target_bin);
+        let (daemon, addr) = default_daemon(&["--pid", &target.pid.to_string()]);
+        while http_status(&addr, &format!("/leaks?pid={}", target.pid)) != 200 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        beside.push(runs(&plain) / base);
+        stop(daemon);
+        target.finish();
+    }
+    println!();
+    println!(
+        "always-on (blocks of {RUNS} runs × {BLOCKS}; median ratios; untraced median {:.1} ns/pair):",
+        median(&mut untraced)
+    );
+    let r_on = median(&mut on);
+    let r_beside = median(&mut beside);
+    println!(
+        "  host-wide detection, workload not tracked    {r_on:>6.3}x   target <= 1.01x  {}",
+        verdict(r_on <= 1.01)
+    );
+    println!(
+        "  another process tracked exactly              {r_beside:>6.3}x   target <= 1.01x  {}",
+        verdict(r_beside <= 1.01)
+    );
+    match rss_stat_rate(2.0) {
+        Some(rate) => println!(
+            "  kmem:rss_stat on this host now: {rate:.0} events/s (sampled /proc instead: free for watched processes)"
+        ),
+        None => println!("  kmem:rss_stat could not be counted"),
+    }
+    let _ = pairs;
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         // SAFETY: signalling our own child.
@@ -231,6 +357,26 @@ fn sysfs_number(path: &str) -> u64 {
     text.parse().unwrap_or_else(|_| panic!("{path}: {text}"))
 }
 
+/// perf_event_open(2), close-on-exec.
+fn perf_event_open(attr: &PerfEventAttr, pid: i32, cpu: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: a valid attr of the size it declares.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr as *const PerfEventAttr,
+            pid,
+            cpu,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 impl BareProbe {
     fn attach(pid: u32, path: &str, offset: u64, ret: bool) -> BareProbe {
         let ty = sysfs_number("/sys/bus/event_source/devices/uprobe/type") as u32;
@@ -244,26 +390,9 @@ impl BareProbe {
             config2: offset,
             ..Default::default()
         };
-        // SAFETY: valid attr; pid-scoped, any CPU, close-on-exec.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                &attr as *const PerfEventAttr,
-                pid as i32,
-                -1,
-                -1,
-                PERF_FLAG_FD_CLOEXEC,
-            )
-        };
-        assert!(
-            fd >= 0,
-            "perf_event_open({path}+{offset:#x}): {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh descriptor we own.
-        BareProbe {
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-        }
+        let fd = perf_event_open(&attr, pid as i32, -1)
+            .unwrap_or_else(|e| panic!("perf_event_open({path}+{offset:#x}): {e}"));
+        BareProbe { fd }
     }
 
     fn count(&self) -> u64 {
@@ -356,6 +485,10 @@ fn set_bpf_stats(on: bool) -> String {
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if std::env::var("MWBENCH_MODES").is_ok_and(|m| m == "always-on") {
+        always_on(env_or("MWBENCH_PAIRS", PAIRS_DEFAULT));
         return;
     }
     // SAFETY: plain syscall.
@@ -463,6 +596,8 @@ fn main() {
         print_bpf_stats(pairs, &programs, &before, &after);
         return;
     }
+    drop(placed);
+    drop(entry);
     let med: Vec<(Mode, f64)> = results.iter_mut().map(|(m, v)| (*m, median(v))).collect();
     if selected.len() < Mode::ALL.len() {
         for (m, ns) in &med {
@@ -517,6 +652,7 @@ fn main() {
     );
     println!();
     print_bpf_stats(pairs, &programs, &before, &after);
+    always_on(pairs);
 }
 
 fn print_bpf_stats(pairs: u64, programs: &[&str], before: &[(f64, f64)], after: &[(f64, f64)]) {

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use globset::{Glob, GlobMatcher};
+use globset::GlobMatcher;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +45,37 @@ pub struct FileConfig {
     pub symbolize: SymbolizeFile,
     #[serde(default)]
     pub probes: ProbesFile,
+    #[serde(default)]
+    pub detect: DetectFile,
+    #[serde(default)]
+    pub escalation: EscalationFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectFile {
+    pub enabled: Option<bool>,
+    pub sample_interval_seconds: Option<f64>,
+    pub window_seconds: Option<f64>,
+    pub min_rate_bytes_per_second: Option<f64>,
+    pub min_confidence: Option<f64>,
+    pub firing_after_seconds: Option<f64>,
+    pub resolve_after_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationFile {
+    pub enabled: Option<bool>,
+    pub window_seconds: Option<f64>,
+    pub max_concurrent: Option<i64>,
+    pub max_hits_per_second_per_process: Option<f64>,
+    pub max_hits_per_second: Option<f64>,
+    pub cooldown_seconds: Option<f64>,
+    pub include_exe: Option<Vec<String>>,
+    pub exclude_exe: Option<Vec<String>>,
+    pub include_units: Option<Vec<String>>,
+    pub exclude_units: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,7 +145,7 @@ impl ExeGlob {
     pub fn new(pattern: &str) -> Result<Self, globset::Error> {
         Ok(ExeGlob {
             pattern: pattern.to_string(),
-            matcher: Glob::new(pattern)?.compile_matcher(),
+            matcher: globset::Glob::new(pattern)?.compile_matcher(),
             full_path: pattern.contains('/'),
         })
     }
@@ -142,6 +173,55 @@ pub struct Config {
     pub symbol_cache_entries: usize,
     /// Probe instructions the kernel emulates instead of function entries.
     pub placement: bool,
+    pub detect: Detect,
+    pub escalation: Escalation,
+}
+
+/// Host-wide growth detection.
+#[derive(Debug, Clone)]
+pub struct Detect {
+    pub enabled: bool,
+    pub sample_interval: Duration,
+    pub window_seconds: f64,
+    pub min_rate: f64,
+    pub min_confidence: f64,
+    pub firing_after_seconds: f64,
+    pub resolve_after_seconds: f64,
+}
+
+/// Exact tracking of suspects, for a while and under a budget.
+#[derive(Debug, Clone)]
+pub struct Escalation {
+    pub enabled: bool,
+    pub window_seconds: f64,
+    pub max_concurrent: usize,
+    pub max_hits_per_process: f64,
+    pub max_hits: f64,
+    pub cooldown_seconds: f64,
+    pub include_exe: Vec<ExeGlob>,
+    pub exclude_exe: Vec<ExeGlob>,
+    pub include_units: Vec<Glob>,
+    pub exclude_units: Vec<Glob>,
+}
+
+/// A glob over a name (systemd unit or container id).
+#[derive(Debug, Clone)]
+pub struct Glob {
+    pub pattern: String,
+    matcher: GlobMatcher,
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Result<Self, globset::Error> {
+        Ok(Glob {
+            pattern: pattern.into(),
+            matcher: globset::Glob::new(pattern)?.compile_matcher(),
+        })
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.matcher.is_match(name)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +321,8 @@ impl Config {
             )? as usize,
             top_processes: ranged("metrics.top_processes", file.metrics.top_processes, 10, 0, 1000)? as usize,
             placement: file.probes.placement.unwrap_or(true),
+            detect: detect(&file.detect)?,
+            escalation: escalation(&file.escalation)?,
             symbol_cache_entries: ranged(
                 "symbolize.cache_entries",
                 file.symbolize.cache_entries,
@@ -250,6 +332,110 @@ impl Config {
             )? as usize,
         })
     }
+}
+
+fn seconds(key: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Result<f64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if !(min..=max).contains(&v) {
+        return Err(value_error(key, format!("must be between {min} and {max}, got {v}")));
+    }
+    Ok(v)
+}
+
+fn detect(f: &DetectFile) -> Result<Detect, ConfigError> {
+    let d = Detect {
+        enabled: f.enabled.unwrap_or(true),
+        sample_interval: Duration::from_secs_f64(seconds(
+            "detect.sample_interval_seconds",
+            f.sample_interval_seconds,
+            2.0,
+            0.1,
+            600.0,
+        )?),
+        window_seconds: seconds("detect.window_seconds", f.window_seconds, 30.0, 5.0, 86_400.0)?,
+        min_rate: seconds(
+            "detect.min_rate_bytes_per_second",
+            f.min_rate_bytes_per_second,
+            32_768.0,
+            1.0,
+            1e12,
+        )?,
+        min_confidence: seconds("detect.min_confidence", f.min_confidence, 0.6, 0.0, 1.0)?,
+        firing_after_seconds: seconds(
+            "detect.firing_after_seconds",
+            f.firing_after_seconds,
+            60.0,
+            0.0,
+            86_400.0,
+        )?,
+        resolve_after_seconds: seconds(
+            "detect.resolve_after_seconds",
+            f.resolve_after_seconds,
+            60.0,
+            0.0,
+            86_400.0,
+        )?,
+    };
+    // The shortest window must hold enough samples to judge.
+    if d.window_seconds < 10.0 * d.sample_interval.as_secs_f64() {
+        return Err(value_error(
+            "detect.window_seconds",
+            format!(
+                "must be at least 10 samples long (10 × detect.sample_interval_seconds = {}s)",
+                10.0 * d.sample_interval.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn escalation(f: &EscalationFile) -> Result<Escalation, ConfigError> {
+    let exe_globs = |key: &str, v: &Option<Vec<String>>| -> Result<Vec<ExeGlob>, ConfigError> {
+        v.iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, g)| glob(g).map_err(|m| value_error(format!("{key}[{i}]"), m)))
+            .collect()
+    };
+    let name_globs = |key: &str, v: &Option<Vec<String>>| -> Result<Vec<Glob>, ConfigError> {
+        v.iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, g)| {
+                Glob::new(g).map_err(|e| value_error(format!("{key}[{i}]"), format!("not a valid glob {g:?}: {e}")))
+            })
+            .collect()
+    };
+    Ok(Escalation {
+        enabled: f.enabled.unwrap_or(true),
+        window_seconds: seconds("escalation.window_seconds", f.window_seconds, 60.0, 1.0, 86_400.0)?,
+        max_concurrent: ranged("escalation.max_concurrent", f.max_concurrent, 4, 0, 1024)? as usize,
+        max_hits_per_process: seconds(
+            "escalation.max_hits_per_second_per_process",
+            f.max_hits_per_second_per_process,
+            100_000.0,
+            1.0,
+            1e9,
+        )?,
+        max_hits: seconds(
+            "escalation.max_hits_per_second",
+            f.max_hits_per_second,
+            300_000.0,
+            1.0,
+            1e10,
+        )?,
+        cooldown_seconds: seconds(
+            "escalation.cooldown_seconds",
+            f.cooldown_seconds,
+            600.0,
+            0.0,
+            86_400.0 * 7.0,
+        )?,
+        include_exe: exe_globs("escalation.include_exe", &f.include_exe)?,
+        exclude_exe: exe_globs("escalation.exclude_exe", &f.exclude_exe)?,
+        include_units: name_globs("escalation.include_units", &f.include_units)?,
+        exclude_units: name_globs("escalation.exclude_units", &f.exclude_units)?,
+    })
 }
 
 /// Parses the TOML text; the message names the offending key and line.
@@ -313,6 +499,12 @@ mod tests {
         assert_eq!(c.symbol_cache_entries, d.symbol_cache_entries);
         assert_eq!(c.placement, d.placement);
         assert!(d.placement);
+        assert_eq!(c.detect.window_seconds, d.detect.window_seconds);
+        assert_eq!(c.detect.min_rate, d.detect.min_rate);
+        assert_eq!(c.detect.sample_interval, d.detect.sample_interval);
+        assert_eq!(c.escalation.window_seconds, d.escalation.window_seconds);
+        assert_eq!(c.escalation.max_concurrent, d.escalation.max_concurrent);
+        assert_eq!(c.escalation.max_hits, d.escalation.max_hits);
     }
 
     #[test]
@@ -343,6 +535,28 @@ mod tests {
         assert!(e.contains("track.exe[1]"), "{e}");
         let e = build("log = \"=[\"\n").unwrap_err().to_string();
         assert!(e.contains("`log`"), "{e}");
+    }
+
+    #[test]
+    fn detection_and_escalation_settings_are_checked() {
+        let c = build("").unwrap();
+        assert!(c.detect.enabled && c.escalation.enabled);
+        assert_eq!(c.detect.sample_interval, Duration::from_secs(2));
+        let e = build("[detect]\nwindow_seconds = 5\nsample_interval_seconds = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("detect.window_seconds") && e.contains("10 samples"), "{e}");
+        let e = build("[detect]\nmin_confidence = 2\n").unwrap_err().to_string();
+        assert!(e.contains("detect.min_confidence"), "{e}");
+        let e = build("[escalation]\nexclude_units = [\"a\", \"[\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("escalation.exclude_units[1]"), "{e}");
+        let e = build("[escalation]\nmax_concurrent = -1\n").unwrap_err().to_string();
+        assert!(e.contains("escalation.max_concurrent"), "{e}");
+        let c = build("[escalation]\ninclude_exe = [\"nginx\"]\nexclude_units = [\"docker-*\"]\n").unwrap();
+        assert!(c.escalation.include_exe[0].matches(Path::new("/usr/sbin/nginx")));
+        assert!(c.escalation.exclude_units[0].matches("docker-abc.scope"));
     }
 
     #[test]

@@ -24,3 +24,4 @@ pub mod metrics;
 pub mod process;
 pub mod symbolize;
 pub mod target;
+pub mod watch;

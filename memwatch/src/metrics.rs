@@ -411,8 +411,192 @@ impl ProbeMetrics {
     }
 }
 
+/// Host-wide watching: process groups (executable name and unit, top N by
+/// resident memory plus "other"), alerts and escalations.
+pub struct WatchMetrics {
+    top: usize,
+    resident: IntGaugeVec,
+    anon: IntGaugeVec,
+    growth: prometheus::GaugeVec,
+    processes: IntGaugeVec,
+    group_alerts: IntGaugeVec,
+    shown: std::sync::Mutex<Vec<(String, String)>>,
+    watched: IntGauge,
+    alerts: IntGaugeVec,
+    transitions: IntCounterVec,
+    escalations_running: IntGauge,
+    escalations: IntCounterVec,
+    sample_seconds: Gauge,
+}
+
+impl WatchMetrics {
+    pub fn register(r: &Registry, top: usize) -> Self {
+        let g = &["exe", "unit"];
+        let growth = prometheus::GaugeVec::new(
+            Opts::new(
+                "memwatch_group_growth_bytes_per_second",
+                "Heap growth rate of a process group's growing or leaking processes.",
+            ),
+            g,
+        )
+        .expect("valid metric");
+        r.register(Box::new(growth.clone())).expect("unique metric");
+        let sample_seconds = Gauge::new(
+            "memwatch_sample_duration_seconds",
+            "Time the last host-wide sample took.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(sample_seconds.clone())).expect("unique metric");
+        let transitions = counter_vec(
+            r,
+            "memwatch_alert_transitions_total",
+            "Leak alerts that fired or resolved.",
+            &["transition"],
+        );
+        for t in ["fired", "resolved"] {
+            transitions.with_label_values(&[t]);
+        }
+        let escalations = counter_vec(
+            r,
+            "memwatch_escalations_total",
+            "Escalations to exact tracking that ended, by outcome.",
+            &["outcome"],
+        );
+        for o in crate::watch::escalation::Outcome::ALL {
+            escalations.with_label_values(&[o.name()]);
+        }
+        let alerts = gauge_vec(r, "memwatch_alerts", "Leak alerts by state, host-wide.", &["state"]);
+        for st in ["pending", "firing"] {
+            alerts.with_label_values(&[st]);
+        }
+        WatchMetrics {
+            top,
+            resident: gauge_vec(
+                r,
+                "memwatch_group_resident_bytes",
+                "Resident memory of a process group (executable name and unit).",
+                g,
+            ),
+            anon: gauge_vec(
+                r,
+                "memwatch_group_anon_bytes",
+                "Resident anonymous memory of a process group.",
+                g,
+            ),
+            growth,
+            processes: gauge_vec(r, "memwatch_group_processes", "Processes in a process group.", g),
+            group_alerts: gauge_vec(
+                r,
+                "memwatch_group_alerts",
+                "Leak alerts of a process group by state.",
+                &["exe", "unit", "state"],
+            ),
+            shown: std::sync::Mutex::new(Vec::new()),
+            watched: gauge(
+                r,
+                "memwatch_processes_watched",
+                "Processes whose memory is sampled host-wide.",
+            ),
+            alerts,
+            transitions,
+            escalations_running: gauge(r, "memwatch_escalations_running", "Suspects under exact tracking now."),
+            escalations,
+            sample_seconds,
+        }
+    }
+
+    fn update(&self, s: &Snapshot) {
+        let w = &s.watch;
+        self.watched.set(w.watched_processes as i64);
+        advance(&self.transitions.with_label_values(&["fired"]), w.alerts_fired_total);
+        advance(
+            &self.transitions.with_label_values(&["resolved"]),
+            w.alerts_resolved_total,
+        );
+        self.escalations_running.set(w.escalations_running as i64);
+        for o in crate::watch::escalation::Outcome::ALL {
+            advance(
+                &self.escalations.with_label_values(&[o.name()]),
+                w.escalation_outcomes[o as usize],
+            );
+        }
+        self.sample_seconds.set(w.sample_seconds);
+        let (pending, firing) = w.groups.iter().fold((0, 0), |(p, f), g| (p + g.pending, f + g.firing));
+        self.alerts.with_label_values(&["pending"]).set(pending as i64);
+        self.alerts.with_label_values(&["firing"]).set(firing as i64);
+
+        let mut groups: Vec<_> = w.groups.iter().collect();
+        // Alerting groups first, then the largest.
+        groups.sort_by(|a, b| {
+            (b.firing + b.pending)
+                .cmp(&(a.firing + a.pending))
+                .then(b.resident_bytes.cmp(&a.resident_bytes))
+        });
+        let (top, rest) = groups.split_at(groups.len().min(self.top));
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        for (exe, unit) in shown.iter() {
+            if !top.iter().any(|g| &g.exe_name == exe && &g.unit == unit) {
+                for v in [&self.resident, &self.anon, &self.processes] {
+                    let _ = v.remove_label_values(&[exe, unit]);
+                }
+                let _ = self.growth.remove_label_values(&[exe, unit]);
+                for st in ["pending", "firing"] {
+                    let _ = self.group_alerts.remove_label_values(&[exe, unit, st]);
+                }
+            }
+        }
+        let set = |exe: &str,
+                   unit: &str,
+                   resident: u64,
+                   anon: u64,
+                   growth: f64,
+                   procs: usize,
+                   pending: usize,
+                   firing: usize| {
+            let l = [exe, unit];
+            self.resident.with_label_values(&l).set(resident as i64);
+            self.anon.with_label_values(&l).set(anon as i64);
+            self.growth.with_label_values(&l).set(growth);
+            self.processes.with_label_values(&l).set(procs as i64);
+            self.group_alerts
+                .with_label_values(&[exe, unit, "pending"])
+                .set(pending as i64);
+            self.group_alerts
+                .with_label_values(&[exe, unit, "firing"])
+                .set(firing as i64);
+        };
+        for g in top {
+            set(
+                &g.exe_name,
+                &g.unit,
+                g.resident_bytes,
+                g.anon_bytes,
+                g.growth_bytes_per_second,
+                g.processes,
+                g.pending,
+                g.firing,
+            );
+        }
+        if w.enabled {
+            let sum = |f: fn(&&crate::collect::snapshot::HostGroup) -> u64| rest.iter().map(f).sum::<u64>();
+            set(
+                "other",
+                "",
+                sum(|g| g.resident_bytes),
+                sum(|g| g.anon_bytes),
+                rest.iter().map(|g| g.growth_bytes_per_second).sum(),
+                rest.iter().map(|g| g.processes).sum(),
+                rest.iter().map(|g| g.pending).sum(),
+                rest.iter().map(|g| g.firing).sum(),
+            );
+        }
+        *shown = top.iter().map(|g| (g.exe_name.clone(), g.unit.clone())).collect();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    watch: WatchMetrics,
     allocator: AllocatorMetrics,
     kernel: KernelMetrics,
     processes: ProcessMetrics,
@@ -429,6 +613,7 @@ impl Metrics {
             processes: ProcessMetrics::register(&registry, top_processes),
             daemon: DaemonMetrics::register(&registry),
             probes: ProbeMetrics::register(&registry),
+            watch: WatchMetrics::register(&registry, top_processes),
             registry,
         }
     }
@@ -439,6 +624,7 @@ impl Metrics {
         self.processes.update(s);
         self.daemon.update(s);
         self.probes.update(s);
+        self.watch.update(s);
     }
 
     /// The Prometheus text exposition.
@@ -515,6 +701,67 @@ mod tests {
             value(&m.encode(), "memwatch_allocations_total{allocator=\"libc\"}"),
             Some(5.0)
         );
+    }
+
+    #[test]
+    fn host_groups_are_bounded_and_alerting_ones_come_first() {
+        use crate::collect::snapshot::{HostGroup, WatchSnapshot};
+        let m = Metrics::new(2);
+        let g = |exe: &str, resident: u64, firing: usize| HostGroup {
+            exe_name: exe.into(),
+            unit: format!("{exe}.service"),
+            processes: 1,
+            resident_bytes: resident,
+            anon_bytes: resident / 2,
+            growth_bytes_per_second: if firing > 0 { 2048.0 } else { 0.0 },
+            pending: 0,
+            firing,
+        };
+        let s = Snapshot {
+            watch: WatchSnapshot {
+                enabled: true,
+                watched_processes: 4,
+                groups: vec![g("big", 1000, 0), g("leaky", 10, 1), g("mid", 500, 0), g("small", 5, 0)],
+                alerts_fired_total: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        m.update(&s);
+        let t = m.encode();
+        assert_eq!(
+            value(
+                &t,
+                "memwatch_group_alerts{exe=\"leaky\",state=\"firing\",unit=\"leaky.service\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&t, "memwatch_group_resident_bytes{exe=\"big\",unit=\"big.service\"}"),
+            Some(1000.0)
+        );
+        assert_eq!(
+            value(&t, "memwatch_group_resident_bytes{exe=\"other\",unit=\"\"}"),
+            Some(505.0)
+        );
+        assert_eq!(
+            value(
+                &t,
+                "memwatch_group_growth_bytes_per_second{exe=\"leaky\",unit=\"leaky.service\"}"
+            ),
+            Some(2048.0)
+        );
+        assert_eq!(value(&t, "memwatch_processes_watched"), Some(4.0));
+        assert_eq!(value(&t, "memwatch_alerts{state=\"firing\"}"), Some(1.0));
+        assert_eq!(
+            value(&t, "memwatch_alert_transitions_total{transition=\"fired\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&t, "memwatch_escalations_total{outcome=\"over_budget\"}"),
+            Some(0.0)
+        );
+        assert!(!t.contains("exe=\"mid\""));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod rates;
 pub mod snapshot;
+mod watching;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -58,6 +59,13 @@ pub struct Collector {
     retired_groups: HashMap<String, ProcCounters>,
     /// The previous reading per (pid, generation), for rates.
     previous: HashMap<(u32, u32), (u64, ProcCounters)>,
+    /// Host-wide leak detection (None when turned off).
+    watcher: Option<crate::watch::Watcher>,
+    /// Alerts fired and resolved since start.
+    alert_counts: (u64, u64),
+    /// Escalations ended, by [`crate::watch::escalation::Outcome`].
+    escalation_outcomes: [u64; 4],
+    sample_seconds: f64,
 }
 
 fn add(a: &mut ProcCounters, b: &ProcCounters) {
@@ -72,6 +80,10 @@ impl Collector {
         shared: SharedSnapshot,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let watcher = config
+            .detect
+            .enabled
+            .then(|| crate::watch::Watcher::new(&config.detect));
         Collector {
             kernel,
             table: ProcessTable::new(config.exe.clone(), config.placement, config.maps.processes),
@@ -85,6 +97,10 @@ impl Collector {
             retired_families: BTreeMap::new(),
             retired_groups: HashMap::new(),
             previous: HashMap::new(),
+            watcher,
+            alert_counts: (0, 0),
+            escalation_outcomes: [0; 4],
+            sample_seconds: 0.0,
         }
     }
 
@@ -98,6 +114,7 @@ impl Collector {
             }
         }
         self.table.discover(&mut self.kernel);
+        self.sample_host();
         self.scan();
         Ok(())
     }
@@ -105,7 +122,9 @@ impl Collector {
     /// Runs until `shutdown` is set, then detaches every probe.
     pub fn run(mut self, shutdown: Arc<AtomicBool>) {
         let interval = self.config.collect_interval;
+        let sample_every = self.config.detect.sample_interval;
         let mut next_scan = Instant::now() + interval;
+        let mut next_sample = Instant::now() + sample_every;
         while !shutdown.load(Ordering::Relaxed) {
             // New processes waiting for their libc are retried every few ms.
             let cap = if self.table.has_pending() {
@@ -113,14 +132,27 @@ impl Collector {
             } else {
                 Duration::from_millis(200)
             };
-            let wait = next_scan.saturating_duration_since(Instant::now()).min(cap);
+            let next = if self.watcher.is_some() {
+                next_scan.min(next_sample)
+            } else {
+                next_scan
+            };
+            let wait = next.saturating_duration_since(Instant::now()).min(cap);
             self.wait_for_events(wait);
             self.drain_events();
             if self.table.has_pending() {
                 self.table.retry_pending(&mut self.kernel);
             }
+            if self.watcher.is_some() && Instant::now() >= next_sample {
+                self.sample_host();
+                next_sample += sample_every;
+                if next_sample < Instant::now() {
+                    next_sample = Instant::now() + sample_every;
+                }
+            }
             if Instant::now() >= next_scan {
                 self.scan();
+                self.enforce_budget();
                 next_scan = Instant::now() + interval;
             }
         }
@@ -245,7 +277,11 @@ impl Collector {
             }
         }
 
-        let referenced = self.symbolize_new_stacks(&live);
+        let mut referenced = self.symbolize_new_stacks(&live);
+        // Growth records refer to stacks too.
+        if let Some(w) = &self.watcher {
+            referenced.extend(w.iter().flat_map(|w| w.growth.iter().map(|g| g.stack_id)));
+        }
         let stack_entries = self.collect_stack_garbage(&referenced);
 
         let mut processes = Vec::new();
@@ -325,9 +361,34 @@ impl Collector {
             programs: self.kernel.program_stats(),
             bpf_stats_enabled: crate::kernel::bpf_stats_enabled(),
             placement: self.config.placement,
+            watch: self.watch_snapshot(),
         };
         self.metrics.update(&snapshot);
         self.shared.set(snapshot);
+    }
+
+    fn watch_snapshot(&self) -> snapshot::WatchSnapshot {
+        let Some(w) = &self.watcher else {
+            return Default::default();
+        };
+        let mut suspects: Vec<snapshot::SuspectSnapshot> = w
+            .iter()
+            .chain(w.gone())
+            .filter(|w| snapshot::SuspectSnapshot::listed(w))
+            .map(snapshot::SuspectSnapshot::of)
+            .collect();
+        suspects.sort_by(|a, b| b.estimate.rate.total_cmp(&a.estimate.rate));
+        snapshot::WatchSnapshot {
+            enabled: true,
+            watched_processes: w.len(),
+            suspects,
+            groups: snapshot::host_groups(w.iter()),
+            alerts_fired_total: self.alert_counts.0,
+            alerts_resolved_total: self.alert_counts.1,
+            escalations_running: self.running_escalations(),
+            escalation_outcomes: self.escalation_outcomes,
+            sample_seconds: self.sample_seconds,
+        }
     }
 
     /// Reads and symbolizes stacks seen for the first time, one batch per

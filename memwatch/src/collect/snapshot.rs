@@ -10,8 +10,16 @@ use memwatch_common::{alloc::ProcCounters, cookie::Family, drop::Drop};
 use crate::{
     collect::rates::Rates,
     kernel::ProgramStats,
+    leaks::StackReport,
     process::{AttachFailure, ProbeSummary, Selection},
     symbolize::Frame,
+    watch::{
+        GrowthStack, Watched,
+        alert::Alert,
+        escalation::Status as EscalationStatus,
+        estimator::{Estimate, Verdict},
+        procmem::Memory,
+    },
 };
 
 /// One live allocation as read from the kernel.
@@ -80,6 +88,56 @@ pub struct Snapshot {
     pub bpf_stats_enabled: bool,
     /// Whether probes go to emulated instructions (else to entries).
     pub placement: bool,
+    /// Host-wide watching: suspects (alerted or escalated processes), the
+    /// process groups, and the watcher's own counts.
+    pub watch: WatchSnapshot,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WatchSnapshot {
+    pub enabled: bool,
+    pub watched_processes: usize,
+    pub suspects: Vec<SuspectSnapshot>,
+    pub groups: Vec<HostGroup>,
+    pub alerts_fired_total: u64,
+    pub alerts_resolved_total: u64,
+    pub escalations_running: usize,
+    /// Ended escalations by [`crate::watch::escalation::Outcome`].
+    pub escalation_outcomes: [u64; 4],
+    pub sample_seconds: f64,
+}
+
+/// A process the detector flagged, now or recently, with its evidence.
+#[derive(Debug, Clone)]
+pub struct SuspectSnapshot {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: String,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub memory: Memory,
+    pub estimate: Estimate,
+    pub alert: Alert,
+    pub leaking_since: Option<f64>,
+    pub escalation: Option<EscalationStatus>,
+    pub evidence: Vec<StackReport>,
+    pub growth: Vec<GrowthStack>,
+    pub exited: bool,
+}
+
+/// All processes of one executable name and unit, host-wide.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostGroup {
+    pub exe_name: String,
+    pub unit: String,
+    pub processes: usize,
+    pub resident_bytes: u64,
+    pub anon_bytes: u64,
+    /// Sum of the growth rates of its growing or leaking processes.
+    pub growth_bytes_per_second: f64,
+    pub pending: usize,
+    pub firing: usize,
 }
 
 /// Probe sites in use, one per binary and function, with how many tracked
@@ -113,4 +171,59 @@ impl SharedSnapshot {
     pub fn set(&self, s: Snapshot) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(s);
     }
+}
+
+impl SuspectSnapshot {
+    pub fn of(w: &Watched) -> Self {
+        SuspectSnapshot {
+            pid: w.pid,
+            comm: w.comm.clone(),
+            exe: w.exe.display().to_string(),
+            cmdline: w.cmdline.clone(),
+            unit: w.cgroup.unit.clone(),
+            container: w.cgroup.container.clone(),
+            memory: w.memory,
+            estimate: w.estimate.clone(),
+            alert: w.alert,
+            leaking_since: w.leaking_since,
+            escalation: w.escalation.clone(),
+            evidence: w.evidence.clone(),
+            growth: w.growth.iter().take(5).cloned().collect(),
+            exited: w.exited,
+        }
+    }
+
+    /// Whether the report lists it: alerted now or recently, or escalated.
+    pub fn listed(w: &Watched) -> bool {
+        !matches!(w.alert, Alert::Inactive)
+            || matches!(
+                w.escalation,
+                Some(EscalationStatus::Running { .. } | EscalationStatus::Done { .. })
+            )
+    }
+}
+
+/// Sums watched processes by (executable name, unit or container).
+pub fn host_groups<'a>(procs: impl Iterator<Item = &'a Watched>) -> Vec<HostGroup> {
+    let mut groups: HashMap<(String, String), HostGroup> = HashMap::new();
+    for w in procs {
+        let unit = w.unit().unwrap_or("").to_string();
+        let g = groups.entry((w.exe_name(), unit.clone())).or_insert_with(|| HostGroup {
+            exe_name: w.exe_name(),
+            unit,
+            ..Default::default()
+        });
+        g.processes += 1;
+        g.resident_bytes += w.memory.rss;
+        g.anon_bytes += w.memory.anon;
+        if matches!(w.estimate.verdict, Verdict::Leak | Verdict::Growing) && w.estimate.rate > 0.0 {
+            g.growth_bytes_per_second += w.estimate.rate;
+        }
+        match w.alert {
+            Alert::Pending { .. } => g.pending += 1,
+            Alert::Firing { .. } => g.firing += 1,
+            _ => {}
+        }
+    }
+    groups.into_values().collect()
 }

@@ -18,6 +18,7 @@ use memwatch_common::{
     cookie::Family,
     drop::Drop,
     event::Settings,
+    growth::{GrowthKey, GrowthValue, syscall_arg_offset},
     maps as names,
     stack::StackFrames,
 };
@@ -54,6 +55,7 @@ pub struct Kernel {
     tracked: Map,
     stacks: Map,
     drops: Map,
+    growth: Map,
     settings: Map,
     events: RingBuf<MapData>,
     pub sizes: MapSizes,
@@ -66,7 +68,7 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
 
 fn map_fd(map: &Map) -> BorrowedFd<'_> {
     let data = match map {
-        Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => d,
+        Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::LruHashMap(d) => d,
         other => unreachable!("unexpected map type {other:?}"),
     };
     data.fd().as_fd()
@@ -82,7 +84,9 @@ impl AsRawFd for Fd {
 impl Kernel {
     /// Loads the programs and maps (sized from the config) and attaches the
     /// process lifecycle tracepoints. Uprobes are attached per process later.
-    pub fn load(sizes: MapSizes, report_all_execs: bool) -> anyhow::Result<Kernel> {
+    /// With `watch_growth`, host-wide growth attribution (mmap/brk/mremap
+    /// tracepoints) is attached too.
+    pub fn load(sizes: MapSizes, report_all_execs: bool, watch_growth: bool) -> anyhow::Result<Kernel> {
         if OBJECT.is_empty() {
             bail!(
                 "this memwatch binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild it after `cargo xtask setup`"
@@ -98,6 +102,8 @@ impl Kernel {
             newtask_clone_flags_offset: tracefs::field_offset(&newtask_format, "clone_flags")
                 .context("task_newtask has no clone_flags field")?,
             stacks_epoch: 0,
+            daemon_tgid: std::process::id(),
+            _pad: 0,
         };
 
         // MEMWATCH_VERIFIER_LOG=1 puts the verifier's full log into load errors.
@@ -142,6 +148,10 @@ impl Kernel {
                 .with_context(|| format!("attaching {category}/{name}"))?;
         }
 
+        if watch_growth {
+            attach_growth(&mut ebpf)?;
+        }
+
         let events = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
         Ok(Kernel {
             live: take(&mut ebpf, names::LIVE)?,
@@ -149,6 +159,7 @@ impl Kernel {
             tracked: take(&mut ebpf, names::TRACKED)?,
             stacks: take(&mut ebpf, names::STACKS)?,
             drops: take(&mut ebpf, names::DROPS)?,
+            growth: take(&mut ebpf, names::GROWTH)?,
             settings: settings_map,
             events,
             ebpf,
@@ -219,6 +230,22 @@ impl Kernel {
         batch::delete(&Fd(map_fd(&self.live).as_raw_fd()), keys)
     }
 
+    /// Address-space growth recorded per (process, stack).
+    pub fn growth(&self) -> Vec<(GrowthKey, GrowthValue)> {
+        let mut out = Vec::new();
+        let fd = Fd(map_fd(&self.growth).as_raw_fd());
+        if let Err(e) = batch::for_each::<GrowthKey, GrowthValue>(&fd, 1024, |k, v| out.push((*k, *v))) {
+            tracing::warn!(error = %e, "reading growth records failed");
+        }
+        out
+    }
+
+    pub fn delete_growth(&self, keys: &[GrowthKey]) {
+        if let Err(e) = batch::delete(&Fd(map_fd(&self.growth).as_raw_fd()), keys) {
+            tracing::warn!(error = %e, "deleting growth records failed");
+        }
+    }
+
     /// Events lost in the kernel, by [`Drop`] reason, summed over CPUs.
     pub fn drops(&self) -> anyhow::Result<[u64; Drop::COUNT as usize]> {
         let a = PerCpuArray::<_, u64>::try_from(&self.drops)?;
@@ -273,6 +300,31 @@ impl Kernel {
     pub fn events(&mut self) -> &mut RingBuf<MapData> {
         &mut self.events
     }
+}
+
+/// Attaches the syscall tracepoints that attribute growth to stacks, once
+/// their records are checked to have the layout the programs read.
+fn attach_growth(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mmap = tracefs::read_format("syscalls", "sys_enter_mmap")?;
+    if tracefs::field_offset(&mmap, "flags") != Some(syscall_arg_offset(3) as u32)
+        || tracefs::field_offset(&mmap, "len") != Some(syscall_arg_offset(1) as u32)
+    {
+        bail!("unexpected layout of syscalls/sys_enter_mmap; growth attribution is not supported on this kernel");
+    }
+    for (prog, name) in [
+        (names::PROG_MMAP, "sys_enter_mmap"),
+        (names::PROG_BRK, "sys_exit_brk"),
+        (names::PROG_MREMAP, "sys_enter_mremap"),
+    ] {
+        let p: &mut TracePoint = ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing"))?
+            .try_into()?;
+        p.load().with_context(|| format!("the kernel refused program {prog}"))?;
+        p.attach("syscalls", name)
+            .with_context(|| format!("attaching syscalls/{name}"))?;
+    }
+    Ok(())
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

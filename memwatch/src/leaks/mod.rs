@@ -9,9 +9,18 @@ use serde::Serialize;
 use memwatch_common::cookie::{CallKind, Family};
 
 use crate::{
-    collect::{aggregate::aggregate, rates::Rates, snapshot::Snapshot},
+    collect::{
+        aggregate::{Aggregated, aggregate},
+        rates::Rates,
+        snapshot::{ProcessSnapshot, Snapshot, SuspectSnapshot},
+    },
     process::Selection,
     symbolize::Frame,
+    watch::{
+        alert::Alert,
+        escalation::Status as EscalationStatus,
+        estimator::{Verdict, WindowEstimate},
+    },
 };
 pub use query::{Format, LeaksQuery};
 
@@ -21,7 +30,50 @@ pub struct LeaksReport {
     pub snapshot_unix: f64,
     pub snapshot_age_seconds: f64,
     pub min_age_seconds: f64,
+    /// Processes the host-wide detector flagged (firing alerts first), with
+    /// their evidence.
+    pub suspects: Vec<SuspectReport>,
+    /// Processes tracked exactly (by --pid, --exe, or escalation).
     pub processes: Vec<ProcessReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SuspectReport {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: String,
+    pub unit: Option<String>,
+    pub container: Option<String>,
+    pub exited: bool,
+    pub alert: Alert,
+    pub growth: GrowthReport,
+    /// Address-space growth by stack (mmap, brk, mremap), from before any
+    /// escalation; frames past uninstrumented libraries may be missing.
+    pub growth_stacks: Vec<GrowthStackReport>,
+    pub escalation: Option<EscalationStatus>,
+    /// Live allocations by stack at the end of exact tracking, largest first.
+    pub stacks: Vec<StackReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GrowthReport {
+    pub verdict: Verdict,
+    pub rate_bytes_per_second: f64,
+    pub confidence: f64,
+    /// How long the leak has been seen (0 when it is not).
+    pub duration_seconds: f64,
+    /// Anonymous memory, resident and swapped.
+    pub heap_bytes: u64,
+    pub resident_bytes: u64,
+    pub windows: Vec<WindowEstimate>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GrowthStackReport {
+    pub bytes: u64,
+    pub calls: u64,
+    pub frames: Vec<Frame>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,7 +106,7 @@ pub struct Totals {
     pub lost_allocations: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StackReport {
     pub live_bytes: u64,
     pub live_allocations: u64,
@@ -86,10 +138,65 @@ impl std::fmt::Display for LeaksError {
     }
 }
 
+fn suspect_report(s: &SuspectSnapshot, limit: usize, now_unix: f64) -> SuspectReport {
+    SuspectReport {
+        pid: s.pid,
+        comm: s.comm.clone(),
+        exe: s.exe.clone(),
+        cmdline: s.cmdline.clone(),
+        unit: s.unit.clone(),
+        container: s.container.clone(),
+        exited: s.exited,
+        alert: s.alert,
+        growth: GrowthReport {
+            verdict: s.estimate.verdict,
+            rate_bytes_per_second: s.estimate.rate,
+            confidence: s.estimate.confidence,
+            duration_seconds: s.leaking_since.map_or(0.0, |t| (now_unix - t).max(0.0)),
+            heap_bytes: s.memory.heap(),
+            resident_bytes: s.memory.rss,
+            windows: s.estimate.windows.clone(),
+        },
+        growth_stacks: s
+            .growth
+            .iter()
+            .take(limit)
+            .map(|g| GrowthStackReport {
+                bytes: g.bytes,
+                calls: g.calls,
+                frames: g.frames.as_deref().cloned().unwrap_or_default(),
+            })
+            .collect(),
+        escalation: s.escalation.clone(),
+        stacks: s.evidence.iter().take(limit).cloned().collect(),
+    }
+}
+
+/// The `limit` largest stacks of a process's aggregate, symbolized.
+pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns: u64) -> Vec<StackReport> {
+    agg.stacks
+        .iter()
+        .take(limit)
+        .map(|s| StackReport {
+            live_bytes: s.live_bytes,
+            live_allocations: s.live_allocations,
+            oldest_age_seconds: now_ns.saturating_sub(s.oldest_timestamp_ns) as f64 / 1e9,
+            call: CallKind::from_u8(s.kind).map_or("unknown", CallKind::name),
+            allocator: Family::from_u8(s.family).map_or("unknown", Family::name),
+            frames: p
+                .stacks
+                .get(&s.stack_id)
+                .map(|f| f.as_ref().clone())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// Builds the report as of `now_ns` (CLOCK_MONOTONIC).
 pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) -> Result<LeaksReport, LeaksError> {
     if let Some(pid) = q.pid
         && !snapshot.processes.iter().any(|p| p.pid == pid)
+        && !snapshot.watch.suspects.iter().any(|s| s.pid == pid)
     {
         return Err(LeaksError::NotTracked {
             pid,
@@ -104,23 +211,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         .filter(|p| q.pid.is_none_or(|pid| pid == p.pid))
         .map(|p| {
             let agg = aggregate(&p.allocations, cutoff);
-            let stacks = agg
-                .stacks
-                .iter()
-                .take(q.limit)
-                .map(|s| StackReport {
-                    live_bytes: s.live_bytes,
-                    live_allocations: s.live_allocations,
-                    oldest_age_seconds: now_ns.saturating_sub(s.oldest_timestamp_ns) as f64 / 1e9,
-                    call: CallKind::from_u8(s.kind).map_or("unknown", CallKind::name),
-                    allocator: Family::from_u8(s.family).map_or("unknown", Family::name),
-                    frames: p
-                        .stacks
-                        .get(&s.stack_id)
-                        .map(|f| f.as_ref().clone())
-                        .unwrap_or_default(),
-                })
-                .collect();
+            let stacks = stack_reports(p, &agg, q.limit, now_ns);
             let c = &p.counters;
             ProcessReport {
                 pid: p.pid,
@@ -146,10 +237,30 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         })
         .collect();
     processes.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.pid.cmp(&b.pid)));
+    let mut suspects: Vec<SuspectReport> = snapshot
+        .watch
+        .suspects
+        .iter()
+        .filter(|s| q.pid.is_none_or(|pid| pid == s.pid))
+        .map(|s| suspect_report(s, q.limit, now_unix))
+        .collect();
+    let rank = |a: &Alert| match a {
+        Alert::Firing { .. } => 0,
+        Alert::Pending { .. } => 1,
+        _ => 2,
+    };
+    suspects.sort_by(|a, b| {
+        rank(&a.alert).cmp(&rank(&b.alert)).then(
+            b.growth
+                .rate_bytes_per_second
+                .total_cmp(&a.growth.rate_bytes_per_second),
+        )
+    });
     Ok(LeaksReport {
         snapshot_unix: snapshot.taken_at_unix,
         snapshot_age_seconds: (now_unix - snapshot.taken_at_unix).max(0.0),
         min_age_seconds: q.min_age.as_secs_f64(),
+        suspects,
         processes,
     })
 }
@@ -293,6 +404,58 @@ pub(crate) mod tests {
         assert_eq!(e.to_string(), "process 5 is not tracked (tracked: 7, 42)");
         let e = build(&Snapshot::default(), &q(Some(5), 0, 20), 0, 0.0).unwrap_err();
         assert_eq!(e.to_string(), "process 5 is not tracked (no process is)");
+    }
+
+    #[test]
+    fn a_suspect_alone_is_found_by_pid() {
+        use crate::{
+            collect::snapshot::SuspectSnapshot,
+            watch::{
+                alert::Alert,
+                estimator::{Estimate, Verdict},
+                procmem::Memory,
+            },
+        };
+        let mut snap = fake_snapshot();
+        snap.watch.suspects.push(SuspectSnapshot {
+            pid: 99,
+            comm: "grower".into(),
+            exe: "/srv/grower".into(),
+            cmdline: String::new(),
+            unit: Some("grower.service".into()),
+            container: None,
+            memory: Memory {
+                rss: 100,
+                anon: 80,
+                file: 20,
+                shmem: 0,
+                swap: 0,
+            },
+            estimate: Estimate {
+                verdict: Verdict::Leak,
+                rate: 2048.0,
+                confidence: 0.9,
+                windows: vec![],
+            },
+            alert: Alert::Firing {
+                since: 10.0,
+                fired_at: 70.0,
+                last_seen: 90.0,
+            },
+            leaking_since: Some(10.0),
+            escalation: None,
+            evidence: vec![],
+            growth: vec![],
+            exited: false,
+        });
+        let r = build(&snap, &q(Some(99), 0, 20), 0, 100.0).unwrap();
+        assert!(r.processes.is_empty());
+        assert_eq!(r.suspects.len(), 1);
+        assert_eq!(r.suspects[0].growth.duration_seconds, 90.0);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["suspects"][0]["alert"]["state"], "firing");
+        assert_eq!(v["suspects"][0]["growth"]["verdict"], "leak");
+        assert_eq!(v["suspects"][0]["unit"], "grower.service");
     }
 
     #[test]

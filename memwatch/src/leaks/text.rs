@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-use super::LeaksReport;
+use super::{LeaksReport, StackReport, SuspectReport};
+use crate::watch::{alert::Alert, escalation::Status};
 
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -42,6 +43,15 @@ pub fn render(r: &LeaksReport) -> String {
             String::new()
         }
     );
+    if !r.suspects.is_empty() {
+        let _ = writeln!(out, "\nSUSPECTS (sustained heap growth, host-wide)");
+        for sp in &r.suspects {
+            render_suspect(&mut out, sp);
+        }
+        if !r.processes.is_empty() {
+            let _ = writeln!(out, "\nTRACKED EXACTLY");
+        }
+    }
     for p in &r.processes {
         let _ = writeln!(out);
         let _ = writeln!(
@@ -58,24 +68,7 @@ pub fn render(r: &LeaksReport) -> String {
         if p.stacks.is_empty() {
             let _ = writeln!(out, "  no live allocations");
         }
-        for (i, s) in p.stacks.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "  #{:<3} {:>10} in {:>7} allocation(s), oldest {:>6}  [{}]",
-                i + 1,
-                bytes(s.live_bytes),
-                s.live_allocations,
-                duration(s.oldest_age_seconds),
-                s.call,
-            );
-            if s.frames.is_empty() {
-                let _ = writeln!(out, "        (stack not captured)");
-            }
-            for f in &s.frames {
-                let module = f.module.as_deref().and_then(|m| m.rsplit('/').next()).unwrap_or("?");
-                let _ = writeln!(out, "        {}  [{}]", f.describe(), module);
-            }
-        }
+        render_stacks(&mut out, &p.stacks);
         if p.stack_count > p.stacks.len() {
             let _ = writeln!(
                 out,
@@ -85,6 +78,89 @@ pub fn render(r: &LeaksReport) -> String {
         }
     }
     out
+}
+
+fn render_stacks(out: &mut String, stacks: &[StackReport]) {
+    for (i, s) in stacks.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  #{:<3} {:>10} in {:>7} allocation(s), oldest {:>6}  [{}]",
+            i + 1,
+            bytes(s.live_bytes),
+            s.live_allocations,
+            duration(s.oldest_age_seconds),
+            s.call,
+        );
+        render_frames(out, &s.frames);
+    }
+}
+
+fn render_frames(out: &mut String, frames: &[crate::symbolize::Frame]) {
+    if frames.is_empty() {
+        let _ = writeln!(out, "        (stack not captured)");
+    }
+    for f in frames {
+        let module = f.module.as_deref().and_then(|m| m.rsplit('/').next()).unwrap_or("?");
+        let _ = writeln!(out, "        {}  [{}]", f.describe(), module);
+    }
+}
+
+fn render_suspect(out: &mut String, s: &SuspectReport) {
+    let place = s
+        .unit
+        .as_deref()
+        .or(s.container.as_deref())
+        .map(|u| format!(" [{u}]"))
+        .unwrap_or_default();
+    let state = match s.alert {
+        Alert::Firing { .. } => "FIRING",
+        Alert::Pending { .. } => "pending",
+        Alert::Resolved { .. } => "resolved",
+        Alert::Inactive => "no alert",
+    };
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "PID {} ({}){}  {}{}  heap {}  growing {}/s for {} (confidence {:.2})",
+        s.pid,
+        s.comm,
+        place,
+        state,
+        if s.exited { " (exited)" } else { "" },
+        bytes(s.growth.heap_bytes),
+        signed_bytes(s.growth.rate_bytes_per_second),
+        duration(s.growth.duration_seconds),
+        s.growth.confidence,
+    );
+    match &s.escalation {
+        Some(Status::Running { started, until }) => {
+            let _ = writeln!(out, "  exact tracking running ({} window)", duration(until - started));
+        }
+        Some(Status::Done {
+            started,
+            ended,
+            outcome,
+        }) => {
+            let _ = writeln!(
+                out,
+                "  exact tracking {} after {}",
+                outcome.name().replace('_', " "),
+                duration(ended - started)
+            );
+        }
+        Some(Status::Skipped { reason }) => {
+            let _ = writeln!(out, "  not escalated: {reason}");
+        }
+        None => {}
+    }
+    render_stacks(out, &s.stacks);
+    if !s.growth_stacks.is_empty() {
+        let _ = writeln!(out, "  address-space growth by stack (mmap/brk):");
+        for g in &s.growth_stacks {
+            let _ = writeln!(out, "    {:>10} in {} call(s)", bytes(g.bytes), g.calls);
+            render_frames(out, &g.frames);
+        }
+    }
 }
 
 fn signed_bytes(v: f64) -> String {

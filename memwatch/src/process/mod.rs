@@ -24,6 +24,8 @@ use crate::{
 pub enum Selection {
     Pid,
     Exe(String),
+    /// Escalated by the leak detector, for a while.
+    Suspect,
 }
 
 /// A probed allocator function and where its probes sit, for /probes,
@@ -395,7 +397,7 @@ impl ProcessTable {
         inc.exe = procfs::read_exe(pid).unwrap_or_default();
         inc.cmdline = procfs::read_cmdline(pid).unwrap_or_default();
         let keep = match &inc.selection {
-            Selection::Pid => true,
+            Selection::Pid | Selection::Suspect => true,
             Selection::Exe(_) => self.globs.iter().any(|g| g.matches(&inc.exe)),
         };
         if !keep {

@@ -22,6 +22,19 @@ pub fn require_root() {
     );
 }
 
+/// A copy of a fixture under another file name (for selection by executable).
+pub fn fixture_copy(fixture: &str, name: &str) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let copy = dir.join(name);
+    // Copy, then rename over: the name may be running already (ETXTBSY).
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}", std::process::id()));
+    std::fs::copy(fixture_binary(fixture), &tmp).unwrap();
+    std::fs::rename(&tmp, &copy).unwrap();
+    copy
+}
+
 /// Compiles a C fixture once per test binary, with frame pointers and debug
 /// info (what memwatch's stack walk and symbolizer rely on).
 pub fn fixture_binary(name: &str) -> PathBuf {
@@ -79,9 +92,7 @@ impl Fixture {
     /// Runs a copy of the fixture under another file name, for tests that
     /// select by executable without catching other tests' fixtures.
     pub fn start_renamed(name: &str, args: &[&str]) -> Fixture {
-        let copy = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-        std::fs::copy(fixture_binary("leaker"), &copy).unwrap();
-        Fixture::start_from(&copy, args)
+        Fixture::start_from(&fixture_copy("leaker", name), args)
     }
 
     fn start_from(binary: &std::path::Path, args: &[&str]) -> Fixture {
@@ -164,8 +175,9 @@ pub struct Daemon {
     pub config: PathBuf,
 }
 
-/// A config for fast tests: scans every 200 ms.
-pub const FAST: &str = "[collect]\ninterval_seconds = 0.2\n";
+/// A config for fast tests of exact tracking: scans every 200 ms; no
+/// host-wide detection, so nothing else on the machine gets escalated.
+pub const FAST: &str = "[collect]\ninterval_seconds = 0.2\n[detect]\nenabled = false\n";
 
 impl Daemon {
     /// Starts `memwatch run` with `config` and `args`; waits until /healthz is OK.
@@ -215,6 +227,11 @@ impl Daemon {
             ),
             Err(_) => (0, String::new()),
         }
+    }
+
+    /// Starts memwatch as `start` does, with `config` given whole.
+    pub fn start_with(config: &str) -> Daemon {
+        Daemon::start(config, &[])
     }
 
     pub fn json(&self, path: &str) -> serde_json::Value {

@@ -1,0 +1,307 @@
+//! Always-on, host-wide watching: every process's heap is sampled from
+//! /proc, judged for sustained growth and raised as an alert; the collector
+//! escalates suspects to exact tracking under a budget.
+//!
+//! /proc sampling rather than the kmem:rss_stat tracepoint: rss_stat fires on
+//! page-fault paths of every process (tens of thousands a second on a busy
+//! host), so a program on it would tax everyone, while sampling every couple
+//! of seconds costs the watched processes nothing.
+
+pub mod alert;
+pub mod cgroup;
+pub mod escalation;
+pub mod estimator;
+pub mod procmem;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+};
+
+use crate::{config::Detect, leaks::StackReport, process::procfs, symbolize::Frame};
+use alert::{Alert, Timing, Transition};
+use estimator::{Estimate, Params, Sample, Verdict};
+
+/// Heap growth attributed to one stack by the syscall tracepoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrowthStack {
+    pub stack_id: u64,
+    pub bytes: u64,
+    pub calls: u64,
+    /// Filled in by the collector for suspects.
+    pub frames: Option<std::sync::Arc<Vec<Frame>>>,
+}
+
+/// A process on the host, as the watcher follows it.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub pid: u32,
+    pub start_time: u64,
+    pub comm: String,
+    pub exe: PathBuf,
+    pub cmdline: String,
+    pub cgroup: cgroup::Placement,
+    pub memory: procmem::Memory,
+    series: VecDeque<Sample>,
+    pub estimate: Estimate,
+    pub alert: Alert,
+    /// When the heap has been judged a leak since (Unix seconds).
+    pub leaking_since: Option<f64>,
+    pub escalation: Option<escalation::Status>,
+    pub last_escalation_end: Option<f64>,
+    /// Leaking stacks seen by exact tracking during the escalation.
+    pub evidence: Vec<StackReport>,
+    pub growth: Vec<GrowthStack>,
+    pub exited: bool,
+}
+
+impl Watched {
+    pub fn exe_name(&self) -> String {
+        self.exe
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.comm.clone())
+    }
+
+    /// The systemd unit or, failing that, the container id.
+    pub fn unit(&self) -> Option<&str> {
+        self.cgroup.unit.as_deref().or(self.cgroup.container.as_deref())
+    }
+}
+
+pub struct SampleOutcome {
+    pub transitions: Vec<(u32, Transition)>,
+    /// Escalated processes found gone.
+    pub exited_escalations: Vec<u32>,
+}
+
+pub struct Watcher {
+    procs: HashMap<u32, Watched>,
+    params: Params,
+    timing: Timing,
+    keep_seconds: f64,
+    /// Exited processes whose alert had fired, kept for display.
+    gone: VecDeque<Watched>,
+    me: u32,
+}
+
+const GONE_KEPT: usize = 100;
+/// Resolved alerts stay visible this long (seconds).
+const RESOLVED_SHOWN: f64 = 3600.0;
+
+impl Watcher {
+    pub fn new(d: &Detect) -> Self {
+        Watcher {
+            procs: HashMap::new(),
+            params: Params {
+                window: d.window_seconds,
+                min_rate: d.min_rate,
+                min_confidence: d.min_confidence,
+            },
+            timing: Timing {
+                firing_after: d.firing_after_seconds,
+                resolve_after: d.resolve_after_seconds,
+            },
+            keep_seconds: 4.0 * d.window_seconds + 2.0 * d.sample_interval.as_secs_f64(),
+            gone: VecDeque::new(),
+            me: std::process::id(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Watched> {
+        self.procs.get(&pid)
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut Watched> {
+        self.procs.get_mut(&pid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Watched> {
+        self.procs.values()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Watched> {
+        self.procs.values_mut()
+    }
+
+    /// Exited processes with an alert, newest last.
+    pub fn gone(&self) -> impl Iterator<Item = &Watched> {
+        self.gone.iter()
+    }
+
+    /// Samples every process once. `mono` is monotonic seconds (for the
+    /// series), `now` Unix seconds (for alert times).
+    pub fn sample(&mut self, mono: f64, now: f64) -> SampleOutcome {
+        let mut transitions = Vec::new();
+        let mut exited_escalations = Vec::new();
+        let pids = procfs::list_pids().unwrap_or_default();
+        let mut alive = std::collections::HashSet::with_capacity(pids.len());
+        for pid in pids {
+            if pid == self.me {
+                continue;
+            }
+            let Ok(stat) = procfs::read_stat(pid) else { continue };
+            let Some(memory) = std::fs::read_to_string(procfs::proc_path(pid, "status"))
+                .ok()
+                .and_then(|t| procmem::parse_status(&t))
+            else {
+                continue; // kernel threads, zombies
+            };
+            alive.insert(pid);
+            let w = match self.procs.get_mut(&pid) {
+                Some(w) if w.start_time == stat.start_time => w,
+                _ => {
+                    // New, or the pid was reused: start afresh.
+                    self.procs
+                        .insert(pid, new_watched(pid, stat.start_time, stat.comm.clone()));
+                    self.procs.get_mut(&pid).expect("just inserted")
+                }
+            };
+            w.memory = memory;
+            w.comm = stat.comm;
+            w.series.push_back(Sample {
+                t: mono,
+                bytes: memory.heap() as f64,
+            });
+            while w.series.front().is_some_and(|s| mono - s.t > self.keep_seconds) {
+                w.series.pop_front();
+            }
+            w.estimate = judge(&w.series, &self.params);
+            let leaking = w.estimate.verdict == Verdict::Leak;
+            if leaking && w.leaking_since.is_none() {
+                w.leaking_since = Some(now);
+            } else if !leaking && !w.alert.is_suspect() {
+                w.leaking_since = None;
+            }
+            let (next, tr) = w.alert.step(leaking, now, &self.timing);
+            w.alert = next;
+            if let Some(tr) = tr {
+                transitions.push((pid, tr));
+            }
+        }
+        // Processes that are gone: a firing alert resolves with the process.
+        let dead: Vec<u32> = self.procs.keys().copied().filter(|p| !alive.contains(p)).collect();
+        for pid in dead {
+            let mut w = self.procs.remove(&pid).expect("listed");
+            w.exited = true;
+            if let Some(escalation::Status::Running { started, .. }) = w.escalation {
+                w.escalation = Some(escalation::Status::Done {
+                    started,
+                    ended: now,
+                    outcome: escalation::Outcome::Exited,
+                });
+                exited_escalations.push(pid);
+            }
+            if let Alert::Firing { since, fired_at, .. } = w.alert {
+                w.alert = Alert::Resolved {
+                    since,
+                    fired_at,
+                    resolved_at: now,
+                };
+                transitions.push((pid, Transition::Resolved));
+            }
+            if matches!(w.alert, Alert::Resolved { .. })
+                || matches!(w.escalation, Some(escalation::Status::Done { .. }))
+            {
+                w.series.clear();
+                self.gone.push_back(w);
+                if self.gone.len() > GONE_KEPT {
+                    self.gone.pop_front();
+                }
+            }
+        }
+        self.gone
+            .retain(|w| !matches!(w.alert, Alert::Resolved { resolved_at, .. } if now - resolved_at > RESOLVED_SHOWN));
+        SampleOutcome {
+            transitions,
+            exited_escalations,
+        }
+    }
+
+    /// Sets each process's growth stacks from the kernel's records.
+    pub fn set_growth(&mut self, mut by_pid: HashMap<u32, Vec<GrowthStack>>) {
+        for w in self.procs.values_mut() {
+            let mut g = by_pid.remove(&w.pid).unwrap_or_default();
+            g.sort_by_key(|s| std::cmp::Reverse(s.bytes));
+            // Keep symbolized frames already known.
+            for s in &mut g {
+                if let Some(old) = w.growth.iter().find(|o| o.stack_id == s.stack_id) {
+                    s.frames.clone_from(&old.frames);
+                }
+            }
+            w.growth = g;
+        }
+    }
+}
+
+fn new_watched(pid: u32, start_time: u64, comm: String) -> Watched {
+    Watched {
+        pid,
+        start_time,
+        comm,
+        exe: procfs::read_exe(pid).unwrap_or_default(),
+        cmdline: procfs::read_cmdline(pid).unwrap_or_default(),
+        cgroup: std::fs::read_to_string(procfs::proc_path(pid, "cgroup"))
+            .map(|t| cgroup::parse(&t))
+            .unwrap_or_default(),
+        memory: procmem::Memory::default(),
+        series: VecDeque::new(),
+        estimate: Estimate {
+            verdict: Verdict::Insufficient,
+            rate: 0.0,
+            confidence: 0.0,
+            windows: Vec::new(),
+        },
+        alert: Alert::Inactive,
+        leaking_since: None,
+        escalation: None,
+        last_escalation_end: None,
+        evidence: Vec::new(),
+        growth: Vec::new(),
+        exited: false,
+    }
+}
+
+/// The estimator, skipped for series that have not moved beyond noise.
+fn judge(series: &VecDeque<Sample>, p: &Params) -> Estimate {
+    let (lo, hi) = series
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(s.bytes), hi.max(s.bytes)));
+    if series.len() > 1 && hi - lo < 64.0 * 1024.0 {
+        return Estimate {
+            verdict: Verdict::Flat,
+            rate: 0.0,
+            confidence: 0.0,
+            windows: Vec::new(),
+        };
+    }
+    let s: Vec<Sample> = series.iter().copied().collect();
+    estimator::estimate(&s, p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_this_host_finds_this_process_family() {
+        let cfg = crate::config::Config::build(Default::default(), &Default::default()).unwrap();
+        let mut w = Watcher::new(&cfg.detect);
+        assert!(w.sample(0.0, 1000.0).transitions.is_empty());
+        // The test runner is watched (the watcher skips only its own process,
+        // which in tests is the runner itself: look at the parent instead).
+        let parent = std::os::unix::process::parent_id();
+        let p = w.get(parent).expect("the parent process is watched");
+        assert!(p.memory.rss > 0);
+        assert_eq!(p.alert, Alert::Inactive);
+        assert!(w.len() > 1);
+    }
+}
