@@ -19,8 +19,55 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: track processes and serve /metrics, /leaks, /healthz.
+    /// Run the daemon: watch the host, track processes, serve /metrics, /leaks, /healthz.
     Run(RunArgs),
+    /// Show the leak report of a running daemon (suspects, then tracked processes).
+    Leaks(LeaksArgs),
+    /// Show the state of a running daemon.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// The daemon's address (default: `listen` from --config, or 127.0.0.1:9477).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Read the daemon's address from this config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print the JSON the daemon serves.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LeaksArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only allocations at least this many seconds old.
+    #[arg(long, value_name = "SECONDS")]
+    pub min_age: Option<f64>,
+    /// Stacks per process.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Write a flame graph (SVG) of the live heap to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
+    /// Write the live heap as a pprof profile (gzipped protobuf) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub pprof: Option<PathBuf>,
+    /// Print collapsed stacks (for flamegraph.pl, inferno, speedscope).
+    #[arg(long)]
+    pub collapsed: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +93,30 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Leaks(a) => client_call(&a.client, |addr| {
+            let r = crate::client::LeaksRequest {
+                pid: a.pid,
+                min_age: a.min_age,
+                limit: a.limit,
+                json: a.client.json,
+                flamegraph: a.flamegraph.clone(),
+                pprof: a.pprof.clone(),
+                collapsed: a.collapsed,
+            };
+            crate::client::leaks(addr, &r)
+        }),
+        Command::Status(a) => client_call(&a.client, |addr| crate::client::status(addr, a.client.json)),
+    }
+}
+
+fn client_call(c: &ClientArgs, f: impl FnOnce(&str) -> anyhow::Result<()>) -> ExitCode {
+    let result = crate::client::address(c.addr.clone(), c.config.as_deref()).and_then(|addr| f(&addr));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memwatch: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -112,10 +183,22 @@ mod tests {
             "127.0.0.1:1",
         ])
         .unwrap();
-        let Command::Run(a) = cli.command;
+        let Command::Run(a) = cli.command else { panic!("run") };
         assert_eq!(a.pids, vec![5, 6]);
         assert_eq!(a.exe, vec!["leak*"]);
         assert!(Cli::try_parse_from(["memwatch", "run", "--pid", "x"]).is_err());
         assert!(Cli::try_parse_from(["memwatch", "run", "--bogus"]).is_err());
+        let cli = Cli::try_parse_from(["memwatch", "leaks", "--pid", "7", "--json", "--addr", "127.0.0.1:1"]).unwrap();
+        let Command::Leaks(l) = cli.command else {
+            panic!("leaks")
+        };
+        assert_eq!(
+            (l.pid, l.client.json, l.client.addr.as_deref()),
+            (Some(7), true, Some("127.0.0.1:1"))
+        );
+        assert!(matches!(
+            Cli::try_parse_from(["memwatch", "status"]).unwrap().command,
+            Command::Status(_)
+        ));
     }
 }

@@ -63,6 +63,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Probes for the configured processes are attached and the API is bound:
+    // tell systemd (Type=notify) we are ready.
+    notify(&[sd_notify::NotifyState::Ready]);
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!(address = %local, "serving /metrics, /leaks and /healthz");
@@ -70,6 +73,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .with_graceful_shutdown(signal())
             .await
     });
+    notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.store(true, Ordering::Relaxed);
     if collector_thread.join().is_err() {
         anyhow::bail!("the collector thread panicked");
@@ -77,6 +81,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     served.context("HTTP server")?;
     tracing::info!("memwatch stopped");
     Ok(())
+}
+
+/// Tells systemd, when run under it; a no-op otherwise.
+pub fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
 }
 
 async fn signal() {

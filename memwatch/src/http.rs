@@ -32,8 +32,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/leaks", get(leaks))
+        .route("/leaks/collapsed", get(collapsed))
+        .route("/leaks/flamegraph.svg", get(flamegraph))
+        .route("/leaks/pprof", get(pprof))
         .route("/healthz", get(healthz))
         .route("/probes", get(probes))
+        .route("/status", get(status))
         .fallback(not_found)
         .with_state(state)
 }
@@ -78,6 +82,46 @@ async fn leaks(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: Head
     }
 }
 
+/// The daemon's state in one document, for `memwatch status`.
+async fn status(State(s): State<AppState>) -> Response {
+    let snap = s.snapshot.get();
+    let lost: serde_json::Map<String, serde_json::Value> = snap
+        .drops
+        .iter()
+        .map(|(d, n)| (d.name().to_string(), (*n).into()))
+        .collect();
+    let body = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": snap.ready,
+        "snapshot_unix": snap.taken_at_unix,
+        "scan_seconds": snap.scan_seconds,
+        "tracked_processes": snap.processes.iter().map(|p| serde_json::json!({
+            "pid": p.pid, "comm": p.comm, "selection": p.selection,
+            "live_bytes": p.allocations.iter().map(|a| a.size).sum::<u64>(),
+            "live_allocations": p.allocations.len(),
+        })).collect::<Vec<_>>(),
+        "probes_attached": snap.probes_attached,
+        "placement": snap.placement,
+        "live_map": { "entries": snap.live_entries, "capacity": snap.live_capacity },
+        "stack_map": { "entries": snap.stack_entries, "capacity": snap.stack_capacity },
+        "kernel_events_lost": lost,
+        "attach_failures": snap.failures,
+        "watch": {
+            "enabled": snap.watch.enabled,
+            "watched_processes": snap.watch.watched_processes,
+            "suspects": snap.watch.suspects.iter().filter(|x| x.alert.is_suspect()).count(),
+            "alerts_fired_total": snap.watch.alerts_fired_total,
+            "escalations_running": snap.watch.escalations_running,
+        },
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(&body).expect("json"),
+    )
+        .into_response()
+}
+
 /// Where every allocator function is probed, per binary, and why.
 async fn probes(State(s): State<AppState>) -> Response {
     let snapshot = s.snapshot.get();
@@ -98,6 +142,80 @@ async fn probes(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The live stacks a picture shows, or the status and message to send.
+fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Vec<crate::export::HeapStack>, (StatusCode, String)> {
+    let q = query::parse(raw, None, s.default_limit).map_err(|m| (StatusCode::BAD_REQUEST, format!("{m}\n")))?;
+    let snapshot = s.snapshot.get();
+    if !snapshot.ready {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memwatch is starting: no scan has completed yet\n".into(),
+        ));
+    }
+    if let Some(pid) = q.pid
+        && !snapshot.processes.iter().any(|p| p.pid == pid)
+    {
+        let tracked = snapshot.processes.iter().map(|p| p.pid).collect();
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("{}\n", leaks::LeaksError::NotTracked { pid, tracked }),
+        ));
+    }
+    let min_age = q.min_age.as_nanos() as u64;
+    let cutoff = (min_age > 0).then(|| monotonic_ns().saturating_sub(min_age));
+    Ok(crate::export::heap_stacks(&snapshot, q.pid, cutoff))
+}
+
+/// Collapsed stacks of the live heap (`?pid=`, `?min_age=`).
+async fn collapsed(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    match picture_stacks(&s, raw.as_deref()) {
+        Ok(stacks) => text(StatusCode::OK, crate::export::collapsed::render(&stacks)),
+        Err((status, message)) => text(status, message),
+    }
+}
+
+/// A flame graph of the live heap by stack, in bytes.
+async fn flamegraph(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let stacks = match picture_stacks(&s, raw.as_deref()) {
+        Ok(stacks) => stacks,
+        Err((status, message)) => return text(status, message),
+    };
+    match crate::export::flamegraph::render(&stacks, "memwatch: live heap by stack") {
+        Ok(svg) => (StatusCode::OK, [(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("drawing the flame graph failed: {e}\n"),
+        ),
+    }
+}
+
+/// The live heap as a gzipped pprof profile.
+async fn pprof(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let stacks = match picture_stacks(&s, raw.as_deref()) {
+        Ok(stacks) => stacks,
+        Err((status, message)) => return text(status, message),
+    };
+    let now = (unix_now() * 1e9) as i64;
+    match crate::export::pprof::encode(&crate::export::pprof::build(&stacks, now)) {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/octet-stream"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"memwatch-heap.pb.gz\"",
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the profile failed: {e}\n"),
+        ),
+    }
+}
+
 async fn healthz(State(s): State<AppState>) -> Response {
     let snapshot = s.snapshot.get();
     if !snapshot.ready {
@@ -116,7 +234,7 @@ async fn healthz(State(s): State<AppState>) -> Response {
 async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "no such endpoint; memwatch serves /leaks, /probes, /metrics and /healthz\n".into(),
+        "no such endpoint; memwatch serves /leaks, /probes, /status, /metrics and /healthz\n".into(),
     )
 }
 
@@ -156,7 +274,7 @@ mod tests {
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
-        let body = String::from_utf8(to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+        let body = String::from_utf8_lossy(&to_bytes(resp.into_body(), 1 << 20).await.unwrap()).into_owned();
         (status, ctype, body)
     }
 
@@ -254,6 +372,33 @@ mod tests {
             metrics.contains("memwatch_probe_site_info{emulated=\"true\",function=\"free\",instruction=\"push %rbp\",module=\"/usr/lib/libc.so.6\",offset=\"0x9\"} 2"),
             "{metrics}"
         );
+    }
+
+    #[tokio::test]
+    async fn pictures_of_the_live_heap() {
+        let (status, _, body) = get(app(fake_snapshot()), "/leaks/collapsed?pid=42", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("leaky (42);main;leak_here 3000"), "{body}");
+        let (status, ctype, body) = get(app(fake_snapshot()), "/leaks/flamegraph.svg", None).await;
+        assert_eq!((status, ctype.as_str()), (StatusCode::OK, "image/svg+xml"));
+        assert!(body.contains("<svg") && body.contains("leak_here"));
+        let (status, ctype, _) = get(app(fake_snapshot()), "/leaks/pprof?pid=42", None).await;
+        assert_eq!((status, ctype.as_str()), (StatusCode::OK, "application/octet-stream"));
+        let (status, _, body) = get(app(fake_snapshot()), "/leaks/pprof?pid=5", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("not tracked"));
+        let (status, _, _) = get(app(fake_snapshot()), "/leaks/flamegraph.svg?pid=x", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn status_summarises_the_daemon() {
+        let (status, _, body) = get(app(fake_snapshot()), "/status", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["ready"], true);
+        assert_eq!(v["tracked_processes"].as_array().unwrap().len(), 2);
+        assert_eq!(v["tracked_processes"][1]["live_bytes"], 3064);
     }
 
     #[tokio::test]

@@ -13,10 +13,12 @@
 //!    `/leaks`, `metrics` turns it into `/metrics`.
 
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod collect;
 pub mod config;
 pub mod daemon;
+pub mod export;
 pub mod http;
 pub mod kernel;
 pub mod leaks;

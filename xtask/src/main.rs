@@ -26,6 +26,9 @@ enum Task {
     /// Measure memwatch's overhead against untraced runs and bare uprobes (as root). MWBENCH_PAIRS,
     /// MWBENCH_ROUNDS and MWBENCH_MODES narrow it down for quick comparisons.
     Bench,
+    /// Build the release tarball: binary, systemd unit, default config, Prometheus rules, Grafana
+    /// dashboard, Kubernetes manifests, README and install.sh, in target/dist/.
+    Dist,
     /// Run every test: formatting, clippy, unit tests and the privileged eBPF integration tests (as root).
     Test {
         /// Extra arguments for the test harness (e.g. a test name filter).
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
         Task::Bench => bench(),
+        Task::Dist => dist().map(|path| println!("{}", path.display())),
     }
 }
 
@@ -84,6 +88,46 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         cmd.arg(&bin).arg("run").arg("--config").arg(&config).args(args);
     }
     check(&mut cmd)
+}
+
+/// Builds target/dist/memwatch-VERSION-ARCH-linux.tar.gz and returns its path.
+pub fn dist() -> anyhow::Result<std::path::PathBuf> {
+    setup::run()?;
+    check(cargo().args(["build", "--release", "--package", "memwatch"]))?;
+    let root = workspace_root();
+    let version = env!("CARGO_PKG_VERSION");
+    let name = format!("memwatch-{version}-{}-linux", std::env::consts::ARCH);
+    let dist = root.join("target/dist");
+    let stage = dist.join(&name);
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)?;
+    }
+    let deploy = root.join("deploy");
+    let copies: [(&str, std::path::PathBuf); 4] = [
+        ("bin/memwatch", root.join("target/release/memwatch")),
+        ("etc/memwatch/memwatch.toml", deploy.join("memwatch.toml")),
+        ("systemd/memwatch.service", deploy.join("systemd/memwatch.service")),
+        ("install.sh", deploy.join("install.sh")),
+    ];
+    for (to, from) in copies {
+        let to = stage.join(to);
+        std::fs::create_dir_all(to.parent().expect("has a parent"))?;
+        std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
+    }
+    std::fs::copy(root.join("README.md"), stage.join("README.md"))?;
+    for dir in ["prometheus", "grafana", "kubernetes"] {
+        check(Command::new("cp").arg("-R").arg(deploy.join(dir)).arg(&stage))?;
+    }
+    let tarball = dist.join(format!("{name}.tar.gz"));
+    check(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&dist)
+            .arg("-czf")
+            .arg(&tarball)
+            .arg(&name),
+    )?;
+    Ok(tarball)
 }
 
 fn bench() -> anyhow::Result<()> {

@@ -8,8 +8,10 @@ use anyhow::Context;
 use crate::check;
 
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
-/// Tools the tests use: a C compiler for the fixtures.
-const TEST_PACKAGES: &[&str] = &["gcc", "libc6-dev"];
+/// Tools the tests use: a C compiler for the fixtures, and the real tools
+/// the operations tests check memwatch against — systemd-analyze, promtool
+/// and a Prometheus server, `go tool pprof`.
+const TEST_PACKAGES: &[&str] = &["gcc", "libc6-dev", "systemd", "prometheus", "golang-go"];
 
 fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())

@@ -125,6 +125,11 @@ impl Collector {
         let sample_every = self.config.detect.sample_interval;
         let mut next_scan = Instant::now() + interval;
         let mut next_sample = Instant::now() + sample_every;
+        // Under systemd's watchdog, the collector pings it: a stuck collector
+        // (not just a live HTTP server) gets the service restarted.
+        let mut usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec) / 2);
+        let mut next_ping = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
             // New processes waiting for their libc are retried every few ms.
             let cap = if self.table.has_pending() {
@@ -154,6 +159,20 @@ impl Collector {
                 self.scan();
                 self.enforce_budget();
                 next_scan = Instant::now() + interval;
+            }
+            if let Some(every) = watchdog
+                && Instant::now() >= next_ping
+            {
+                let status = format!(
+                    "tracking {} process(es) exactly, watching {}",
+                    self.table.len(),
+                    self.watcher.as_ref().map_or(0, |w| w.len())
+                );
+                crate::daemon::notify(&[
+                    sd_notify::NotifyState::Watchdog,
+                    sd_notify::NotifyState::Status(&status),
+                ]);
+                next_ping = Instant::now() + every;
             }
         }
         let probes = self.table.probe_count();

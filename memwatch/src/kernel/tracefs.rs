@@ -7,8 +7,17 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Makes sure tracefs is mounted where aya looks for it.
 pub fn ensure_mounted() -> io::Result<()> {
-    if Path::new(TRACEFS).join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
-        return Ok(());
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if tracefs_mounted(&mounts) {
+        // Mounted; tracefs is root-only (mode 0700) unless DAC is bypassed.
+        return match fs::read_dir(Path::new(TRACEFS).join("events")) {
+            Ok(_) => Ok(()),
+            Err(_) if fs::read_dir("/sys/kernel/debug/tracing/events").is_ok() => Ok(()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{TRACEFS} is not readable ({e}): run memwatch as root or with CAP_DAC_READ_SEARCH"),
+            )),
+        };
     }
     let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
     let fstype = c"tracefs";
@@ -19,6 +28,15 @@ pub fn ensure_mounted() -> io::Result<()> {
     }
     tracing::info!(path = TRACEFS, "mounted tracefs");
     Ok(())
+}
+
+/// Whether /proc/self/mounts lists tracefs where aya looks for it.
+pub fn tracefs_mounted(mounts: &str) -> bool {
+    mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, dir, fstype) = (f.next(), f.next(), f.next());
+        fstype == Some("tracefs") && matches!(dir, Some("/sys/kernel/tracing" | "/sys/kernel/debug/tracing"))
+    })
 }
 
 /// The format description of a tracepoint.
@@ -63,6 +81,17 @@ format:
 \tfield:int prio;\toffset:28;\tsize:4;\tsigned:1;
 \tfield:bool group_dead;\toffset:32;\tsize:1;\tsigned:0;
 ";
+
+    #[test]
+    fn mounts_are_recognised() {
+        assert!(tracefs_mounted(
+            "sysfs /sys sysfs rw 0 0\nnodev /sys/kernel/tracing tracefs rw,relatime 0 0\n"
+        ));
+        assert!(tracefs_mounted("tracefs /sys/kernel/debug/tracing tracefs rw 0 0\n"));
+        assert!(!tracefs_mounted(
+            "sysfs /sys sysfs rw 0 0\ndebugfs /sys/kernel/debug debugfs rw 0 0\n"
+        ));
+    }
 
     #[test]
     fn offsets_come_from_the_format() {

@@ -182,11 +182,26 @@ pub const FAST: &str = "[collect]\ninterval_seconds = 0.2\n[detect]\nenabled = f
 impl Daemon {
     /// Starts `memwatch run` with `config` and `args`; waits until /healthz is OK.
     pub fn start(config: &str, args: &[&str]) -> Daemon {
+        Daemon::start_as(config, args, &[], &[])
+    }
+
+    /// As [`Daemon::start`], run through `wrapper` (e.g. setpriv) with `env`.
+    pub fn start_as(config: &str, args: &[&str], wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("memwatch-{port}.toml"));
         std::fs::write(&config_path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_memwatch"))
+        let mut cmd = match wrapper {
+            [] => Command::new(env!("CARGO_BIN_EXE_memwatch")),
+            [w, rest @ ..] => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_memwatch"));
+                c
+            }
+        };
+        std::fs::set_permissions(&config_path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let child = cmd
+            .envs(env.iter().copied())
             .arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -195,14 +210,22 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .spawn()
             .expect("starting memwatch");
-        let d = Daemon {
+        let mut d = Daemon {
             child: Some(child),
             addr,
             config: config_path,
         };
-        d.wait_for("memwatch to become healthy", Duration::from_secs(30), || {
-            d.get("/healthz").0 == 200
-        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.get("/healthz").0 != 200 {
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("memwatch exited while starting: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for memwatch to become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         d
     }
 

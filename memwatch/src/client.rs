@@ -1,0 +1,247 @@
+//! `memwatch leaks` and `memwatch status`: talk to a running daemon over its
+//! HTTP API and print tables (or the JSON, for scripts).
+
+use std::{fmt::Write as _, io::Read, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+
+use crate::leaks::text::{bytes, duration};
+
+/// Where the daemon listens: --addr, else `listen` from the config file,
+/// else the default.
+pub fn address(addr: Option<String>, config: Option<&std::path::Path>) -> anyhow::Result<String> {
+    if let Some(a) = addr {
+        return Ok(a);
+    }
+    let c = crate::config::Config::load(config, &Default::default())?;
+    Ok(c.listen.to_string())
+}
+
+/// GETs `path`; an HTTP error becomes an error carrying the daemon's message.
+fn get(addr: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let mut resp = agent
+        .get(&url)
+        .call()
+        .with_context(|| format!("cannot reach memwatch at {addr} (is the daemon running? see --addr)"))?;
+    let status = resp.status();
+    let mut body = Vec::new();
+    resp.body_mut().as_reader().read_to_end(&mut body)?;
+    if !status.is_success() {
+        bail!("{}: {}", status, String::from_utf8_lossy(&body).trim());
+    }
+    Ok(body)
+}
+
+/// What `memwatch leaks` asks for.
+pub struct LeaksRequest {
+    pub pid: Option<u32>,
+    pub min_age: Option<f64>,
+    pub limit: Option<usize>,
+    pub json: bool,
+    pub flamegraph: Option<PathBuf>,
+    pub pprof: Option<PathBuf>,
+    pub collapsed: bool,
+}
+
+impl LeaksRequest {
+    fn query(&self) -> String {
+        let mut q = Vec::new();
+        if let Some(p) = self.pid {
+            q.push(format!("pid={p}"));
+        }
+        if let Some(a) = self.min_age {
+            q.push(format!("min_age={a}"));
+        }
+        if let Some(l) = self.limit {
+            q.push(format!("limit={l}"));
+        }
+        q.join("&")
+    }
+}
+
+pub fn leaks(addr: &str, r: &LeaksRequest) -> anyhow::Result<()> {
+    let q = r.query();
+    if let Some(path) = &r.flamegraph {
+        std::fs::write(path, get(addr, &format!("/leaks/flamegraph.svg?{q}"))?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &r.pprof {
+        std::fs::write(path, get(addr, &format!("/leaks/pprof?{q}"))?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {} (go tool pprof {})", path.display(), path.display());
+    }
+    if r.collapsed {
+        print!(
+            "{}",
+            String::from_utf8_lossy(&get(addr, &format!("/leaks/collapsed?{q}"))?)
+        );
+    } else if r.flamegraph.is_none() && r.pprof.is_none() {
+        let format = if r.json { "json" } else { "text" };
+        let sep = if q.is_empty() { "" } else { "&" };
+        print!(
+            "{}",
+            String::from_utf8_lossy(&get(addr, &format!("/leaks?{q}{sep}format={format}"))?)
+        );
+    }
+    Ok(())
+}
+
+pub fn status(addr: &str, json: bool) -> anyhow::Result<()> {
+    let body = get(addr, "/status")?;
+    if json {
+        print!("{}", String::from_utf8_lossy(&body));
+        return Ok(());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).context("the daemon's /status is not JSON")?;
+    print!("{}", render_status(addr, &v, crate::process::unix_now()));
+    Ok(())
+}
+
+/// The status document as a readable table.
+pub fn render_status(addr: &str, v: &serde_json::Value, now: f64) -> String {
+    let mut out = String::new();
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let age = now - v["snapshot_unix"].as_f64().unwrap_or(now);
+    let _ = writeln!(
+        out,
+        "memwatch {} at {addr}: {}, last scan {} ago",
+        v["version"].as_str().unwrap_or("?"),
+        if v["ready"] == true { "ready" } else { "starting" },
+        duration(age),
+    );
+    let w = &v["watch"];
+    if w["enabled"] == true {
+        let _ = writeln!(
+            out,
+            "host-wide: watching {} processes, {} suspect(s), {} alert(s) fired, {} escalation(s) running",
+            n(&w["watched_processes"]),
+            n(&w["suspects"]),
+            n(&w["alerts_fired_total"]),
+            n(&w["escalations_running"]),
+        );
+    } else {
+        let _ = writeln!(out, "host-wide detection: off");
+    }
+    let tracked = v["tracked_processes"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "tracked exactly: {} process(es), {} probes (placement {})",
+        tracked.len(),
+        n(&v["probes_attached"]),
+        if v["placement"] == true { "on" } else { "off" },
+    );
+    if !tracked.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<16} {:<10} {:>12} {:>12}",
+            "PID", "COMM", "BY", "LIVE", "ALLOCATIONS"
+        );
+        for p in &tracked {
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<16} {:<10} {:>12} {:>12}",
+                n(&p["pid"]),
+                p["comm"].as_str().unwrap_or("?"),
+                p["selection"]["by"].as_str().unwrap_or("?"),
+                bytes(n(&p["live_bytes"])),
+                n(&p["live_allocations"]),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "maps: live {}/{}, stacks {}/{}",
+        n(&v["live_map"]["entries"]),
+        n(&v["live_map"]["capacity"]),
+        n(&v["stack_map"]["entries"]),
+        n(&v["stack_map"]["capacity"]),
+    );
+    let lost: Vec<String> = v["kernel_events_lost"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, c)| n(c) > 0)
+                .map(|(k, c)| format!("{k} {}", n(c)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "kernel events lost: {}",
+        if lost.is_empty() {
+            "none".to_string()
+        } else {
+            lost.join(", ")
+        }
+    );
+    if let Some(f) = v["attach_failures"].as_array().filter(|f| !f.is_empty()) {
+        let _ = writeln!(
+            out,
+            "attach failures ({}), latest: pid {}: {}",
+            f.len(),
+            n(&f[f.len() - 1]["pid"]),
+            f[f.len() - 1]["error"].as_str().unwrap_or("?")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_reads_as_a_table() {
+        let v = serde_json::json!({
+            "version": "0.1.0", "ready": true, "snapshot_unix": 100.0,
+            "tracked_processes": [{"pid": 42, "comm": "leaky", "selection": {"by": "pid"}, "live_bytes": 3072, "live_allocations": 3}],
+            "probes_attached": 20, "placement": true,
+            "live_map": {"entries": 3, "capacity": 1024}, "stack_map": {"entries": 1, "capacity": 256},
+            "kernel_events_lost": {"live_map_full": 2, "stale_call": 0},
+            "attach_failures": [{"pid": 7, "error": "process 7 does not exist or has exited", "at_unix": 99.0}],
+            "watch": {"enabled": true, "watched_processes": 150, "suspects": 1, "alerts_fired_total": 2, "escalations_running": 0},
+        });
+        let t = render_status("127.0.0.1:9477", &v, 102.0);
+        assert!(
+            t.starts_with("memwatch 0.1.0 at 127.0.0.1:9477: ready, last scan 2s ago"),
+            "{t}"
+        );
+        assert!(t.contains("watching 150 processes, 1 suspect(s)"), "{t}");
+        assert!(t.contains("  42       leaky            pid"), "{t}");
+        assert!(t.contains("3.0 KiB"), "{t}");
+        assert!(t.contains("kernel events lost: live_map_full 2\n"), "{t}");
+        assert!(t.contains("attach failures (1), latest: pid 7"), "{t}");
+    }
+
+    #[test]
+    fn the_query_carries_the_filters() {
+        let r = LeaksRequest {
+            pid: Some(5),
+            min_age: Some(1.5),
+            limit: Some(3),
+            json: false,
+            flamegraph: None,
+            pprof: None,
+            collapsed: false,
+        };
+        assert_eq!(r.query(), "pid=5&min_age=1.5&limit=3");
+    }
+
+    #[test]
+    fn an_absent_daemon_is_explained() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let e = get(&format!("127.0.0.1:{port}"), "/status").unwrap_err();
+        assert!(format!("{e:#}").contains("is the daemon running?"), "{e:#}");
+    }
+}

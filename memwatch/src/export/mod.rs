@@ -1,0 +1,58 @@
+//! Pictures of the live heap of tracked processes: collapsed stacks (the
+//! input of every flame-graph tool), a flame graph SVG (inferno) and a pprof
+//! profile (for `go tool pprof` and Grafana Pyroscope).
+
+pub mod collapsed;
+pub mod flamegraph;
+pub mod pprof;
+
+use crate::{
+    collect::{aggregate::aggregate, snapshot::Snapshot},
+    symbolize::Frame,
+};
+
+/// One stack of one process with the live memory it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeapStack {
+    pub pid: u32,
+    pub comm: String,
+    /// Innermost first, as in /leaks.
+    pub frames: Vec<Frame>,
+    pub bytes: u64,
+    pub allocations: u64,
+}
+
+/// The live stacks of the tracked processes (one, with `pid`), counting only
+/// allocations made at or before `cutoff_ns`.
+pub fn heap_stacks(snapshot: &Snapshot, pid: Option<u32>, cutoff_ns: Option<u64>) -> Vec<HeapStack> {
+    let mut out = Vec::new();
+    for p in snapshot.processes.iter().filter(|p| pid.is_none_or(|pid| pid == p.pid)) {
+        for s in aggregate(&p.allocations, cutoff_ns).stacks {
+            out.push(HeapStack {
+                pid: p.pid,
+                comm: p.comm.clone(),
+                frames: p
+                    .stacks
+                    .get(&s.stack_id)
+                    .map(|f| f.as_ref().clone())
+                    .unwrap_or_default(),
+                bytes: s.live_bytes,
+                allocations: s.live_allocations,
+            });
+        }
+    }
+    out
+}
+
+/// A frame's name in a picture: the function, or the module and address.
+pub fn frame_name(f: &Frame) -> String {
+    match (&f.function, &f.module) {
+        (Some(func), _) => func.clone(),
+        (None, Some(m)) => format!(
+            "{}+{}",
+            m.rsplit('/').next().unwrap_or(m),
+            f.address.as_deref().unwrap_or("?")
+        ),
+        (None, None) => f.address.clone().unwrap_or_else(|| "??".into()),
+    }
+}
