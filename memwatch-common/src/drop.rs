@@ -12,7 +12,8 @@ pub enum Drop {
     /// An allocator entry could not be remembered: the thread's call state
     /// could not be created (out of memory).
     CallStateUnavailable = 1,
-    /// Per-process counters could not be created: the counters map is full.
+    /// A tracked process's counter slot lies outside the counters array (a
+    /// daemon/eBPF mismatch).
     CountersMapFull = 2,
     /// A new stack could not be stored: the stacks map is full.
     StacksMapFull = 3,
@@ -33,10 +34,12 @@ pub enum Drop {
     MissedFree = 10,
     /// A growth record could not be stored (the LRU growth map refused it).
     GrowthMapFull = 11,
+    /// A syscall tracepoint's record could not be read.
+    SyscallRecordUnreadable = 12,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     pub const ALL: [Drop; Drop::COUNT as usize] = [
         Drop::LiveMapFull,
@@ -51,6 +54,7 @@ impl Drop {
         Drop::BadCookie,
         Drop::MissedFree,
         Drop::GrowthMapFull,
+        Drop::SyscallRecordUnreadable,
     ];
 
     /// The `reason` label value.
@@ -68,6 +72,7 @@ impl Drop {
             Drop::BadCookie => "bad_cookie",
             Drop::MissedFree => "missed_free",
             Drop::GrowthMapFull => "growth_map_full",
+            Drop::SyscallRecordUnreadable => "syscall_record_unreadable",
         }
     }
 }

@@ -73,11 +73,11 @@ pub fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     };
     // SAFETY: the map value of this thread, which only this thread writes.
     let prev = unsafe { *slot };
-    if prev.kind != IDLE {
-        match classify_entry(Some(&prev), entry.entry_sp, cookie.kind, entry.timestamp_ns) {
-            EntryDecision::Nested => return Ok(()),
-            EntryDecision::ReplaceStale | EntryDecision::Record => count_drop(Drop::StaleCall),
-        }
+    let in_flight = (prev.kind != IDLE).then_some(&prev);
+    match classify_entry(in_flight, entry.entry_sp, cookie.kind, entry.timestamp_ns) {
+        EntryDecision::Nested => return Ok(()),
+        EntryDecision::ReplaceStale => count_drop(Drop::StaleCall),
+        EntryDecision::Record => {}
     }
     // SAFETY: as above.
     unsafe { *slot = entry };

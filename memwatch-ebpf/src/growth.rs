@@ -17,7 +17,7 @@ use crate::{
 #[inline(always)]
 fn arg(ctx: &TracePointContext, offset: usize) -> Result<u64, Drop> {
     // SAFETY: reads the tracepoint record at an offset of its fixed layout.
-    unsafe { ctx.read_at::<u64>(offset) }.map_err(|_| Drop::StackCaptureFailed)
+    unsafe { ctx.read_at::<u64>(offset) }.map_err(|_| Drop::SyscallRecordUnreadable)
 }
 
 fn record(ctx: &TracePointContext, tgid: u32, bytes: u64) -> Result<(), Drop> {

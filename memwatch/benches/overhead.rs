@@ -64,8 +64,12 @@ struct Workload {
 
 impl Workload {
     fn start(binary: &Path) -> Workload {
+        Self::start_with(binary, env_or("MWBENCH_PAIRS", PAIRS_DEFAULT))
+    }
+
+    fn start_with(binary: &Path, pairs: u64) -> Workload {
         let mut child = Command::new(binary)
-            .arg(env_or("MWBENCH_PAIRS", PAIRS_DEFAULT).to_string())
+            .arg(pairs.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -100,6 +104,12 @@ impl Workload {
     }
 }
 
+/// A loopback address with a port free right now.
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 struct Daemon {
     child: Child,
     addr: String,
@@ -109,13 +119,8 @@ struct Daemon {
 impl Daemon {
     /// A daemon tracking `exe_glob` exactly, without host-wide detection.
     fn start(exe_glob: &str, placement: bool) -> Daemon {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = tmp().join(format!("mwbench-{port}.toml"));
+        let addr = free_addr();
+        let config = tmp().join(format!("mwbench-{}.toml", addr.replace(['.', ':'], "-")));
         std::fs::write(
             &config,
             format!("[collect]\ninterval_seconds = 0.5\n[probes]\nplacement = {placement}\n"),
@@ -182,12 +187,7 @@ impl Daemon {
 /// A daemon with the shipped configuration (host-wide detection on), plus
 /// `args`.
 fn default_daemon(args: &[&str]) -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/memwatch.toml");
     let child = Command::new(env!("CARGO_BIN_EXE_memwatch"))
         .args(["run", "--config"])
@@ -241,13 +241,18 @@ fn rss_stat_rate(secs: f64) -> Option<f64> {
 /// Always-on memwatch must not slow processes it is not tracking: blocks of
 /// runs with no daemon, with a default daemon, and with a daemon tracking a
 /// different (paused) process exactly. Daemons run only during their block.
+/// The workload untraced and under an always-on daemon. Each daemon phase
+/// is bracketed by untraced runs and compared with their mean, so that the
+/// VM's drift cancels; runs are 10× longer than the tracked modes' (nothing
+/// traps here, and short runs are all timer and scheduling noise).
 fn always_on(pairs: u64) {
-    const BLOCKS: usize = 3;
-    const RUNS: usize = 11;
+    const BLOCKS: usize = 5;
+    const RUNS: usize = 7;
+    let pairs = 10 * pairs;
     let runs = |binary: &Path| -> f64 {
         let mut v: Vec<f64> = (0..RUNS)
             .map(|_| {
-                let mut w = Workload::start(binary);
+                let mut w = Workload::start_with(binary, pairs);
                 let ns = w.go();
                 w.finish();
                 ns
@@ -258,31 +263,38 @@ fn always_on(pairs: u64) {
     let plain = workload_binary("mwbench-plain");
     let target_bin = workload_binary("mwbench-target");
     let (mut on, mut beside) = (Vec::new(), Vec::new());
-    let mut untraced = Vec::new();
-    for _ in 0..BLOCKS {
-        let base = runs(&plain);
-        untraced.push(base);
-
+    let mut untraced = vec![runs(&plain)];
+    println!();
+    for block in 1..=BLOCKS {
         let (daemon, addr) = default_daemon(&[]);
         while http_status(&addr, "/healthz") != 200 {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_secs(3)); // a few samples in
-        on.push(runs(&plain) / base);
+        let under = runs(&plain);
         stop(daemon);
+        untraced.push(runs(&plain));
+        on.push(under / mean_of_last_two(&untraced));
 
         let target = Workload::start(&target_bin);
         let (daemon, addr) = default_daemon(&["--pid", &target.pid.to_string()]);
         while http_status(&addr, &format!("/leaks?pid={}", target.pid)) != 200 {
             std::thread::sleep(Duration::from_millis(50));
         }
-        beside.push(runs(&plain) / base);
+        let under = runs(&plain);
         stop(daemon);
         target.finish();
+        untraced.push(runs(&plain));
+        beside.push(under / mean_of_last_two(&untraced));
+        println!(
+            "  always-on block {block}: untraced {:.1} ns/pair, detection {:.3}x, beside a tracked process {:.3}x",
+            untraced[untraced.len() - 1],
+            on[on.len() - 1],
+            beside[beside.len() - 1]
+        );
     }
-    println!();
     println!(
-        "always-on (blocks of {RUNS} runs × {BLOCKS}; median ratios; untraced median {:.1} ns/pair):",
+        "always-on ({BLOCKS} blocks of {RUNS} runs of {pairs} pairs; median ratios; untraced median {:.1} ns/pair):",
         median(&mut untraced)
     );
     let r_on = median(&mut on);
@@ -301,7 +313,11 @@ fn always_on(pairs: u64) {
         ),
         None => println!("  kmem:rss_stat could not be counted"),
     }
-    let _ = pairs;
+}
+
+/// The mean of the untraced figures before and after a phase.
+fn mean_of_last_two(v: &[f64]) -> f64 {
+    (v[v.len() - 2] + v[v.len() - 1]) / 2.0
 }
 
 impl Drop for Daemon {

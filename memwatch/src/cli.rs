@@ -93,18 +93,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Leaks(a) => client_call(&a.client, |addr| {
-            let r = crate::client::LeaksRequest {
-                pid: a.pid,
-                min_age: a.min_age,
-                limit: a.limit,
-                json: a.client.json,
-                flamegraph: a.flamegraph.clone(),
-                pprof: a.pprof.clone(),
-                collapsed: a.collapsed,
-            };
-            crate::client::leaks(addr, &r)
-        }),
+        Command::Leaks(a) => client_call(&a.client, |addr| crate::client::leaks(addr, &a)),
         Command::Status(a) => client_call(&a.client, |addr| crate::client::status(addr, a.client.json)),
     }
 }

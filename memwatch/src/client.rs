@@ -1,11 +1,14 @@
 //! `memwatch leaks` and `memwatch status`: talk to a running daemon over its
 //! HTTP API and print tables (or the JSON, for scripts).
 
-use std::{fmt::Write as _, io::Read, path::PathBuf, time::Duration};
+use std::{fmt::Write as _, io::Read, time::Duration};
 
 use anyhow::{Context, bail};
 
-use crate::leaks::text::{bytes, duration};
+use crate::{
+    cli::LeaksArgs,
+    leaks::text::{bytes, duration},
+};
 
 /// Where the daemon listens: --addr, else `listen` from the config file,
 /// else the default.
@@ -38,35 +41,23 @@ fn get(addr: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     Ok(body)
 }
 
-/// What `memwatch leaks` asks for.
-pub struct LeaksRequest {
-    pub pid: Option<u32>,
-    pub min_age: Option<f64>,
-    pub limit: Option<usize>,
-    pub json: bool,
-    pub flamegraph: Option<PathBuf>,
-    pub pprof: Option<PathBuf>,
-    pub collapsed: bool,
-}
-
-impl LeaksRequest {
-    fn query(&self) -> String {
-        let mut q = Vec::new();
-        if let Some(p) = self.pid {
-            q.push(format!("pid={p}"));
-        }
-        if let Some(a) = self.min_age {
-            q.push(format!("min_age={a}"));
-        }
-        if let Some(l) = self.limit {
-            q.push(format!("limit={l}"));
-        }
-        q.join("&")
+/// The filters of `memwatch leaks` as a query string.
+fn query(r: &LeaksArgs) -> String {
+    let mut q = Vec::new();
+    if let Some(p) = r.pid {
+        q.push(format!("pid={p}"));
     }
+    if let Some(a) = r.min_age {
+        q.push(format!("min_age={a}"));
+    }
+    if let Some(l) = r.limit {
+        q.push(format!("limit={l}"));
+    }
+    q.join("&")
 }
 
-pub fn leaks(addr: &str, r: &LeaksRequest) -> anyhow::Result<()> {
-    let q = r.query();
+pub fn leaks(addr: &str, r: &LeaksArgs) -> anyhow::Result<()> {
+    let q = query(r);
     if let Some(path) = &r.flamegraph {
         std::fs::write(path, get(addr, &format!("/leaks/flamegraph.svg?{q}"))?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -83,7 +74,7 @@ pub fn leaks(addr: &str, r: &LeaksRequest) -> anyhow::Result<()> {
             String::from_utf8_lossy(&get(addr, &format!("/leaks/collapsed?{q}"))?)
         );
     } else if r.flamegraph.is_none() && r.pprof.is_none() {
-        let format = if r.json { "json" } else { "text" };
+        let format = if r.client.json { "json" } else { "text" };
         let sep = if q.is_empty() { "" } else { "&" };
         print!(
             "{}",
@@ -222,16 +213,14 @@ mod tests {
 
     #[test]
     fn the_query_carries_the_filters() {
-        let r = LeaksRequest {
-            pid: Some(5),
-            min_age: Some(1.5),
-            limit: Some(3),
-            json: false,
-            flamegraph: None,
-            pprof: None,
-            collapsed: false,
+        use clap::Parser;
+        let cli =
+            crate::cli::Cli::try_parse_from(["memwatch", "leaks", "--pid", "5", "--min-age", "1.5", "--limit", "3"])
+                .unwrap();
+        let crate::cli::Command::Leaks(r) = cli.command else {
+            panic!("leaks")
         };
-        assert_eq!(r.query(), "pid=5&min_age=1.5&limit=3");
+        assert_eq!(query(&r), "pid=5&min_age=1.5&limit=3");
     }
 
     #[test]

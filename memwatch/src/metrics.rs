@@ -6,7 +6,7 @@
 
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::collect::snapshot::Snapshot;
+use crate::collect::snapshot::{HostGroup, Snapshot};
 
 /// Sets a counter to a running total kept elsewhere (it only ever grows).
 fn advance(c: &IntCounter, total: u64) {
@@ -430,6 +430,17 @@ pub struct WatchMetrics {
 }
 
 impl WatchMetrics {
+    fn set_group(&self, g: &HostGroup) {
+        let l = [g.exe_name.as_str(), g.unit.as_str()];
+        self.resident.with_label_values(&l).set(g.resident_bytes as i64);
+        self.anon.with_label_values(&l).set(g.anon_bytes as i64);
+        self.growth.with_label_values(&l).set(g.growth_bytes_per_second);
+        self.processes.with_label_values(&l).set(g.processes as i64);
+        for (state, n) in [("pending", g.pending), ("firing", g.firing)] {
+            self.group_alerts.with_label_values(&[l[0], l[1], state]).set(n as i64);
+        }
+    }
+
     pub fn register(r: &Registry, top: usize) -> Self {
         let g = &["exe", "unit"];
         let growth = prometheus::GaugeVec::new(
@@ -545,50 +556,15 @@ impl WatchMetrics {
                 }
             }
         }
-        let set = |exe: &str,
-                   unit: &str,
-                   resident: u64,
-                   anon: u64,
-                   growth: f64,
-                   procs: usize,
-                   pending: usize,
-                   firing: usize| {
-            let l = [exe, unit];
-            self.resident.with_label_values(&l).set(resident as i64);
-            self.anon.with_label_values(&l).set(anon as i64);
-            self.growth.with_label_values(&l).set(growth);
-            self.processes.with_label_values(&l).set(procs as i64);
-            self.group_alerts
-                .with_label_values(&[exe, unit, "pending"])
-                .set(pending as i64);
-            self.group_alerts
-                .with_label_values(&[exe, unit, "firing"])
-                .set(firing as i64);
+        let mut other = HostGroup {
+            exe_name: "other".into(),
+            ..Default::default()
         };
-        for g in top {
-            set(
-                &g.exe_name,
-                &g.unit,
-                g.resident_bytes,
-                g.anon_bytes,
-                g.growth_bytes_per_second,
-                g.processes,
-                g.pending,
-                g.firing,
-            );
+        for g in rest {
+            other.absorb(g);
         }
-        if w.enabled {
-            let sum = |f: fn(&&crate::collect::snapshot::HostGroup) -> u64| rest.iter().map(f).sum::<u64>();
-            set(
-                "other",
-                "",
-                sum(|g| g.resident_bytes),
-                sum(|g| g.anon_bytes),
-                rest.iter().map(|g| g.growth_bytes_per_second).sum(),
-                rest.iter().map(|g| g.processes).sum(),
-                rest.iter().map(|g| g.pending).sum(),
-                rest.iter().map(|g| g.firing).sum(),
-            );
+        for g in top.iter().copied().chain(w.enabled.then_some(&other)) {
+            self.set_group(g);
         }
         *shown = top.iter().map(|g| (g.exe_name.clone(), g.unit.clone())).collect();
     }
@@ -705,7 +681,7 @@ mod tests {
 
     #[test]
     fn host_groups_are_bounded_and_alerting_ones_come_first() {
-        use crate::collect::snapshot::{HostGroup, WatchSnapshot};
+        use crate::collect::snapshot::WatchSnapshot;
         let m = Metrics::new(2);
         let g = |exe: &str, resident: u64, firing: usize| HostGroup {
             exe_name: exe.into(),

@@ -1,18 +1,9 @@
 //! The command line refuses bad input before anything is attached. These
 //! need no root: memwatch must exit before loading any eBPF.
 
-use std::process::Command;
+mod common;
 
-fn memwatch(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_memwatch"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::memwatch;
 
 fn config(name: &str, text: &str) -> String {
     let p = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
@@ -36,7 +27,7 @@ fn malformed_config_is_refused_naming_the_key() {
         ("not-toml.toml", "this is = = not toml", "invalid config file"),
     ];
     for (name, text, needle) in cases {
-        let (code, stderr) = memwatch(&["run", "--config", &config(name, text)]);
+        let (code, stderr, _) = memwatch(&["run", "--config", &config(name, text)]);
         assert_eq!(code, 2, "{name}: {stderr}");
         assert!(stderr.contains(needle), "{name}: {stderr}");
         assert!(!stderr.contains("tracking process"), "{name}: nothing may be attached");
@@ -45,19 +36,19 @@ fn malformed_config_is_refused_naming_the_key() {
 
 #[test]
 fn missing_config_file_and_bad_flags_are_refused() {
-    let (code, stderr) = memwatch(&["run", "--config", "/nonexistent/memwatch.toml"]);
+    let (code, stderr, _) = memwatch(&["run", "--config", "/nonexistent/memwatch.toml"]);
     assert_eq!(code, 2);
     assert!(
         stderr.contains("cannot read config file /nonexistent/memwatch.toml"),
         "{stderr}"
     );
-    let (code, stderr) = memwatch(&["run", "--pid", "abc"]);
+    let (code, stderr, _) = memwatch(&["run", "--pid", "abc"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("--pid"), "{stderr}");
-    let (code, stderr) = memwatch(&["run", "--listen", "nowhere"]);
+    let (code, stderr, _) = memwatch(&["run", "--listen", "nowhere"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--listen"), "{stderr}");
-    let (code, _) = memwatch(&["run", "--exe", "["]);
+    let (code, _, _) = memwatch(&["run", "--exe", "["]);
     assert_eq!(code, 2);
 }
 
@@ -67,7 +58,7 @@ fn the_shipped_config_is_accepted() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/memwatch.toml");
-    let (code, stderr) = memwatch(&["run", "--config", shipped, "--listen", &addr]);
+    let (code, stderr, _) = memwatch(&["run", "--config", shipped, "--listen", &addr]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
 }

@@ -429,18 +429,6 @@ fn prometheus_scrapes_memwatch_and_the_dashboard_queries_work() {
     assert!(fx.exit().success());
 }
 
-fn memwatch(args: &[&str]) -> (i32, String, Vec<u8>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_memwatch"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.stdout,
-    )
-}
-
 #[test]
 #[ignore = "needs root and eBPF; run with `cargo xtask test`"]
 fn the_cli_reports_from_a_running_daemon_with_pictures() {

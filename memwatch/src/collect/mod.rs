@@ -209,18 +209,16 @@ impl Collector {
     /// untracking), adds them to the running totals and frees their slot.
     fn fold_retired(&mut self) {
         for r in self.table.take_retired() {
+            let group = if self.retired_groups.len() >= MAX_GROUPS && !self.retired_groups.contains_key(&r.exe_name) {
+                "other".to_string()
+            } else {
+                r.exe_name.clone()
+            };
             for f in Family::ALL {
                 match self.kernel.counters(r.slot, r.generation, f) {
                     Ok(c) => {
                         add(self.retired_families.entry(f).or_default(), &c);
-                        let group = if self.retired_groups.len() >= MAX_GROUPS
-                            && !self.retired_groups.contains_key(&r.exe_name)
-                        {
-                            "other".to_string()
-                        } else {
-                            r.exe_name.clone()
-                        };
-                        add(self.retired_groups.entry(group).or_default(), &c);
+                        add(self.retired_groups.entry(group.clone()).or_default(), &c);
                     }
                     Err(e) => tracing::warn!(pid = r.pid, error = %e, "reading final counters failed"),
                 }

@@ -52,6 +52,16 @@ pub struct ProcessSnapshot {
     pub probes: Vec<ProbeSummary>,
 }
 
+impl ProcessSnapshot {
+    /// The frames of a stack, empty when it is not available.
+    pub fn frames(&self, stack_id: u64) -> Vec<Frame> {
+        self.stacks
+            .get(&stack_id)
+            .map(|f| f.as_ref().clone())
+            .unwrap_or_default()
+    }
+}
+
 /// Counters of an executable name, across all its processes ever tracked.
 #[derive(Debug, Clone, Default)]
 pub struct GroupTotals {
@@ -138,6 +148,18 @@ pub struct HostGroup {
     pub growth_bytes_per_second: f64,
     pub pending: usize,
     pub firing: usize,
+}
+
+impl HostGroup {
+    /// Adds another group's processes to this one.
+    pub fn absorb(&mut self, g: &HostGroup) {
+        self.processes += g.processes;
+        self.resident_bytes += g.resident_bytes;
+        self.anon_bytes += g.anon_bytes;
+        self.growth_bytes_per_second += g.growth_bytes_per_second;
+        self.pending += g.pending;
+        self.firing += g.firing;
+    }
 }
 
 /// Probe sites in use, one per binary and function, with how many tracked

@@ -111,17 +111,13 @@ impl Collector {
         let mut candidates = Vec::new();
         for w in watcher.iter() {
             match &w.escalation {
-                Some(Status::Running { until, .. }) if now >= *until => due.push(w.pid),
-                Some(Status::Running { .. }) | Some(Status::Done { .. }) if !w.alert.is_suspect() => {}
-                _ if w.alert.is_suspect() && !matches!(w.escalation, Some(Status::Running { .. })) => {
-                    candidates.push(w.pid)
-                }
+                Some(Status::Running { until, .. }) if now >= *until => due.push((w.pid, Outcome::Completed, None)),
+                Some(Status::Running { .. }) => {}
+                _ if w.alert.is_suspect() => candidates.push(w.pid),
                 _ => {}
             }
         }
-        for pid in due {
-            self.finish_escalation(pid, Outcome::Completed, None);
-        }
+        self.finish_escalations(due, true);
         for pid in candidates {
             let running = self.running_escalations();
             let Some(w) = self.watcher.as_ref().and_then(|w| w.get(pid)) else {
@@ -174,28 +170,35 @@ impl Collector {
         }
     }
 
-    /// Ends an escalation: keeps the leaking stacks exact tracking found
-    /// (reading the maps afresh), then detaches.
-    pub(super) fn finish_escalation(&mut self, pid: u32, outcome: Outcome, reason: Option<String>) {
-        let now = unix_now();
-        let alive = self.table.get(pid).is_some();
-        let mut evidence = Vec::new();
-        if alive {
-            self.scan();
-            let snapshot = self.shared.get();
-            if let Some(p) = snapshot.processes.iter().find(|p| p.pid == pid) {
-                let agg = aggregate(&p.allocations, None);
-                evidence = leaks::stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
-            }
-            let why = match (&outcome, &reason) {
-                (Outcome::OverBudget, Some(r)) => format!("escalation over budget: {r}"),
-                _ => "its escalation window ended".to_string(),
-            };
-            self.table.untrack(&mut self.kernel, pid, &why);
+    /// Ends escalations: keeps the leaking stacks exact tracking found, then
+    /// detaches. With `rescan`, the maps are read afresh first (once for all);
+    /// without, the snapshot of the scan just done is used.
+    pub(super) fn finish_escalations(&mut self, ends: Vec<(u32, Outcome, Option<String>)>, rescan: bool) {
+        if ends.is_empty() {
+            return;
         }
-        self.escalation_outcomes[outcome as usize] += 1;
-        let watched = self.watcher.as_mut().and_then(|w| w.get_mut(pid));
-        if let Some(w) = watched {
+        if rescan && ends.iter().any(|(pid, ..)| self.table.get(*pid).is_some()) {
+            self.scan();
+        }
+        let snapshot = self.shared.get();
+        let now = unix_now();
+        for (pid, outcome, reason) in ends {
+            let mut evidence = Vec::new();
+            if self.table.get(pid).is_some() {
+                if let Some(p) = snapshot.processes.iter().find(|p| p.pid == pid) {
+                    let agg = aggregate(&p.allocations, None);
+                    evidence = leaks::stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
+                }
+                let why = match (&outcome, &reason) {
+                    (Outcome::OverBudget, Some(r)) => format!("escalation over budget: {r}"),
+                    _ => "its escalation window ended".to_string(),
+                };
+                self.table.untrack(&mut self.kernel, pid, &why);
+            }
+            self.escalation_outcomes[outcome as usize] += 1;
+            let Some(w) = self.watcher.as_mut().and_then(|w| w.get_mut(pid)) else {
+                continue;
+            };
             let started = match w.escalation {
                 Some(Status::Running { started, .. }) => started,
                 _ => now,
@@ -224,23 +227,22 @@ impl Collector {
             .collect();
         let snapshot = self.shared.get();
         let mut hits = Vec::new();
-        let mut exited = Vec::new();
+        let mut ends = Vec::new();
         for pid in running {
             match snapshot.processes.iter().find(|p| p.pid == pid) {
                 Some(p) => hits.push((
                     pid,
                     escalation::hits_per_second(p.rates.allocations_per_second, p.rates.frees_per_second),
                 )),
-                None if self.table.get(pid).is_none() => exited.push(pid),
+                None if self.table.get(pid).is_none() => ends.push((pid, Outcome::Exited, None)),
                 None => {}
             }
         }
-        for pid in exited {
-            self.finish_escalation(pid, Outcome::Exited, None);
-        }
         for (pid, reason) in escalation::over_budget(&self.config.escalation, &hits) {
             tracing::warn!(pid, reason = %reason, "stopping an escalation over budget");
-            self.finish_escalation(pid, Outcome::OverBudget, Some(reason));
+            ends.push((pid, Outcome::OverBudget, Some(reason)));
         }
+        // Called right after a scan: its snapshot is fresh.
+        self.finish_escalations(ends, false);
     }
 }

@@ -11,8 +11,7 @@ pub fn render(stacks: &[HeapStack], title: &str) -> std::io::Result<Vec<u8>> {
     let mut svg = Vec::new();
     if text.is_empty() {
         // inferno refuses empty input; an empty picture says "nothing live".
-        let empty = "no live allocations 0\n";
-        inferno::flamegraph::from_lines(&mut opts, std::iter::once(empty.trim_end()), &mut svg)?;
+        inferno::flamegraph::from_lines(&mut opts, std::iter::once("no live allocations 0"), &mut svg)?;
     } else {
         inferno::flamegraph::from_lines(&mut opts, text.lines(), &mut svg)?;
     }

@@ -31,11 +31,7 @@ pub fn heap_stacks(snapshot: &Snapshot, pid: Option<u32>, cutoff_ns: Option<u64>
             out.push(HeapStack {
                 pid: p.pid,
                 comm: p.comm.clone(),
-                frames: p
-                    .stacks
-                    .get(&s.stack_id)
-                    .map(|f| f.as_ref().clone())
-                    .unwrap_or_default(),
+                frames: p.frames(s.stack_id),
                 bytes: s.live_bytes,
                 allocations: s.live_allocations,
             });

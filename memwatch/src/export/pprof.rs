@@ -145,17 +145,16 @@ pub fn build(stacks: &[HeapStack], time_nanos: i64) -> Profile {
     for st in stacks {
         let mut location_ids = Vec::new();
         // Frames sharing an address are one location (inlined functions).
-        let mut i = 0;
-        while i < st.frames.len() {
-            let addr = st.frames[i].address.clone().unwrap_or_default();
-            let mut j = i;
-            while j < st.frames.len() && st.frames[j].address.as_deref().unwrap_or_default() == addr {
-                j += 1;
-            }
-            let group = &st.frames[i..j.max(i + 1)];
-            let key = (st.pid, if addr.is_empty() { format!("#{i}") } else { addr.clone() });
+        for group in st.frames.chunk_by(|a, b| a.address.is_some() && a.address == b.address) {
+            let addr = group[0].address.clone().unwrap_or_default();
+            // Without an address, a location is known by what it names.
+            let key = if addr.is_empty() {
+                group.iter().map(frame_name).collect::<Vec<_>>().join(";")
+            } else {
+                addr.clone()
+            };
             let next_id = locations.len() as u64 + 1;
-            let id = *locations.entry(key).or_insert(next_id);
+            let id = *locations.entry((st.pid, key)).or_insert(next_id);
             if id == next_id {
                 let module = group[0].module.clone().unwrap_or_default();
                 let build_id = group[0].build_id.clone().unwrap_or_default();
@@ -201,7 +200,6 @@ pub fn build(stacks: &[HeapStack], time_nanos: i64) -> Profile {
                 });
             }
             location_ids.push(id);
-            i = j.max(i + 1);
         }
         p.sample.push(Sample {
             location_id: location_ids,
@@ -260,5 +258,23 @@ mod tests {
         assert_eq!(back.location[1].address, 0x401300);
         assert_eq!(st(back.mapping[0].filename), "/usr/bin/leaky");
         assert!(back.sample[1].location_id.is_empty());
+    }
+
+    #[test]
+    fn frames_without_addresses_are_told_apart_by_name() {
+        let mut stacks = super::super::collapsed::tests::stacks();
+        let mut other = stacks[0].clone();
+        other.frames[0].function = Some("other_leak".into());
+        stacks.push(other);
+        for st in &mut stacks {
+            for f in &mut st.frames {
+                f.address = None;
+            }
+        }
+        let p = build(&stacks, 0);
+        // leak_here, main and other_leak: main is shared, the leaks are not.
+        assert_eq!(p.location.len(), 3);
+        assert_ne!(p.sample[0].location_id[0], p.sample[2].location_id[0]);
+        assert_eq!(p.sample[0].location_id[1], p.sample[2].location_id[1]);
     }
 }

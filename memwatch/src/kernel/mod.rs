@@ -59,6 +59,8 @@ pub struct Kernel {
     settings: Map,
     events: RingBuf<MapData>,
     pub sizes: MapSizes,
+    /// Possible CPUs: the length of every per-CPU value.
+    cpus: usize,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
@@ -164,6 +166,7 @@ impl Kernel {
             events,
             ebpf,
             sizes,
+            cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
         })
     }
 
@@ -213,9 +216,8 @@ impl Kernel {
     /// Zeroes the counters of one generation parity of a slot (all families).
     pub fn clear_counters(&mut self, slot: u32, generation: u32) -> anyhow::Result<()> {
         let mut a = PerCpuArray::<_, ProcCounters>::try_from(&mut self.counters)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         for f in Family::ALL {
-            let zero = PerCpuValues::try_from(vec![ProcCounters::default(); cpus])?;
+            let zero = PerCpuValues::try_from(vec![ProcCounters::default(); self.cpus])?;
             a.set(counter_index(slot, generation, f as u8), zero, 0)?;
         }
         Ok(())

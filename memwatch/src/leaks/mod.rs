@@ -183,11 +183,7 @@ pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns
             oldest_age_seconds: now_ns.saturating_sub(s.oldest_timestamp_ns) as f64 / 1e9,
             call: CallKind::from_u8(s.kind).map_or("unknown", CallKind::name),
             allocator: Family::from_u8(s.family).map_or("unknown", Family::name),
-            frames: p
-                .stacks
-                .get(&s.stack_id)
-                .map(|f| f.as_ref().clone())
-                .unwrap_or_default(),
+            frames: p.frames(s.stack_id),
         })
         .collect()
 }

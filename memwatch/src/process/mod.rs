@@ -55,12 +55,15 @@ pub struct Incarnation {
     pub sites: Vec<probes::AttachedSite>,
 }
 
+/// A process's executable name, or its comm when the executable is unknown.
+pub fn exe_name(exe: &std::path::Path, comm: &str) -> String {
+    exe.file_name()
+        .map_or_else(|| comm.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 impl Incarnation {
     pub fn exe_name(&self) -> String {
-        self.exe
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.comm.clone())
+        exe_name(&self.exe, &self.comm)
     }
 
     pub fn probes(&self) -> Vec<ProbeSummary> {

@@ -41,11 +41,12 @@ impl ElfInfo {
         self.functions.get(name).copied()
     }
 
-    /// The file offset of a virtual address, which is what uprobes take.
+    /// The first bytes of the function at `vaddr` (empty if unknown).
     pub fn prologue(&self, vaddr: u64) -> &[u8] {
         self.prologues.get(&vaddr).map_or(&[], Vec::as_slice)
     }
 
+    /// The file offset of a virtual address, which is what uprobes take.
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
             .iter()

@@ -105,7 +105,6 @@ pub fn place(code: &[u8], vaddr: u64, kind: CallKind) -> Placement {
     let mut sp_words: u8 = 0;
     let mut prev: Option<Instruction> = None;
     let mut fallback: Option<Placement> = None;
-    let mut entry_text = String::from("(undecodable)");
     let mut stop = String::from("the prologue ends");
 
     for n in 0..MAX_INSTRUCTIONS {
@@ -120,9 +119,6 @@ pub fn place(code: &[u8], vaddr: u64, kind: CallKind) -> Placement {
         let offset = insn.ip() - vaddr;
         let bytes = &code[offset as usize..offset as usize + insn.len()];
         let text = format(&insn);
-        if n == 0 {
-            entry_text = text.clone();
-        }
         let emulated = kernel_emulates(bytes);
         let null_check = kind.is_release() && is_null_check(prev.as_ref(), &insn, Register::RDI);
 
@@ -200,19 +196,9 @@ pub fn place(code: &[u8], vaddr: u64, kind: CallKind) -> Placement {
         }
         prev = Some(insn);
     }
-    fallback.unwrap_or_else(|| {
-        let emulated = code.first().is_some_and(|_| {
-            let mut d = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE);
-            let i = d.decode();
-            !i.is_invalid() && kernel_emulates(&code[..i.len()])
-        });
-        Placement {
-            offset: 0,
-            sp_words: 0,
-            instruction: entry_text,
-            emulated,
-            reason: format!("no emulated instruction before {stop}: probing the entry"),
-        }
+    fallback.unwrap_or_else(|| Placement {
+        reason: format!("no emulated instruction before {stop}: probing the entry"),
+        ..at_entry(code, vaddr)
     })
 }
 

@@ -57,10 +57,7 @@ pub struct Watched {
 
 impl Watched {
     pub fn exe_name(&self) -> String {
-        self.exe
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.comm.clone())
+        crate::process::exe_name(&self.exe, &self.comm)
     }
 
     /// The systemd unit or, failing that, the container id.
@@ -174,7 +171,7 @@ impl Watcher {
             while w.series.front().is_some_and(|s| mono - s.t > self.keep_seconds) {
                 w.series.pop_front();
             }
-            w.estimate = judge(&w.series, &self.params);
+            w.estimate = judge(&mut w.series, &self.params);
             let leaking = w.estimate.verdict == Verdict::Leak;
             if leaking && w.leaking_since.is_none() {
                 w.leaking_since = Some(now);
@@ -271,7 +268,8 @@ fn new_watched(pid: u32, start_time: u64, comm: String) -> Watched {
 }
 
 /// The estimator, skipped for series that have not moved beyond noise.
-fn judge(series: &VecDeque<Sample>, p: &Params) -> Estimate {
+fn judge(series: &mut VecDeque<Sample>, p: &Params) -> Estimate {
+    let series = series.make_contiguous();
     let (lo, hi) = series
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), s| (lo.min(s.bytes), hi.max(s.bytes)));
@@ -283,8 +281,7 @@ fn judge(series: &VecDeque<Sample>, p: &Params) -> Estimate {
             windows: Vec::new(),
         };
     }
-    let s: Vec<Sample> = series.iter().copied().collect();
-    estimator::estimate(&s, p)
+    estimator::estimate(series, p)
 }
 
 #[cfg(test)]

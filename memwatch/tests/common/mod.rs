@@ -165,6 +165,19 @@ impl Drop for Fixture {
     }
 }
 
+/// Runs the memwatch command line to completion: exit code, stderr, stdout.
+pub fn memwatch(args: &[&str]) -> (i32, String, Vec<u8>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memwatch"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.stdout,
+    )
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
