@@ -31,7 +31,7 @@ pub struct AllocKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AllocRecord {
     pub size: u64,
-    /// CLOCK_MONOTONIC ns at return from the allocator.
+    /// CLOCK_MONOTONIC ns when the call began, to [`crate::time::CLOCK_TICK_NS`].
     pub timestamp_ns: u64,
     /// Content hash of the user stack in `STACKS`; 0 when none was captured.
     pub stack_id: u64,
@@ -39,7 +39,8 @@ pub struct AllocRecord {
     pub kind: u8,
     /// [`crate::cookie::Family`] as u8.
     pub family: u8,
-    pub _pad: [u8; 6],
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 
 /// Counter slots per tracked process: the generation's low bits pick one,
@@ -102,7 +103,8 @@ pub struct CallEntry {
     pub aux: u64,
     pub kind: u8,
     pub family: u8,
-    pub _pad: [u8; 6],
+    pub _pad0: u16,
+    pub _pad1: u32,
 }
 
 /// `CallEntry::kind` of a thread with no allocator call in flight.

@@ -18,6 +18,12 @@ pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
 pub const DROPS: &str = "DROPS";
 /// Process lifecycle events for the daemon: [`crate::event::ProcEvent`].
 pub const EVENTS: &str = "EVENTS";
+/// The daemon's CLOCK_MONOTONIC, republished every
+/// [`crate::time::CLOCK_TICK_NS`]: a single-entry array of u64.
+pub const CLOCK: &str = "CLOCK";
+/// A global (u8) set at load: nonzero when the kernel can preempt a running
+/// program, so that per-CPU counters need atomic adds.
+pub const ATOMIC_COUNTERS: &str = "ATOMIC_COUNTERS";
 /// Read-only settings written by the daemon before load: [`crate::event::Settings`].
 pub const SETTINGS: &str = "SETTINGS";
 /// Address-space growth by (process, stack), host-wide (LRU):

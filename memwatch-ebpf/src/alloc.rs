@@ -10,7 +10,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, BPF_NOEXIST, pt_regs},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
     programs::{ProbeContext, RetProbeContext},
 };
 use memwatch_common::{
@@ -23,7 +23,7 @@ use memwatch_common::{
 };
 
 use crate::{
-    maps::{CALLS, EEXIST, LIVE, Proc, add, count_drop, tracked},
+    maps::{CALLS, EEXIST, LIVE, Proc, add, coarse_now, count_drop, tracked},
     stack,
 };
 
@@ -40,12 +40,6 @@ fn regs(ptr: *mut pt_regs) -> &'static pt_regs {
     unsafe { &*ptr }
 }
 
-#[inline(always)]
-fn now() -> u64 {
-    // SAFETY: plain helper.
-    unsafe { bpf_ktime_get_ns() }
-}
-
 pub fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     let cookie = cookie(ctx)?;
     let r = regs(ctx.regs);
@@ -58,12 +52,13 @@ pub fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     let (size, aux) = call_request(cookie.kind, args);
     let entry = CallEntry {
         entry_sp: cookie.entry_sp(r.rsp),
-        timestamp_ns: now(),
+        timestamp_ns: coarse_now(),
         size,
         aux,
         kind: cookie.kind as u8,
         family: cookie.family as u8,
-        _pad: [0; 6],
+        _pad0: 0,
+        _pad1: 0,
     };
     let Some(slot) = CALLS.current() else {
         // The thread's first allocator call: its entry is created once and
@@ -231,7 +226,8 @@ fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u
         stack_id,
         kind: entry.kind,
         family: entry.family,
-        _pad: [0; 6],
+        _pad0: 0,
+        _pad1: 0,
     };
     // SAFETY: `p.counters` points to this CPU's counters map value.
     unsafe {

@@ -1,14 +1,19 @@
 //! User stack capture by frame pointers, deduplicated by content hash.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_probe_read_user, generated::bpf_get_stack},
+    helpers::generated::{bpf_get_stack, bpf_probe_read_user},
     programs::RetProbeContext,
 };
 use memwatch_common::{
     drop::Drop,
-    stack::{MAX_STACK_DEPTH, STACK_CACHE, StackFrames, StackHasher, stack_hash},
+    stack::{
+        MAX_STACK_DEPTH, STACK_CACHE, STACK_WINDOW, StackFrames, StackHasher, WINDOW_WORDS, frame_in_window,
+        stack_hash, window_len,
+    },
 };
 
 use crate::maps::{EEXIST, GROWTH_SCRATCH, STACK_SCRATCH, STACKS, settings};
@@ -30,14 +35,33 @@ pub fn capture(ctx: &RetProbeContext) -> Result<u64, Drop> {
     hash.push(regs.rip);
     let mut fp = regs.rbp;
     let mut n = 1;
+    // SAFETY: as above.
+    let window = unsafe { &mut (*scratch).window };
+    let (mut base, mut len) = (0u64, 0u64);
     while n < MAX_STACK_DEPTH {
         if fp == 0 || fp & 7 != 0 {
             break;
         }
-        // SAFETY: the helper checks the user address.
-        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            break;
+        let i = match frame_in_window(fp, base, len) {
+            Some(i) => i,
+            None => {
+                let want = window_len(fp);
+                if want > STACK_WINDOW as u64 {
+                    break;
+                }
+                // SAFETY: the helper checks the user address and writes at
+                // most `want` bytes, which the window holds.
+                let rc = unsafe { bpf_probe_read_user(window.as_mut_ptr().cast(), want as u32, fp as *const c_void) };
+                if rc != 0 {
+                    break;
+                }
+                (base, len) = (fp, want);
+                0
+            }
         };
+        // A no-op (the frame is inside the window) that the verifier can see.
+        let i = i & (WINDOW_WORDS - 1);
+        let (next, ret) = (window[i], window[i + 1]);
         if ret == 0 {
             break;
         }

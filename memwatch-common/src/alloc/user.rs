@@ -36,7 +36,8 @@ mod tests {
             aux,
             kind: kind as u8,
             family: 1,
-            _pad: [0; 6],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 

@@ -2,6 +2,8 @@
 //! access to its maps, and the lifecycle tracepoints.
 
 pub mod batch;
+mod clock;
+pub mod preempt;
 pub mod probes;
 pub mod tracefs;
 
@@ -58,7 +60,10 @@ pub struct Kernel {
     growth: Map,
     settings: Map,
     events: RingBuf<MapData>,
+    _clock: clock::ClockPublisher,
     pub sizes: MapSizes,
+    /// Whether the probes' per-CPU counters use atomic adds (see [`preempt`]).
+    pub atomic_counters: bool,
     /// Possible CPUs: the length of every per-CPU value.
     cpus: usize,
 }
@@ -114,8 +119,16 @@ impl Kernel {
         } else {
             aya::VerifierLogLevel::default()
         };
+        let preemption = preempt::detect();
+        let atomic_counters = preempt::atomic_counters(preemption);
+        tracing::info!(
+            preemption = preemption.map_or("unknown".into(), |p| format!("{p:?}").to_lowercase()),
+            "per-CPU counters use {} adds",
+            if atomic_counters { "atomic" } else { "plain" }
+        );
         let mut ebpf = EbpfLoader::new()
             .verifier_log_level(log)
+            .override_global(names::ATOMIC_COUNTERS, &u8::from(atomic_counters), true)
             // CALLS is task-local storage, which aya creates but has no
             // user-space wrapper for; the daemon never reads it.
             .allow_unsupported_maps()
@@ -128,6 +141,7 @@ impl Kernel {
 
         let mut settings_map = take(&mut ebpf, names::SETTINGS)?;
         Array::<_, Settings>::try_from(&mut settings_map)?.set(0, settings, 0)?;
+        let clock = clock::ClockPublisher::start(take(&mut ebpf, names::CLOCK)?)?;
 
         for prog in [names::PROG_ALLOC_ENTER, names::PROG_ALLOC_EXIT, names::PROG_FREE_ENTER] {
             let p: &mut UProbe = ebpf
@@ -164,6 +178,8 @@ impl Kernel {
             growth: take(&mut ebpf, names::GROWTH)?,
             settings: settings_map,
             events,
+            _clock: clock,
+            atomic_counters,
             ebpf,
             sizes,
             cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
