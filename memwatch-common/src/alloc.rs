@@ -248,7 +248,9 @@ pub fn classify_entry(in_flight: Option<&CallEntry>, entry_sp: u64, kind: CallKi
     let Some(prev) = in_flight else {
         return EntryDecision::Record;
     };
-    if now_ns.wrapping_sub(prev.timestamp_ns) > STALE_CALL_NS {
+    // Saturating: a clock that reads back (a torn read of the daemon's
+    // published clock) never makes a call stale.
+    if now_ns.saturating_sub(prev.timestamp_ns) > STALE_CALL_NS {
         return EntryDecision::ReplaceStale;
     }
     if prev.entry_sp > entry_sp || (prev.entry_sp == entry_sp && prev.kind != kind as u8) {

@@ -19,7 +19,13 @@ pub const STACK_CACHE: usize = 16;
 /// with `cargo xtask bench`).
 pub const STACK_WINDOW: usize = 256;
 pub const WINDOW_WORDS: usize = STACK_WINDOW / 8;
+// The walk bounds a frame's index for the verifier with a mask.
+const _: () = assert!(WINDOW_WORDS.is_power_of_two());
 const PAGE: u64 = 4096;
+
+/// `(base, len)` of the window before the first read: it holds no frame,
+/// whatever the frame pointer (a base of 0 would let one wrap into it).
+pub const NO_WINDOW: (u64, u64) = (u64::MAX, 0);
 
 /// Per-CPU scratch for stack capture, with a small direct-mapped cache of
 /// stack ids known to be stored, valid while `epoch` equals the daemon's
@@ -56,6 +62,10 @@ pub const fn window_len(fp: u64) -> u64 {
 /// in a window of `len` bytes read at `base`, if the whole frame is in it.
 #[inline(always)]
 pub const fn frame_in_window(fp: u64, base: u64, len: u64) -> Option<usize> {
+    // Kept this simple for the verifier: more conditions (even a bound on
+    // `fp`) make it explore the walk's states past its 1M-instruction limit.
+    // `fp - base + 16` wraps only when base < 16, which no window has: see
+    // [`NO_WINDOW`].
     if fp < base || fp - base + 16 > len || len > STACK_WINDOW as u64 {
         return None;
     }

@@ -10,7 +10,7 @@ use memwatch_common::{
 };
 
 use crate::{
-    maps::{BRK_LAST, GROWTH, add, settings},
+    maps::{BRK_LAST, GROWTH, add_shared, settings},
     stack,
 };
 
@@ -36,8 +36,8 @@ fn record(ctx: &TracePointContext, tgid: u32, bytes: u64) -> Result<(), Drop> {
     if let Some(v) = GROWTH.get_ptr_mut(key) {
         // SAFETY: a map value.
         unsafe {
-            add(&raw mut (*v).bytes, bytes);
-            add(&raw mut (*v).calls, 1);
+            add_shared(&raw mut (*v).bytes, bytes);
+            add_shared(&raw mut (*v).calls, 1);
         }
         return Ok(());
     }

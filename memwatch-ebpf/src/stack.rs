@@ -11,7 +11,7 @@ use aya_ebpf::{
 use memwatch_common::{
     drop::Drop,
     stack::{
-        MAX_STACK_DEPTH, STACK_CACHE, STACK_WINDOW, StackFrames, StackHasher, WINDOW_WORDS, frame_in_window,
+        MAX_STACK_DEPTH, NO_WINDOW, STACK_CACHE, STACK_WINDOW, StackFrames, StackHasher, WINDOW_WORDS, frame_in_window,
         stack_hash, window_len,
     },
 };
@@ -37,7 +37,7 @@ pub fn capture(ctx: &RetProbeContext) -> Result<u64, Drop> {
     let mut n = 1;
     // SAFETY: as above.
     let window = unsafe { &mut (*scratch).window };
-    let (mut base, mut len) = (0u64, 0u64);
+    let (mut base, mut len) = NO_WINDOW;
     while n < MAX_STACK_DEPTH {
         if fp == 0 || fp & 7 != 0 {
             break;

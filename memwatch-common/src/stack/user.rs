@@ -41,6 +41,10 @@ mod tests {
         assert_eq!(frame_in_window(base - 16, base, 256), None);
         assert_eq!(frame_in_window(base + 16, base, 16), None);
         assert_eq!(frame_in_window(base, base, 0), None);
+        // Before the first read, however large the pointer.
+        let (b, l) = NO_WINDOW;
+        assert_eq!(frame_in_window(0xffff_ffff_ffff_fff0, b, l), None);
+        assert_eq!(frame_in_window(0x7ffc_0000_1000, b, l), None);
     }
 
     #[test]

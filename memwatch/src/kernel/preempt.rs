@@ -62,7 +62,9 @@ pub fn model(version: &str, sched_preempt: Option<&str>, cmdline: &str, config: 
             .find_map(|w| w.strip_prefix('(')?.strip_suffix(')'));
         return mode.and_then(Preemption::parse);
     }
-    if let Some(mode) = cmdline.split_whitespace().find_map(|w| w.strip_prefix("preempt=")) {
+    // The kernel takes the last `preempt=`; after `--` come init's arguments.
+    let kernel_args = cmdline.split_whitespace().take_while(|w| *w != "--");
+    if let Some(mode) = kernel_args.filter_map(|w| w.strip_prefix("preempt=")).last() {
         return Preemption::parse(mode);
     }
     let config = config?;
@@ -131,6 +133,14 @@ mod tests {
             Some(Preemption::Lazy)
         );
         assert_eq!(model(DYNAMIC, None, "quiet", Some(config)), Some(Preemption::None));
+        assert_eq!(
+            model(DYNAMIC, None, "preempt=none preempt=full", Some(config)),
+            Some(Preemption::Full)
+        );
+        assert_eq!(
+            model(DYNAMIC, None, "quiet -- preempt=full", Some(config)),
+            Some(Preemption::None)
+        );
         assert_eq!(
             model(
                 DYNAMIC,
