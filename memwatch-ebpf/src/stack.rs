@@ -46,6 +46,7 @@ pub fn capture(ctx: &RetProbeContext) -> Result<u64, Drop> {
             Some(i) => i,
             None => {
                 let want = window_len(fp);
+                // Never taken; the verifier needs the bound on the size.
                 if want > STACK_WINDOW as u64 {
                     break;
                 }

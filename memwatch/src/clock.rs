@@ -1,5 +1,6 @@
-//! CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so that
-//! allocation ages are computed against the kernel's timestamps.
+//! CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns` and of the
+//! `CLOCK` map the daemon publishes to the probes, so that allocation ages are
+//! computed against the kernel side's timestamps.
 
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

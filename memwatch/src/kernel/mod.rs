@@ -3,7 +3,7 @@
 
 pub mod batch;
 mod clock;
-pub mod preempt;
+mod preempt;
 pub mod probes;
 pub mod tracefs;
 
@@ -62,8 +62,6 @@ pub struct Kernel {
     events: RingBuf<MapData>,
     _clock: clock::ClockPublisher,
     pub sizes: MapSizes,
-    /// Whether the probes' per-CPU counters use atomic adds (see [`preempt`]).
-    pub atomic_counters: bool,
     /// Possible CPUs: the length of every per-CPU value.
     cpus: usize,
 }
@@ -179,7 +177,6 @@ impl Kernel {
             settings: settings_map,
             events,
             _clock: clock,
-            atomic_counters,
             ebpf,
             sizes,
             cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
