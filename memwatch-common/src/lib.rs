@@ -11,6 +11,7 @@ pub mod cookie;
 pub mod drop;
 pub mod event;
 pub mod growth;
+pub mod live_table;
 pub mod maps;
 pub mod stack;
 pub mod time;

@@ -2,6 +2,11 @@
 
 /// Live allocations: [`crate::alloc::AllocKey`] → [`crate::alloc::AllocRecord`].
 pub const LIVE: &str = "LIVE";
+/// The lock-free table in front of `LIVE` (array, mmapable):
+/// [`crate::live_table::LiveSlot`].
+pub const LIVE_TABLE: &str = "LIVE_TABLE";
+/// A global (u32) set at load: the live table's slot count minus one.
+pub const LIVE_TABLE_MASK: &str = "LIVE_TABLE_MASK";
 /// Allocator call state per thread (task-local storage): [`crate::alloc::CallEntry`].
 pub const CALLS: &str = "CALLS";
 /// Per-process counters (per-CPU array), at [`crate::alloc::counter_index`].
@@ -44,6 +49,7 @@ pub const PROG_MREMAP: &str = "sys_enter_mremap";
 
 /// Default capacities; the daemon resizes them from its config before load.
 pub const DEFAULT_LIVE_ENTRIES: u32 = 1 << 20;
+pub const DEFAULT_LIVE_TABLE_SLOTS: u32 = 1 << 18;
 pub const DEFAULT_COUNTERS_ENTRIES: u32 = 1 << 12;
 pub const DEFAULT_TRACKED_ENTRIES: u32 = 1 << 15;
 pub const DEFAULT_STACKS_ENTRIES: u32 = 1 << 15;

@@ -23,6 +23,7 @@ use memwatch_common::{
 };
 
 use crate::{
+    live_table::{self, Claim},
     maps::{CALLS, EEXIST, LIVE, Proc, add, coarse_now, count_drop, tracked},
     stack,
 };
@@ -170,6 +171,10 @@ fn count_freed(p: &Proc, frees: u64, bytes: u64) {
 /// Removes the record at `addr`, counting it as freed. False if untracked.
 #[inline(always)]
 fn release_all(p: &Proc, addr: u64) -> bool {
+    if let Some(size) = live_table::release(p, addr) {
+        count_freed(p, 1, size);
+        return true;
+    }
     let k = alloc_key(p, addr);
     // SAFETY: the size is copied out before the element is deleted.
     let Some(size) = (unsafe { LIVE.get(k) }).map(|rec| rec.size) else {
@@ -233,6 +238,18 @@ fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u
     unsafe {
         add(&raw mut (*p.counters).allocations, 1);
         add(&raw mut (*p.counters).allocated_bytes, size);
+    }
+    // Mappings stay in LIVE, where munmap looks for them.
+    if entry.kind != CallKind::Mmap as u8 {
+        match live_table::claim(p, addr, &rec) {
+            Claim::Stored => return Ok(()),
+            Claim::Replaced(old) => {
+                count_freed(p, 1, old);
+                count_drop(Drop::MissedFree);
+                return Ok(());
+            }
+            Claim::Taken => {}
+        }
     }
     let k = alloc_key(p, addr);
     match LIVE.insert(k, rec, BPF_NOEXIST as u64) {

@@ -8,6 +8,7 @@
 
 mod alloc;
 mod growth;
+mod live_table;
 mod maps;
 mod process;
 mod stack;

@@ -6,7 +6,11 @@
 //! (perf events, no BPF) at the entry sites and at the sites memwatch chose.
 //! Runs are interleaved and repeated; medians are compared as ratios, since
 //! absolute times on a shared VM are noise. A last run with
-//! `kernel.bpf_stats_enabled=1` gives the BPF program time per hit.
+//! `kernel.bpf_stats_enabled=1` gives the BPF program time per hit. Two more
+//! modes hold 65536 blocks live (a 64 MiB heap, freed first in first out), to
+//! show the cost when every record access misses the caches;
+//! MWBENCH_HELD_SLOTS shrinks the live table there, to make the records
+//! overflow into the `LIVE` hash map.
 
 use std::{
     ffi::CString,
@@ -30,6 +34,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 const TARGET_VS_BARE: f64 = 1.15;
 const TARGET_VS_ENTRY: f64 = 4.0;
 const TARGET_NS_PER_HIT: f64 = 250.0;
+/// Blocks the "held" modes keep live.
+const HELD_BLOCKS: u64 = 65536;
 
 fn tmp() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -39,8 +45,9 @@ fn tmp() -> PathBuf {
 /// memwatch daemon (selecting by executable name) sees only its own runs.
 fn workload_binary(name: &str) -> PathBuf {
     let built = tmp().join("mwbench-workload");
-    if !built.exists() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/workload.c");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/workload.c");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&built) < modified(&src) {
         let ok = Command::new("cc")
             .args(["-O2", "-g", "-fno-omit-frame-pointer", "-fno-builtin", "-o"])
             .arg(&built)
@@ -64,12 +71,13 @@ struct Workload {
 
 impl Workload {
     fn start(binary: &Path) -> Workload {
-        Self::start_with(binary, env_or("MWBENCH_PAIRS", PAIRS_DEFAULT))
+        Self::start_with(binary, env_or("MWBENCH_PAIRS", PAIRS_DEFAULT), 0)
     }
 
-    fn start_with(binary: &Path, pairs: u64) -> Workload {
+    /// `hold` > 0: each block is freed `hold` pairs after it was allocated.
+    fn start_with(binary: &Path, pairs: u64, hold: u64) -> Workload {
         let mut child = Command::new(binary)
-            .arg(pairs.to_string())
+            .args([pairs.to_string(), hold.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -119,11 +127,16 @@ struct Daemon {
 impl Daemon {
     /// A daemon tracking `exe_glob` exactly, without host-wide detection.
     fn start(exe_glob: &str, placement: bool) -> Daemon {
+        Self::start_with(exe_glob, placement, "")
+    }
+
+    /// As [`Daemon::start`], with more configuration.
+    fn start_with(exe_glob: &str, placement: bool, extra: &str) -> Daemon {
         let addr = free_addr();
         let config = tmp().join(format!("mwbench-{}.toml", addr.replace(['.', ':'], "-")));
         std::fs::write(
             &config,
-            format!("[collect]\ninterval_seconds = 0.5\n[probes]\nplacement = {placement}\n"),
+            format!("[collect]\ninterval_seconds = 0.5\n[probes]\nplacement = {placement}\n{extra}"),
         )
         .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_memwatch"))
@@ -173,6 +186,22 @@ impl Daemon {
                 emulated: s["emulated"].as_bool().unwrap(),
             })
             .collect()
+    }
+
+    /// Live records in the live table and in `LIVE`, from a scan made now.
+    fn store_split(&self) -> (u64, u64) {
+        let scanned = |d: &Daemon| -> f64 {
+            let v: serde_json::Value = serde_json::from_str(&d.get("/status").1).unwrap_or_default();
+            v["snapshot_unix"].as_f64().unwrap_or(0.0)
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        self.wait("a scan", |d| scanned(d) > now);
+        let v: serde_json::Value = serde_json::from_str(&self.get("/status").1).unwrap();
+        let n = |k: &str| v[k]["entries"].as_u64().unwrap_or(0);
+        (n("live_table"), n("live_map"))
     }
 
     fn metric(&self, series: &str) -> f64 {
@@ -252,7 +281,7 @@ fn always_on(pairs: u64) {
     let runs = |binary: &Path| -> f64 {
         let mut v: Vec<f64> = (0..RUNS)
             .map(|_| {
-                let mut w = Workload::start_with(binary, pairs);
+                let mut w = Workload::start_with(binary, pairs, 0);
                 let ns = w.go();
                 w.finish();
                 ns
@@ -450,16 +479,29 @@ enum Mode {
     BarePlaced,
     MemwatchEntry,
     MemwatchPlaced,
+    /// The workload holding [`HELD_BLOCKS`] live, under memwatch and under
+    /// bare probes at memwatch's sites.
+    MemwatchHeld,
+    BareHeld,
 }
 
 impl Mode {
-    const ALL: [Mode; 5] = [
+    const ALL: [Mode; 7] = [
         Mode::MemwatchPlaced,
         Mode::MemwatchEntry,
         Mode::Untraced,
         Mode::BareEntry,
         Mode::BarePlaced,
+        Mode::MemwatchHeld,
+        Mode::BareHeld,
     ];
+
+    fn held(self) -> u64 {
+        match self {
+            Mode::MemwatchHeld | Mode::BareHeld => HELD_BLOCKS,
+            _ => 0,
+        }
+    }
 
     /// Short names for MWBENCH_MODES (a comma-separated subset, for quick A/B runs).
     fn key(self) -> &'static str {
@@ -469,6 +511,8 @@ impl Mode {
             Mode::BarePlaced => "bare-placed",
             Mode::MemwatchEntry => "entry",
             Mode::MemwatchPlaced => "placed",
+            Mode::MemwatchHeld => "placed-held",
+            Mode::BareHeld => "bare-held",
         }
     }
 
@@ -479,6 +523,8 @@ impl Mode {
             Mode::BarePlaced => "bare counting uprobes at memwatch's sites",
             Mode::MemwatchEntry => "memwatch, placement off (entries)",
             Mode::MemwatchPlaced => "memwatch, placement on",
+            Mode::MemwatchHeld => "memwatch, placement on, 65536 blocks held",
+            Mode::BareHeld => "bare uprobes at its sites, 65536 blocks held",
         }
     }
 }
@@ -521,9 +567,16 @@ fn main() {
 
     let placed = Daemon::start("mwbench-placed", true);
     let entry = Daemon::start("mwbench-entry", false);
+    let held_slots = env_or("MWBENCH_HELD_SLOTS", memwatch_common::maps::DEFAULT_LIVE_TABLE_SLOTS);
+    let held = Daemon::start_with(
+        "mwbench-held",
+        true,
+        &format!("[maps]\nlive_table_slots = {held_slots}\n"),
+    );
     let bin = |m: Mode| match m {
         Mode::MemwatchPlaced => workload_binary("mwbench-placed"),
         Mode::MemwatchEntry => workload_binary("mwbench-entry"),
+        Mode::MemwatchHeld => workload_binary("mwbench-held"),
         _ => workload_binary("mwbench-plain"),
     };
     let (mut placed_sites, mut entry_sites) = (Vec::new(), Vec::new());
@@ -536,6 +589,7 @@ fn main() {
     };
     let mut results: Vec<(Mode, Vec<f64>)> = selected.iter().map(|&m| (m, Vec::new())).collect();
     let mut hit_check = Vec::new();
+    let mut held_split = None;
 
     eprintln!(
         "memwatch overhead benchmark: {pairs} alloc/free pairs a run, {rounds} rounds of {} modes",
@@ -543,13 +597,14 @@ fn main() {
     );
     for round in 0..rounds {
         for &mode in &selected {
-            let mut w = Workload::start(&bin(mode));
+            let mut w = Workload::start_with(&bin(mode), pairs, mode.held());
             let mut probes = Vec::new();
             match mode {
                 Mode::MemwatchPlaced => placed.wait_tracked(w.pid),
                 Mode::MemwatchEntry => entry.wait_tracked(w.pid),
+                Mode::MemwatchHeld => held.wait_tracked(w.pid),
                 Mode::BareEntry => probes = bare_probes(w.pid, &entry_sites),
-                Mode::BarePlaced => {
+                Mode::BarePlaced | Mode::BareHeld => {
                     if placed_sites.is_empty() {
                         placed_sites = sites_of(&placed);
                     }
@@ -558,6 +613,9 @@ fn main() {
                 Mode::Untraced => {}
             }
             let ns = w.go();
+            if mode == Mode::MemwatchHeld && round == 0 {
+                held_split = Some(held.store_split());
+            }
             if !probes.is_empty() && round == 0 {
                 hit_check.push((mode, probes.iter().map(BareProbe::count).sum::<u64>()));
             }
@@ -614,6 +672,7 @@ fn main() {
     }
     drop(placed);
     drop(entry);
+    drop(held);
     let med: Vec<(Mode, f64)> = results.iter_mut().map(|(m, v)| (*m, median(v))).collect();
     if selected.len() < Mode::ALL.len() {
         for (m, ns) in &med {
@@ -665,6 +724,11 @@ fn main() {
     println!(
         "  bare uprobes, entries / memwatch's sites    {:>6.2}x",
         get(Mode::BareEntry) / get(Mode::BarePlaced)
+    );
+    let (in_table, in_map) = held_split.unwrap_or_default();
+    println!(
+        "  the same, {HELD_BLOCKS} blocks held               {:>6.2}x   (not a target: a cache-missing heap; records in the {held_slots}-slot live table {in_table}, in LIVE {in_map})",
+        get(Mode::MemwatchHeld) / get(Mode::BareHeld)
     );
     println!();
     print_bpf_stats(pairs, &programs, &before, &after);

@@ -2,6 +2,9 @@
  * Benchmark workload: alloc/free pairs of mixed sizes, mostly malloc, some
  * calloc, posix_memalign and aligned_alloc; one in 100,000 blocks is leaked.
  *
+ * With a second argument N, each block is instead freed N pairs later: N
+ * blocks stay live throughout (none leaked), as in a program with a heap.
+ *
  * Protocol: prints "ready <pid>", waits for "go", runs, prints
  * "<pairs> <nanoseconds>", waits for "exit" (or EOF).
  */
@@ -30,6 +33,8 @@ __attribute__((noinline)) static void *allocate(unsigned i, size_t size) {
 
 int main(int argc, char **argv) {
     long pairs = argc > 1 ? atol(argv[1]) : 1000000;
+    long hold = argc > 2 ? atol(argv[2]) : 0;
+    char **held = hold > 0 ? calloc((size_t)hold, sizeof *held) : NULL;
     setvbuf(stdout, NULL, _IOLBF, 0);
     /* Warm the allocator up before anything is measured. */
     for (unsigned i = 0; i < 10000; i++)
@@ -44,8 +49,12 @@ int main(int argc, char **argv) {
         char *p = allocate(i, 16 + (i * 37) % 2048);
         if (p)
             p[0] = (char)i;
-        if (n % 100000 != 99999)
+        if (held) {
+            free(held[n % hold]);
+            held[n % hold] = p;
+        } else if (n % 100000 != 99999) {
             free(p);
+        }
     }
     uint64_t t1 = now_ns();
     printf("%ld %llu\n", pairs, (unsigned long long)(t1 - t0));

@@ -148,7 +148,9 @@ pub fn render_status(addr: &str, v: &serde_json::Value, now: f64) -> String {
     }
     let _ = writeln!(
         out,
-        "maps: live {}/{}, stacks {}/{}",
+        "maps: live table {}/{}, live {}/{}, stacks {}/{}",
+        n(&v["live_table"]["entries"]),
+        n(&v["live_table"]["capacity"]),
         n(&v["live_map"]["entries"]),
         n(&v["live_map"]["capacity"]),
         n(&v["stack_map"]["entries"]),
@@ -194,7 +196,7 @@ mod tests {
             "version": "0.1.0", "ready": true, "snapshot_unix": 100.0,
             "tracked_processes": [{"pid": 42, "comm": "leaky", "selection": {"by": "pid"}, "live_bytes": 3072, "live_allocations": 3}],
             "probes_attached": 20, "placement": true,
-            "live_map": {"entries": 3, "capacity": 1024}, "stack_map": {"entries": 1, "capacity": 256},
+            "live_table": {"entries": 2, "capacity": 4096}, "live_map": {"entries": 3, "capacity": 1024}, "stack_map": {"entries": 1, "capacity": 256},
             "kernel_events_lost": {"live_map_full": 2, "stale_call": 0},
             "attach_failures": [{"pid": 7, "error": "process 7 does not exist or has exited", "at_unix": 99.0}],
             "watch": {"enabled": true, "watched_processes": 150, "suspects": 1, "alerts_fired_total": 2, "escalations_running": 0},

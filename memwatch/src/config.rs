@@ -95,6 +95,7 @@ pub struct TrackFile {
 #[serde(deny_unknown_fields)]
 pub struct MapsFile {
     pub live_allocations: Option<i64>,
+    pub live_table_slots: Option<i64>,
     pub stacks: Option<i64>,
     pub processes: Option<i64>,
 }
@@ -227,6 +228,8 @@ impl Glob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {
     pub live_allocations: u32,
+    /// A power of two.
+    pub live_table_slots: u32,
     pub stacks: u32,
     pub processes: u32,
 }
@@ -289,6 +292,7 @@ impl Config {
         let m = file.maps;
         let maps = MapSizes {
             live_allocations: ranged("maps.live_allocations", m.live_allocations, 1 << 20, 1024, 1 << 26)?,
+            live_table_slots: power_of_two("maps.live_table_slots", m.live_table_slots, 1 << 18, 1 << 10, 1 << 24)?,
             stacks: ranged("maps.stacks", m.stacks, 1 << 15, 256, 1 << 22)?,
             processes: ranged("maps.processes", m.processes, 1 << 10, 16, 1 << 16)?,
         };
@@ -463,6 +467,14 @@ fn ranged(key: &str, v: Option<i64>, default: u32, min: u32, max: u32) -> Result
         return Err(value_error(key, format!("must be between {min} and {max}, got {v}")));
     }
     Ok(v as u32)
+}
+
+fn power_of_two(key: &str, v: Option<i64>, default: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+    let n = ranged(key, v, default, min, max)?;
+    if !n.is_power_of_two() {
+        return Err(value_error(key, format!("must be a power of two, got {n}")));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

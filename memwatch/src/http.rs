@@ -102,6 +102,7 @@ async fn status(State(s): State<AppState>) -> Response {
         })).collect::<Vec<_>>(),
         "probes_attached": snap.probes_attached,
         "placement": snap.placement,
+        "live_table": { "entries": snap.live_table_entries, "capacity": snap.live_table_capacity },
         "live_map": { "entries": snap.live_entries, "capacity": snap.live_capacity },
         "stack_map": { "entries": snap.stack_entries, "capacity": snap.stack_capacity },
         "kernel_events_lost": lost,

@@ -267,6 +267,8 @@ pub struct DaemonMetrics {
     last_scan: Gauge,
     live_entries: IntGauge,
     live_capacity: IntGauge,
+    live_table_entries: IntGauge,
+    live_table_capacity: IntGauge,
     stack_entries: IntGauge,
     stack_capacity: IntGauge,
     stacks_unavailable: IntCounter,
@@ -318,6 +320,12 @@ impl DaemonMetrics {
                 "memwatch_live_map_capacity",
                 "Capacity of the kernel's live-allocation map.",
             ),
+            live_table_entries: gauge(
+                r,
+                "memwatch_live_table_entries",
+                "Live allocations held in the kernel's lock-free table (the rest are in the live map).",
+            ),
+            live_table_capacity: gauge(r, "memwatch_live_table_capacity", "Slots of the kernel's live table."),
             stack_entries: gauge(r, "memwatch_stack_map_entries", "Distinct stacks held by the kernel."),
             stack_capacity: gauge(r, "memwatch_stack_map_capacity", "Capacity of the kernel's stack map."),
             stacks_unavailable: c(
@@ -336,6 +344,8 @@ impl DaemonMetrics {
         self.last_scan.set(s.taken_at_unix);
         self.live_entries.set(s.live_entries as i64);
         self.live_capacity.set(s.live_capacity.into());
+        self.live_table_entries.set(s.live_table_entries as i64);
+        self.live_table_capacity.set(s.live_table_capacity.into());
         self.stack_entries.set(s.stack_entries as i64);
         self.stack_capacity.set(s.stack_capacity.into());
         advance(&self.stacks_unavailable, s.stacks_unavailable);

@@ -32,37 +32,100 @@ fn counter(d: &Daemon, name: &str) -> u64 {
 #[test]
 #[ignore = "needs root and eBPF; run with `cargo xtask test`"]
 fn leaks_and_counters_match_the_fixture_exactly() {
+    let (d, fx, counts) = track_the_fixture_exactly(FAST);
+    // The default table holds every leak but a few that share a slot.
+    let status = d.json("/status");
+    assert!(status["live_table"]["entries"].as_u64().unwrap() >= counts.leaked_allocations * 9 / 10);
+    assert!(fx.exit().success());
+}
+
+/// A table too small for the fixture's leaks sends the rest to the `LIVE`
+/// hash map; the two together must still account exactly.
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn leaks_and_counters_match_exactly_when_the_live_table_overflows() {
+    let (d, fx, counts) = track_the_fixture_exactly(&format!("{FAST}[maps]\nlive_table_slots = 1024\n"));
+    let status = d.json("/status");
+    let (table, map) = (
+        status["live_table"]["entries"].as_u64().unwrap(),
+        status["live_map"]["entries"].as_u64().unwrap(),
+    );
+    assert_eq!(status["live_table"]["capacity"], 1024);
+    assert!(table > 0 && map > 0, "both stores in use: table {table}, map {map}");
+    assert_eq!(table + map, counts.leaked_allocations);
+    assert!(fx.exit().success());
+}
+
+/// Blocks freed by other threads than their allocators', with four threads
+/// contending for a small live table (and the `LIVE` map behind it): the
+/// table's compare-and-swap protocol must lose and double-count nothing.
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn frees_from_other_threads_account_exactly_in_a_contended_table() {
     require_root();
-    let mut fx = Fixture::start(&[]);
-    let d = Daemon::start(FAST, &["--pid", &fx.pid.to_string()]);
+    let mut fx = Fixture::start_other("handoff", &[]);
+    let d = Daemon::start(
+        &format!("{FAST}[maps]\nlive_table_slots = 1024\n"),
+        &["--pid", &fx.pid.to_string()],
+    );
     d.wait_tracked(fx.pid);
     d.wait_for_fresh_scan();
+    let counts = go_and_check_totals(&d, &mut fx);
+    for reason in ["live_map_full", "missed_free", "return_without_entry", "stale_call"] {
+        let series = format!("memwatch_kernel_events_lost_total{{reason=\"{reason}\"}}");
+        assert_eq!(d.metric(&series), Some(0.0), "{reason}");
+    }
+    let leaks = d.json(&format!("/leaks?pid={}&limit=100", fx.pid));
+    let p = process(&leaks, fx.pid);
+    assert_eq!(p["live_bytes"], counts.leaked_bytes);
+    assert_eq!(p["live_allocations"], counts.leaked_allocations);
+    let stacks = stacks_at(p, "leak_in_handoff");
+    assert_eq!(stacks.len(), 1, "{:#}", p["stacks"]);
+    assert_eq!(stacks[0]["live_bytes"], counts.leaked_bytes);
+    let status = d.json("/status");
+    assert_eq!(
+        status["live_table"]["entries"].as_u64().unwrap() + status["live_map"]["entries"].as_u64().unwrap(),
+        counts.leaked_allocations
+    );
+    assert!(fx.exit().success());
+}
+
+/// Runs the fixture's work; checks that the libc totals on /metrics moved by
+/// exactly the fixture's own counts.
+fn go_and_check_totals(d: &Daemon, fx: &mut Fixture) -> FixtureCounts {
     let names = [
         "memwatch_allocations_total",
         "memwatch_frees_total",
         "memwatch_allocated_bytes_total",
         "memwatch_freed_bytes_total",
     ];
-    let before: Vec<u64> = names.iter().map(|n| counter(&d, n)).collect();
-
-    let started = std::time::Instant::now();
+    let before: Vec<u64> = names.iter().map(|n| counter(d, n)).collect();
     let counts = fx.go();
-    assert_eq!(counts.leaked_allocations, LEAKS_PER_KIND * 4);
     d.wait_for_fresh_scan();
-
-    // /metrics agrees with the fixture's own counts.
-    let after: Vec<u64> = names.iter().map(|n| counter(&d, n)).collect();
+    let after: Vec<u64> = names.iter().map(|n| counter(d, n)).collect();
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_eq!(
-        delta,
-        vec![
-            counts.allocations,
-            counts.frees,
-            counts.allocated_bytes,
-            counts.freed_bytes
-        ],
-        "metrics deltas vs fixture"
-    );
+    let expected = [
+        counts.allocations,
+        counts.frees,
+        counts.allocated_bytes,
+        counts.freed_bytes,
+    ];
+    assert_eq!(delta, expected, "metrics deltas vs fixture");
+    counts
+}
+
+/// Runs the fixture under a daemon with `config` and checks metrics and
+/// `/leaks` against the fixture's own counts. The fixture is left running,
+/// its work done.
+fn track_the_fixture_exactly(config: &str) -> (Daemon, Fixture, FixtureCounts) {
+    require_root();
+    let mut fx = Fixture::start(&[]);
+    let d = Daemon::start(config, &["--pid", &fx.pid.to_string()]);
+    d.wait_tracked(fx.pid);
+    d.wait_for_fresh_scan();
+    let started = std::time::Instant::now();
+    let counts = go_and_check_totals(&d, &mut fx);
+    assert_eq!(counts.leaked_allocations, LEAKS_PER_KIND * 4);
     for reason in [
         "live_map_full",
         "stack_capture_failed",
@@ -142,8 +205,7 @@ fn leaks_and_counters_match_the_fixture_exactly() {
     // ?min_age= far in the past of the leaks drops them all.
     let young = d.json(&format!("/leaks?pid={}&min_age=3600", fx.pid));
     assert_eq!(process(&young, fx.pid)["live_bytes"], 0);
-
-    assert!(fx.exit().success());
+    (d, fx, counts)
 }
 
 #[test]
@@ -168,6 +230,7 @@ fn a_process_that_exits_midway_leaves_nothing_behind() {
         Some(0.0),
         "live records of the dead process must be swept"
     );
+    assert_eq!(d.metric("memwatch_live_table_entries"), Some(0.0), "from the table too");
     assert_eq!(d.metric("memwatch_live_bytes{allocator=\"libc\"}"), Some(0.0));
     // Its counts stay in the totals: counters never go back.
     assert!(counter(&d, "memwatch_allocations_total") > 1000);

@@ -284,9 +284,23 @@ impl Collector {
                 stale.push(*k);
             }
         });
-        if let Err(e) = read {
-            tracing::warn!(error = %e, "reading live allocations failed");
-        }
+        let live_table_entries = match read {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading live allocations failed");
+                0
+            }
+        };
+        let live_entries = live_entries.saturating_sub(live_table_entries);
+        // A process that exec'd since `reconcile` already records under the
+        // generation the kernel gave it: those records are not stale.
+        let mut kernel_generation: HashMap<u32, Option<u32>> = HashMap::new();
+        stale.retain(|k| {
+            *kernel_generation
+                .entry(k.tgid)
+                .or_insert_with(|| self.kernel.tracked_generation(k.tgid))
+                != Some(k.generation)
+        });
         if !stale.is_empty() {
             match self.kernel.delete_live(&stale) {
                 Ok(n) => tracing::debug!(deleted = n, "swept records of ended processes"),
@@ -371,6 +385,8 @@ impl Collector {
             probes_attached: self.table.probe_count(),
             live_entries,
             live_capacity: self.kernel.sizes.live_allocations,
+            live_table_entries,
+            live_table_capacity: self.kernel.sizes.live_table_slots,
             stack_entries,
             stack_capacity: self.kernel.sizes.stacks,
             stacks_unavailable: self.stacks_unavailable,

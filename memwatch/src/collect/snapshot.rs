@@ -88,8 +88,12 @@ pub struct Snapshot {
     pub failures: Vec<AttachFailure>,
     pub attach_failures_total: u64,
     pub probes_attached: usize,
+    /// Records in the `LIVE` hash map (allocations whose table slot was taken).
     pub live_entries: usize,
     pub live_capacity: u32,
+    /// Records in the lock-free live table in front of it.
+    pub live_table_entries: usize,
+    pub live_table_capacity: u32,
     pub stack_entries: usize,
     pub stack_capacity: u32,
     pub stacks_unavailable: u64,

@@ -3,6 +3,7 @@
 
 pub mod batch;
 mod clock;
+mod live_table;
 mod preempt;
 pub mod probes;
 pub mod tracefs;
@@ -53,6 +54,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/me
 pub struct Kernel {
     ebpf: Ebpf,
     live: Map,
+    live_table: live_table::LiveTable,
     counters: Map,
     tracked: Map,
     stacks: Map,
@@ -130,7 +132,9 @@ impl Kernel {
             // CALLS is task-local storage, which aya creates but has no
             // user-space wrapper for; the daemon never reads it.
             .allow_unsupported_maps()
+            .override_global(names::LIVE_TABLE_MASK, &(sizes.live_table_slots - 1), true)
             .map_max_entries(names::LIVE, sizes.live_allocations)
+            .map_max_entries(names::LIVE_TABLE, sizes.live_table_slots)
             .map_max_entries(names::STACKS, sizes.stacks)
             .map_max_entries(names::COUNTERS, sizes.processes * GENERATION_SLOTS * Family::COUNT)
             .map_max_entries(names::TRACKED, pid_max())
@@ -169,6 +173,7 @@ impl Kernel {
         let events = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
         Ok(Kernel {
             live: take(&mut ebpf, names::LIVE)?,
+            live_table: live_table::LiveTable::map(take(&mut ebpf, names::LIVE_TABLE)?, sizes.live_table_slots)?,
             counters: take(&mut ebpf, names::COUNTERS)?,
             tracked: take(&mut ebpf, names::TRACKED)?,
             stacks: take(&mut ebpf, names::STACKS)?,
@@ -236,13 +241,18 @@ impl Kernel {
         Ok(())
     }
 
-    /// Every live allocation, read in batches.
-    pub fn for_each_live(&self, f: impl FnMut(&AllocKey, &AllocRecord)) -> std::io::Result<()> {
-        batch::for_each(&Fd(map_fd(&self.live).as_raw_fd()), 4096, f)
+    /// Every live allocation: the live table's, then the `LIVE` map's (read
+    /// in batches). Returns how many of them the table held.
+    pub fn for_each_live(&self, mut f: impl FnMut(&AllocKey, &AllocRecord)) -> std::io::Result<usize> {
+        let in_table = self.live_table.for_each(&mut f);
+        batch::for_each(&Fd(map_fd(&self.live).as_raw_fd()), 4096, f)?;
+        Ok(in_table)
     }
 
+    /// Deletes records of ended process generations, wherever they are held.
     pub fn delete_live(&self, keys: &[AllocKey]) -> std::io::Result<usize> {
-        batch::delete(&Fd(map_fd(&self.live).as_raw_fd()), keys)
+        let cleared = self.live_table.clear(keys);
+        Ok(cleared + batch::delete(&Fd(map_fd(&self.live).as_raw_fd()), keys)?)
     }
 
     /// Address-space growth recorded per (process, stack).

@@ -89,6 +89,11 @@ impl Fixture {
         Fixture::start_from(&fixture_binary("leaker"), args)
     }
 
+    /// Another fixture with the leaker's protocol (tests/fixtures/NAME.c).
+    pub fn start_other(name: &str, args: &[&str]) -> Fixture {
+        Fixture::start_from(&fixture_binary(name), args)
+    }
+
     /// Runs a copy of the fixture under another file name, for tests that
     /// select by executable without catching other tests' fixtures.
     pub fn start_renamed(name: &str, args: &[&str]) -> Fixture {

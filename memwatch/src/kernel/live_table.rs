@@ -1,0 +1,139 @@
+//! The daemon's side of the live table (see `memwatch_common::live_table`):
+//! the array is mapped into the daemon's memory, so a scan reads it without
+//! syscalls, and the daemon frees the slots of ended processes with the same
+//! compare-and-swap the programs use.
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{Context, bail};
+use aya::maps::Map;
+use memwatch_common::{
+    alloc::{AllocKey, AllocRecord},
+    live_table::{BUSY, EMPTY, LiveSlot, slot_index},
+};
+
+const WORDS: usize = size_of::<LiveSlot>() / 8;
+
+pub struct LiveTable {
+    base: NonNull<AtomicU64>,
+    bytes: usize,
+    slots: u32,
+    _map: Map,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for LiveTable {}
+unsafe impl Sync for LiveTable {}
+
+impl LiveTable {
+    /// Maps `map`, an mmapable array of `slots` [`LiveSlot`]s.
+    pub fn map(map: Map, slots: u32) -> anyhow::Result<LiveTable> {
+        let fd = match &map {
+            Map::Array(d) => d.fd().as_fd().as_raw_fd(),
+            other => bail!("the live table is a {other:?}, not an array"),
+        };
+        // SAFETY: plain libc call.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let bytes = (slots as usize * size_of::<LiveSlot>()).div_ceil(page) * page;
+        // SAFETY: a shared mapping of the map's own pages; the kernel checks
+        // the length against the array.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping the live table");
+        }
+        Ok(LiveTable {
+            base: NonNull::new(ptr.cast()).context("mmap returned null")?,
+            bytes,
+            slots,
+            _map: map,
+        })
+    }
+
+    fn words(&self, i: u32) -> &[AtomicU64; WORDS] {
+        assert!(i < self.slots);
+        // SAFETY: slot `i` lies within the mapping, 8-byte aligned, and is
+        // only accessed atomically while mapped (`&self`).
+        unsafe { &*self.base.as_ptr().add(i as usize * WORDS).cast::<[AtomicU64; WORDS]>() }
+    }
+
+    /// Slot `i` if it holds a complete record. Its owner may release it while
+    /// it is read: the address is read again after the rest, and a slot
+    /// released and claimed again meanwhile for the same address (rare) may
+    /// give a record mixed from two allocations, for this snapshot only.
+    fn read(&self, i: u32) -> Option<LiveSlot> {
+        let w = self.words(i);
+        let addr = w[0].load(Ordering::Acquire);
+        if addr == EMPTY || addr == BUSY {
+            return None;
+        }
+        let mut raw = [0u64; WORDS];
+        for (r, a) in raw.iter_mut().zip(w) {
+            *r = a.load(Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::Acquire);
+        if w[0].load(Ordering::Relaxed) != addr {
+            return None;
+        }
+        // SAFETY: LiveSlot is plain old data of exactly WORDS words.
+        let slot: LiveSlot = unsafe { std::mem::transmute(raw) };
+        Some(LiveSlot { addr, ..slot })
+    }
+
+    /// Calls `f` for every record in the table; returns how many there were.
+    pub fn for_each(&self, mut f: impl FnMut(&AllocKey, &AllocRecord)) -> usize {
+        let mut n = 0;
+        for i in 0..self.slots {
+            if let Some(s) = self.read(i) {
+                n += 1;
+                let k = AllocKey {
+                    tgid: s.tgid,
+                    generation: s.generation,
+                    addr: s.addr,
+                };
+                f(&k, &s.record);
+            }
+        }
+        n
+    }
+
+    /// Frees the slots holding these records, which must belong to ended
+    /// process generations: no program releases those any more, so the daemon
+    /// is their only writer. Keys held elsewhere are skipped.
+    pub fn clear(&self, keys: &[AllocKey]) -> usize {
+        let mut cleared = 0;
+        for k in keys {
+            let i = slot_index(k.tgid, k.generation, k.addr, self.slots - 1);
+            let held = self
+                .read(i)
+                .is_some_and(|s| (s.tgid, s.generation, s.addr) == (k.tgid, k.generation, k.addr));
+            if held
+                && self.words(i)[0]
+                    .compare_exchange(k.addr, EMPTY, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                cleared += 1;
+            }
+        }
+        cleared
+    }
+}
+
+impl Drop for LiveTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, no longer referenced.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
