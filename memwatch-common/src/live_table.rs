@@ -6,12 +6,14 @@
 //! costs one compare-and-swap each. An allocation goes to the table when its
 //! slot is free and to `LIVE` otherwise; a release looks in the table first.
 //!
-//! Each slot's `addr` word says who owns it: [`EMPTY`], [`BUSY`] while an
-//! allocation's record is being written, or the allocation's address once
-//! the record is complete. Only compare-and-swap moves a slot out of
-//! `EMPTY` (into `BUSY`) or out of an address (into `EMPTY`), so exactly one
-//! program claims a slot and exactly one release frees it. Records of ended
-//! processes are cleared by the daemon, the only writer of their slots.
+//! Each slot's `addr` word says who owns it: [`EMPTY`], [`BUSY`] while one
+//! program reads or writes the record, or the allocation's address once the
+//! record is complete. Only compare-and-swap moves a slot out of `EMPTY` or
+//! out of an address (into `BUSY`), so one program at a time holds a slot,
+//! and it checks the owner (pid, generation) again while holding it: a
+//! release cannot take another process's record at the same address, nor an
+//! overwrite another allocation's. Records of ended processes are cleared by
+//! the daemon, the only writer of their slots.
 
 #[cfg(feature = "user")]
 mod user;

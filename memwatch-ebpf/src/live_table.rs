@@ -51,12 +51,38 @@ fn cas(word: *mut u64, old: u64, new: u64) -> bool {
     unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(word, old, new).1 }
 }
 
+/// Takes slot `s`, seen holding `addr`, for this process: moves its address
+/// word to BUSY, so that no other program can claim, release or take it,
+/// and checks the owner again, which holds still while the slot is BUSY.
+/// False (the slot untouched) if the address belongs to another process's
+/// record, or changed meanwhile.
+///
+/// SAFETY: `s` points to a live table slot.
+#[inline(always)]
+unsafe fn take(s: *mut LiveSlot, p: &Proc, addr: u64) -> bool {
+    unsafe {
+        compiler_fence(Ordering::Acquire);
+        // Checked before too, so that another process's record at the same
+        // address is not held BUSY (its release would miss it meanwhile).
+        let ours = |s: *mut LiveSlot| (*s).tgid == p.tgid && (*s).generation == p.generation;
+        if !ours(s) || !cas(&raw mut (*s).addr, addr, BUSY) {
+            return false;
+        }
+        compiler_fence(Ordering::Acquire);
+        if !ours(s) {
+            write_volatile(&raw mut (*s).addr, addr);
+            return false;
+        }
+        true
+    }
+}
+
 /// Records the allocation at `addr` in its slot, if the slot is free.
 #[inline(always)]
 pub fn claim(p: &Proc, addr: u64, rec: &AllocRecord) -> Claim {
     let Some(s) = slot(p, addr) else { return Claim::Taken };
     // SAFETY: `s` points to a map value; other CPUs change only `addr`
-    // (atomically) unless this program owns the slot.
+    // (atomically) unless this program owns the slot (holds it BUSY).
     unsafe {
         let owner = read_volatile(&raw const (*s).addr);
         if owner == EMPTY && cas(&raw mut (*s).addr, EMPTY, BUSY) {
@@ -67,11 +93,11 @@ pub fn claim(p: &Proc, addr: u64, rec: &AllocRecord) -> Claim {
             write_volatile(&raw mut (*s).addr, addr);
             return Claim::Stored;
         }
-        if owner == addr && (*s).tgid == p.tgid && (*s).generation == p.generation {
-            // `addr` was just returned to this thread, so no other program
-            // releases it meanwhile.
+        if owner == addr && take(s, p, addr) {
             let old = (*s).record.size;
             (*s).record = *rec;
+            compiler_fence(Ordering::Release);
+            write_volatile(&raw mut (*s).addr, addr);
             return Claim::Replaced(old);
         }
     }
@@ -82,17 +108,14 @@ pub fn claim(p: &Proc, addr: u64, rec: &AllocRecord) -> Claim {
 #[inline(always)]
 pub fn release(p: &Proc, addr: u64) -> Option<u64> {
     let s = slot(p, addr)?;
-    // SAFETY: as in `claim`. Once the address matches, the record is
-    // complete and stays put until this release frees the slot.
+    // SAFETY: as in `claim`.
     unsafe {
-        if read_volatile(&raw const (*s).addr) != addr {
-            return None;
-        }
-        compiler_fence(Ordering::Acquire);
-        if (*s).tgid != p.tgid || (*s).generation != p.generation {
+        if read_volatile(&raw const (*s).addr) != addr || !take(s, p, addr) {
             return None;
         }
         let size = (*s).record.size;
-        cas(&raw mut (*s).addr, addr, EMPTY).then_some(size)
+        compiler_fence(Ordering::Release);
+        write_volatile(&raw mut (*s).addr, EMPTY);
+        Some(size)
     }
 }

@@ -109,25 +109,17 @@ impl LiveTable {
         n
     }
 
-    /// Frees the slots holding these records, which must belong to ended
-    /// process generations: no program releases those any more, so the daemon
-    /// is their only writer. Keys held elsewhere are skipped.
-    pub fn clear(&self, keys: &[AllocKey]) -> usize {
-        let mut cleared = 0;
-        for k in keys {
-            let i = slot_index(k.tgid, k.generation, k.addr, self.slots - 1);
-            let held = self
-                .read(i)
-                .is_some_and(|s| (s.tgid, s.generation, s.addr) == (k.tgid, k.generation, k.addr));
-            if held
-                && self.words(i)[0]
-                    .compare_exchange(k.addr, EMPTY, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                cleared += 1;
-            }
-        }
-        cleared
+    /// Frees the slot holding this record, which must belong to an ended
+    /// process generation: no program takes those any more, so the daemon is
+    /// their only writer. False if the table does not hold it.
+    pub fn clear(&self, k: &AllocKey) -> bool {
+        let i = slot_index(k.tgid, k.generation, k.addr, self.slots - 1);
+        let held = self
+            .read(i)
+            .is_some_and(|s| (s.tgid, s.generation, s.addr) == (k.tgid, k.generation, k.addr));
+        held && self.words(i)[0]
+            .compare_exchange(k.addr, EMPTY, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
     }
 }
 

@@ -251,8 +251,9 @@ impl Kernel {
 
     /// Deletes records of ended process generations, wherever they are held.
     pub fn delete_live(&self, keys: &[AllocKey]) -> std::io::Result<usize> {
-        let cleared = self.live_table.clear(keys);
-        Ok(cleared + batch::delete(&Fd(map_fd(&self.live).as_raw_fd()), keys)?)
+        let in_map: Vec<AllocKey> = keys.iter().filter(|k| !self.live_table.clear(k)).copied().collect();
+        let cleared = keys.len() - in_map.len();
+        Ok(cleared + batch::delete(&Fd(map_fd(&self.live).as_raw_fd()), &in_map)?)
     }
 
     /// Address-space growth recorded per (process, stack).
