@@ -79,20 +79,32 @@ fn unit_capabilities() -> Vec<String> {
         .collect()
 }
 
-fn service_user() -> &'static str {
-    let user = "memwatch-test";
-    if !run(Command::new("id").arg(user)).0 {
+/// An unprivileged system user for the test, removed again when dropped.
+struct ServiceUser(String);
+
+impl ServiceUser {
+    fn create() -> ServiceUser {
+        let user = format!("mw-test-{}", std::process::id());
         let (ok, out) =
-            run(Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user]));
+            run(Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", &user]));
         assert!(ok, "useradd: {out}");
+        ServiceUser(user)
     }
-    user
+}
+
+impl Drop for ServiceUser {
+    fn drop(&mut self) {
+        let (ok, out) = run(Command::new("userdel").arg(&self.0));
+        if !ok {
+            eprintln!("userdel {}: {out}", self.0);
+        }
+    }
 }
 
 /// setpriv arguments running as an unprivileged user with just `caps`, as
 /// DynamicUser= and AmbientCapabilities= do.
-fn as_service_user(caps: &[String]) -> Vec<String> {
-    let user = service_user();
+fn as_service_user(user: &ServiceUser, caps: &[String]) -> Vec<String> {
+    let user = &user.0;
     let set = format!(
         "-all,{}",
         caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(",")
@@ -116,7 +128,8 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
     assert!(!caps.is_empty());
     // A root process, watched by a non-root daemon with just the unit's set.
     let mut fx = Fixture::start(&[]);
-    let wrapper = as_service_user(&caps);
+    let user = ServiceUser::create();
+    let wrapper = as_service_user(&user, &caps);
     let w: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let d = Daemon::start_as(FAST, &["--pid", &fx.pid.to_string()], &w, &[]);
     d.wait_tracked(fx.pid);
@@ -134,7 +147,7 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
     // Without any one of them, it cannot do its job.
     for missing in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| c != &missing).cloned().collect();
-        let wrapper = as_service_user(&fewer);
+        let wrapper = as_service_user(&user, &fewer);
         let config = tmp(&format!("cap-{missing}")).join("memwatch.toml");
         std::fs::write(&config, FAST).unwrap();
         let port = free_port();
@@ -233,7 +246,7 @@ fn promtool_accepts_the_rules_config_and_live_metrics() {
     assert!(ok, "{out}");
 
     let mut fx = Fixture::start(&[]);
-    let d = Daemon::start("[collect]\ninterval_seconds = 0.2\n", &["--pid", &fx.pid.to_string()]);
+    let d = Daemon::start(WATCH_NO_ESCALATION, &["--pid", &fx.pid.to_string()]);
     d.wait_tracked(fx.pid);
     fx.go();
     d.wait_for_fresh_scan();
@@ -328,7 +341,10 @@ fn wait_ready(prom: &str) {
 fn prometheus_scrapes_memwatch_and_the_dashboard_queries_work() {
     require_root();
     let mut fx = Fixture::start(&[]);
-    let d = Daemon::start("[collect]\ninterval_seconds = 0.5\n", &["--pid", &fx.pid.to_string()]);
+    let d = Daemon::start(
+        &WATCH_NO_ESCALATION.replace("0.2", "0.5"),
+        &["--pid", &fx.pid.to_string()],
+    );
     d.wait_tracked(fx.pid);
     fx.go();
     d.wait_for_fresh_scan();

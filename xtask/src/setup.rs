@@ -7,6 +7,9 @@ use anyhow::Context;
 
 use crate::check;
 
+/// Pinned, and built from its own lockfile, so that a new release (or a new
+/// release of one of its dependencies) cannot break a fresh build.
+const BPF_LINKER_VERSION: &str = "=0.13.0";
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
 /// Tools the tests use: a C compiler for the fixtures, and the real tools
 /// the operations tests check memwatch against — systemd-analyze, promtool
@@ -75,6 +78,9 @@ pub fn run() -> anyhow::Result<()> {
                 .args([
                     "install",
                     "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--locked",
                     "--no-default-features",
                     "--features",
                     "llvm-22",

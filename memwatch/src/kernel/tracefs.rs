@@ -5,29 +5,65 @@ use std::{fs, io, path::Path};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// Makes sure tracefs is mounted where aya looks for it.
+/// Makes sure tracefs is mounted where aya looks for it: at
+/// /sys/kernel/tracing, or under debugfs (which mounts it on first access).
+///
+/// Safe when another process (another memwatch, perf, bpftrace) mounts it at
+/// the same moment: the kernel refuses the second mount of the same
+/// filesystem on the same place with EBUSY, which means it is there.
 pub fn ensure_mounted() -> io::Result<()> {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    if tracefs_mounted(&mounts) {
-        // Mounted; tracefs is root-only (mode 0700) unless DAC is bypassed.
-        return match fs::read_dir(Path::new(TRACEFS).join("events")) {
-            Ok(_) => Ok(()),
-            Err(_) if fs::read_dir("/sys/kernel/debug/tracing/events").is_ok() => Ok(()),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("{TRACEFS} is not readable ({e}): run memwatch as root or with CAP_DAC_READ_SEARCH"),
-            )),
-        };
+    // A tracefs just mounted (by us or by someone else) may list no events
+    // for a moment: give it a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut mounted_by_us = false;
+    loop {
+        if readable_events().is_some() {
+            if mounted_by_us {
+                tracing::info!(path = TRACEFS, "mounted tracefs");
+            }
+            return Ok(());
+        }
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        if tracefs_mounted(&mounts) {
+            // tracefs is root-only (mode 0700) unless DAC is bypassed.
+            if let Err(e) = fs::read_dir(Path::new(TRACEFS).join("events"))
+                && e.kind() == io::ErrorKind::PermissionDenied
+            {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{TRACEFS} is not readable ({e}): run memwatch as root or with CAP_DAC_READ_SEARCH"),
+                ));
+            }
+        } else {
+            let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
+            let fstype = c"tracefs";
+            // SAFETY: valid NUL-terminated strings; no data argument.
+            let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+            if rc == 0 {
+                mounted_by_us = true;
+            } else {
+                let err = io::Error::last_os_error();
+                // EBUSY: someone else mounted it between our look and our mount.
+                if err.raw_os_error() != Some(libc::EBUSY) {
+                    return Err(err);
+                }
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("tracefs is mounted but {TRACEFS}/events lists nothing"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
-    let fstype = c"tracefs";
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    tracing::info!(path = TRACEFS, "mounted tracefs");
-    Ok(())
+}
+
+/// The first tracefs `events` directory that can be listed and is not empty.
+fn readable_events() -> Option<&'static str> {
+    [TRACEFS, "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .find(|root| fs::read_dir(Path::new(root).join("events")).is_ok_and(|mut entries| entries.next().is_some()))
 }
 
 /// Whether /proc/self/mounts lists tracefs where aya looks for it.

@@ -22,15 +22,20 @@ pub fn require_root() {
     );
 }
 
-/// A copy of a fixture under another file name (for selection by executable).
+/// A fixture under another file name (for selection by executable).
+///
+/// A hard link, never a copy: a file this process opened for writing could
+/// be inherited by another test thread's fork, and exec'ing it while that
+/// child holds it fails with ETXTBSY.
 pub fn fixture_copy(fixture: &str, name: &str) -> PathBuf {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let copy = dir.join(name);
-    // Copy, then rename over: the name may be running already (ETXTBSY).
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}", std::process::id()));
-    std::fs::copy(fixture_binary(fixture), &tmp).unwrap();
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::hard_link(fixture_binary(fixture), &tmp).unwrap();
+    // Renamed over: the name may be running already.
     std::fs::rename(&tmp, &copy).unwrap();
     copy
 }
@@ -196,6 +201,10 @@ pub struct Daemon {
 /// A config for fast tests of exact tracking: scans every 200 ms; no
 /// host-wide detection, so nothing else on the machine gets escalated.
 pub const FAST: &str = "[collect]\ninterval_seconds = 0.2\n[detect]\nenabled = false\n";
+
+/// Fast exact tracking with host-wide detection on (for its metrics), but
+/// never escalating: another test's leaking fixture must not get probed.
+pub const WATCH_NO_ESCALATION: &str = "[collect]\ninterval_seconds = 0.2\n[escalation]\nenabled = false\n";
 
 impl Daemon {
     /// Starts `memwatch run` with `config` and `args`; waits until /healthz is OK.
