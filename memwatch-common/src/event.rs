@@ -14,6 +14,10 @@ pub enum EventKind {
     Exit = 2,
     /// A tracked process forked a new process (not a thread).
     Fork = 3,
+    /// A stack walk by CFI met code in no mapping the daemon told the
+    /// kernel about (a library loaded since): read the process's mappings
+    /// again. Sent once until the daemon rewrites them.
+    CodeMapped = 4,
 }
 
 #[repr(C)]

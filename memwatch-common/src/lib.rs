@@ -13,8 +13,10 @@ pub mod event;
 pub mod growth;
 pub mod live_table;
 pub mod maps;
+pub mod python;
 pub mod stack;
 pub mod time;
+pub mod unwind;
 
 #[cfg(feature = "user")]
 extern crate std;

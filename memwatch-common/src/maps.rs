@@ -37,6 +37,21 @@ pub const GROWTH: &str = "GROWTH";
 /// Each process's last brk, to measure brk growth (LRU): tgid → u64.
 pub const BRK_LAST: &str = "BRK_LAST";
 
+/// Unwind rows of every loaded object, in one mmapable array:
+/// [`crate::unwind::UnwindRow`].
+pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+/// Processes whose stacks are walked by call-frame information: tgid →
+/// [`crate::unwind::ProcUnwind`].
+pub const UNWIND_PROCS: &str = "UNWIND_PROCS";
+/// Per-CPU counters of stack walks by method and end, and rule-cache hits
+/// and misses: see [`crate::unwind::stat_index`].
+pub const UNWIND_STATS: &str = "UNWIND_STATS";
+/// A global (u8) set at load: 0 when stacks are walked by frame pointers
+/// only.
+pub const UNWIND_ENABLED: &str = "UNWIND_ENABLED";
+/// A global set at load: [`crate::unwind::KernelOffsets`].
+pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+
 pub const PROG_ALLOC_ENTER: &str = "alloc_enter";
 pub const PROG_ALLOC_EXIT: &str = "alloc_exit";
 pub const PROG_FREE_ENTER: &str = "free_enter";
@@ -46,6 +61,10 @@ pub const PROG_FORK: &str = "task_newtask";
 pub const PROG_MMAP: &str = "sys_enter_mmap";
 pub const PROG_BRK: &str = "sys_exit_brk";
 pub const PROG_MREMAP: &str = "sys_enter_mremap";
+pub const PROG_GROWTH_RECORD: &str = "growth_record";
+/// A program array holding `growth_record`, which the growth tracepoints
+/// tail-call.
+pub const GROWTH_TAIL: &str = "GROWTH_TAIL";
 
 /// Default capacities; the daemon resizes them from its config before load.
 pub const DEFAULT_LIVE_ENTRIES: u32 = 1 << 20;
@@ -55,3 +74,5 @@ pub const DEFAULT_TRACKED_ENTRIES: u32 = 1 << 15;
 pub const DEFAULT_STACKS_ENTRIES: u32 = 1 << 15;
 pub const EVENTS_BYTES: u32 = 1 << 18;
 pub const DEFAULT_GROWTH_ENTRIES: u32 = 1 << 14;
+pub const DEFAULT_UNWIND_ROWS: u32 = 1 << 20;
+pub const DEFAULT_UNWIND_PROCS: u32 = 1 << 10;

@@ -7,6 +7,8 @@
 #[cfg(feature = "user")]
 mod user;
 
+use crate::python::{MAX_PY_FRAMES, PyFrame, PyProc};
+
 /// Frames kept per stack. Deeper stacks are truncated at the outer end.
 pub const MAX_STACK_DEPTH: usize = 64;
 
@@ -40,6 +42,44 @@ pub struct StackScratch {
     /// The slice of user stack last read by the walk, and a spare word: the
     /// verifier bounds a frame's index by a mask, which allows one more.
     pub window: [u64; WINDOW_WORDS + 1],
+    /// Where `window` was read from, and how many bytes.
+    pub window_base: u64,
+    pub window_len: u64,
+    /// A walk by call-frame information in progress.
+    pub walk: Walk,
+    /// A walk of the interpreter's frames in progress: the next frame to
+    /// read, the layout to read it by, and the bytes last read.
+    pub py_frame: u64,
+    pub py_n: u32,
+    pub py_truncated: u32,
+    pub py: PyProc,
+    pub py_buf: [u64; PY_FRAME_WORDS],
+}
+
+/// Words of an interpreter frame read at once: every field the walk uses
+/// lies in the first 128 bytes on 3.10 to 3.13.
+pub const PY_FRAME_WORDS: usize = 16;
+
+/// The state of a walk by call-frame information, kept between the steps
+/// of the kernel's loop.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Walk {
+    pub pc: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Where `pc` was read from the stack (0 for the first frame).
+    pub ra_at: u64,
+    /// tgid << 32 | the process's unwind version.
+    pub owner: u64,
+    pub hash: u64,
+    pub tgid: u32,
+    /// Nonzero: `pc` is a return address.
+    pub ret: u32,
+    /// Frames recorded so far.
+    pub n: u32,
+    /// [`crate::unwind::EndReason`] once the walk is over.
+    pub end: u32,
 }
 
 /// How many bytes to read at frame pointer `fp` (8-byte aligned): up to a
@@ -78,6 +118,34 @@ pub struct StackFrames {
     /// Return addresses, innermost first (the allocator's direct caller is
     /// frame 0); zero past the last frame.
     pub frames: [u64; MAX_STACK_DEPTH],
+    /// Why the walk stopped: [`crate::unwind::EndReason`], plus
+    /// [`END_FRAME_POINTERS`] when it followed frame pointers only, and the
+    /// number of Python frames at [`END_PY_SHIFT`].
+    pub end: u64,
+    /// The innermost Python frames of the thread, innermost first, in a
+    /// Python process.
+    pub py: [PyFrame; MAX_PY_FRAMES],
+}
+
+/// `StackFrames::end`: Python frames recorded, from this bit on (8 bits).
+pub const END_PY_SHIFT: u32 = 16;
+/// `StackFrames::end` flag: the thread had more Python frames than kept.
+pub const END_PY_TRUNCATED: u64 = 1 << 24;
+
+/// `StackFrames::end` flag: walked by frame pointers alone (the process has
+/// no unwind tables loaded).
+pub const END_FRAME_POINTERS: u64 = 1 << 8;
+
+/// How many bytes to read at `addr` (8-byte aligned) for a walk by
+/// call-frame information: up to a window, not past the page.
+#[inline(always)]
+pub const fn window_len_at(addr: u64) -> u64 {
+    let room = PAGE - (addr & (PAGE - 1));
+    if room < STACK_WINDOW as u64 {
+        room
+    } else {
+        STACK_WINDOW as u64
+    }
 }
 
 /// A stack's content hash, fed one frame at a time (the eBPF side hashes
@@ -97,6 +165,17 @@ impl StackHasher {
         self.0 = h ^ (h >> 29);
     }
 
+    /// The state, to resume hashing later (`StackHasher(state)`).
+    #[inline(always)]
+    pub const fn state(self) -> u64 {
+        self.0
+    }
+
+    #[inline(always)]
+    pub const fn resume(state: u64) -> Self {
+        StackHasher(state)
+    }
+
     /// Never 0, which means "no stack".
     #[inline(always)]
     pub fn finish(self) -> u64 {
@@ -112,18 +191,28 @@ impl Default for StackHasher {
     }
 }
 
-/// Hashes the frames up to the first zero. Never 0, which means "no stack".
+/// Hashes the frames up to the first zero, then how the walk ended (a stack
+/// cut short is not the same stack as a complete one). Never 0, which means
+/// "no stack".
 #[inline(always)]
-pub fn stack_hash(frames: &[u64; MAX_STACK_DEPTH]) -> u64 {
+pub fn stack_hash(stack: &StackFrames) -> u64 {
     let mut h = StackHasher::new();
     let mut i = 0;
     while i < MAX_STACK_DEPTH {
-        let f = frames[i];
+        let f = stack.frames[i];
         if f == 0 {
             break;
         }
         h.push(f);
         i += 1;
     }
+    let n = ((stack.end >> END_PY_SHIFT) & 0xff) as usize;
+    let mut j = 0;
+    while j < n && j < MAX_PY_FRAMES {
+        h.push(stack.py[j].code);
+        h.push(stack.py[j].instr);
+        j += 1;
+    }
+    h.push(stack.end);
     h.finish()
 }

@@ -220,7 +220,7 @@ fn unmap(p: &Proc, addr: u64, len: u64) -> Result<(), Drop> {
 }
 
 fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u64) -> Result<(), Drop> {
-    let stack_id = stack::capture(ctx).unwrap_or_else(|reason| {
+    let stack_id = stack::capture(ctx, p.tgid).unwrap_or_else(|reason| {
         count_drop(reason);
         0
     });

@@ -1,6 +1,10 @@
 //! Host-wide address-space growth by user stack, from syscall tracepoints:
 //! anonymous mmap, brk growth and growing mremap. Syscalls are rare next to
 //! allocator calls, so these run for every process, always.
+//!
+//! Each tracepoint's program measures the growth and tail-calls
+//! `growth_record`, which walks the stack and records it: the walk is
+//! verified once, not once per tracepoint.
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
 use memwatch_common::{
@@ -9,10 +13,23 @@ use memwatch_common::{
     growth::{GrowthKey, GrowthValue, SYSCALL_RET_OFFSET, syscall_arg_offset},
 };
 
+use aya_ebpf::{
+    macros::map,
+    maps::{PerCpuArray, ProgramArray},
+};
+
 use crate::{
     maps::{BRK_LAST, GROWTH, add_shared, settings},
     stack,
 };
+
+/// Holds `growth_record`, set by the daemon.
+#[map(name = "GROWTH_TAIL")]
+static GROWTH_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// (tgid, bytes) from a growth tracepoint to `growth_record` on this CPU.
+#[map(name = "GROWTH_PENDING")]
+static GROWTH_PENDING: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, offset: usize) -> Result<u64, Drop> {
@@ -20,11 +37,25 @@ fn arg(ctx: &TracePointContext, offset: usize) -> Result<u64, Drop> {
     unsafe { ctx.read_at::<u64>(offset) }.map_err(|_| Drop::SyscallRecordUnreadable)
 }
 
+/// Hands growth of `bytes` by `tgid` to `growth_record`.
 fn record(ctx: &TracePointContext, tgid: u32, bytes: u64) -> Result<(), Drop> {
     if bytes == 0 || tgid == settings().daemon_tgid {
         return Ok(());
     }
-    let stack_id = stack::capture_current(ctx).unwrap_or_else(|reason| {
+    let pending = GROWTH_PENDING.get_ptr_mut(0).ok_or(Drop::StackCaptureFailed)?;
+    // SAFETY: this CPU's map value, read back by the program tail-called now.
+    unsafe { *pending = [tgid as u64, bytes] };
+    // SAFETY: our own context; on success this does not return.
+    unsafe { GROWTH_TAIL.tail_call(ctx, 0) };
+    Err(Drop::StackCaptureFailed)
+}
+
+/// The tail-called half: walks the stack of the growth in GROWTH_PENDING
+/// and adds it to GROWTH.
+pub fn try_record(_ctx: &TracePointContext) -> Result<(), Drop> {
+    let pending = GROWTH_PENDING.get(0).ok_or(Drop::StackCaptureFailed)?;
+    let (tgid, bytes) = (pending[0] as u32, pending[1]);
+    let stack_id = stack::capture_current(tgid).unwrap_or_else(|reason| {
         crate::maps::count_drop(reason);
         0
     });

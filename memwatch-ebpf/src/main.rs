@@ -11,8 +11,10 @@ mod growth;
 mod live_table;
 mod maps;
 mod process;
+mod python;
 mod stack;
 mod task_storage;
+mod unwind;
 
 use aya_ebpf::{
     macros::{tracepoint, uprobe, uretprobe},
@@ -75,6 +77,13 @@ pub fn sys_exit_brk(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_mremap(ctx: TracePointContext) -> u32 {
     maps::count_result(growth::try_mremap(&ctx));
+    0
+}
+
+/// Tail-called by the three above: walks the stack and records the growth.
+#[tracepoint]
+pub fn growth_record(ctx: TracePointContext) -> u32 {
+    maps::count_result(growth::try_record(&ctx));
     0
 }
 

@@ -52,7 +52,7 @@ pub static BRK_LAST: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFAULT
 
 /// Stack scratch for the syscall tracepoints, apart from the uprobes'.
 #[map(name = "GROWTH_SCRATCH")]
-pub static GROWTH_SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+pub static GROWTH_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

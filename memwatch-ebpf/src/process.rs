@@ -10,13 +10,16 @@ use memwatch_common::{
     event::{EventKind, ProcEvent},
 };
 
-use crate::maps::{EVENTS, TRACKED, settings};
+use crate::{
+    maps::{EVENTS, TRACKED, settings},
+    unwind::UNWIND_PROCS,
+};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// `pid` in task_newtask, stable since the tracepoint was added.
 const NEWTASK_PID_OFFSET: usize = 8;
 
-fn send(kind: EventKind, tgid: u32, generation: u32, parent_tgid: u32) -> Result<(), Drop> {
+pub fn send(kind: EventKind, tgid: u32, generation: u32, parent_tgid: u32) -> Result<(), Drop> {
     let event = ProcEvent {
         kind: kind as u32,
         tgid,
@@ -34,6 +37,9 @@ fn generation(tgid: u32) -> u32 {
 
 pub fn try_exec(_ctx: &TracePointContext) -> Result<(), Drop> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The new image's code is elsewhere: its stacks are walked by frame
+    // pointers until the daemon has read its mappings.
+    let _ = UNWIND_PROCS.remove(tgid);
     if let Some(t) = TRACKED.get_ptr_mut(tgid)
         // SAFETY: a map value; exec runs once the other threads are gone, so
         // nobody else writes this entry now.
@@ -77,9 +83,6 @@ pub fn try_exit(ctx: &TracePointContext) -> Result<(), Drop> {
 
 pub fn try_newtask(ctx: &TracePointContext) -> Result<(), Drop> {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if generation(parent) == 0 {
-        return Ok(());
-    }
     let offset = settings().newtask_clone_flags_offset as usize;
     if offset == 0 {
         return Ok(());
@@ -91,6 +94,11 @@ pub fn try_newtask(ctx: &TracePointContext) -> Result<(), Drop> {
     }
     let child: i32 = unsafe { ctx.read_at(NEWTASK_PID_OFFSET) }.unwrap_or(0);
     if child <= 0 {
+        return Ok(());
+    }
+    // A reused pid must not be walked with an earlier process's mappings.
+    let _ = UNWIND_PROCS.remove(child as u32);
+    if generation(parent) == 0 {
         return Ok(());
     }
     send(EventKind::Fork, child as u32, 0, parent)

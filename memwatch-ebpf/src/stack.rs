@@ -1,45 +1,132 @@
-//! User stack capture by frame pointers, deduplicated by content hash.
+//! User stack capture, by call-frame information where the daemon has
+//! loaded the process's unwind tables and by frame pointers elsewhere;
+//! stacks are stored once per content hash.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::generated::{bpf_get_stack, bpf_probe_read_user},
+    bindings::{BPF_NOEXIST, pt_regs},
+    helpers::generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
     programs::RetProbeContext,
 };
 use memwatch_common::{
     drop::Drop,
+    python::MAX_PY_FRAMES,
     stack::{
-        MAX_STACK_DEPTH, NO_WINDOW, STACK_CACHE, STACK_WINDOW, StackFrames, StackHasher, WINDOW_WORDS, frame_in_window,
-        stack_hash, window_len,
+        END_FRAME_POINTERS, END_PY_SHIFT, END_PY_TRUNCATED, MAX_STACK_DEPTH, NO_WINDOW, STACK_CACHE, STACK_WINDOW,
+        StackHasher, StackScratch, WINDOW_WORDS, frame_in_window, window_len,
     },
+    unwind::{EndReason, Method, ProcUnwind, Regs, stat_index},
 };
 
-use crate::maps::{EEXIST, GROWTH_SCRATCH, STACK_SCRATCH, STACKS, settings};
+use crate::{
+    maps::{EEXIST, GROWTH_SCRATCH, STACK_SCRATCH, STACKS, settings},
+    python, unwind,
+};
 
-/// Captures the current user stack and returns its id.
+/// Captures the user stack of tracked process `tgid` at an allocator's
+/// return and returns its id.
 ///
-/// Called from the return probe, where the kernel has restored the
-/// instruction pointer to the return address: frame 0 is the allocator's
-/// direct caller, and the frame pointer is the caller's.
+/// The kernel has restored the instruction pointer to the return address:
+/// frame 0 is the allocator's direct caller, and the registers are the
+/// caller's.
 #[inline(always)]
-pub fn capture(ctx: &RetProbeContext) -> Result<u64, Drop> {
+pub fn capture(ctx: &RetProbeContext, tgid: u32) -> Result<u64, Drop> {
     let scratch = STACK_SCRATCH.get_ptr_mut(0).ok_or(Drop::StackCaptureFailed)?;
+    let r = unsafe { &*ctx.regs };
+    let regs = Regs {
+        pc: r.rip,
+        sp: r.rsp,
+        bp: r.rbp,
+        ret: true,
+    };
+    let proc = unwind::process(tgid);
+    let end = match unwind::owner(tgid, proc) {
+        Some(owner) => {
+            unwind::walk(scratch, owner, regs, alloc_walk_step).map_err(|_| Drop::StackCaptureFailed)?;
+            // SAFETY: this CPU's map value.
+            unsafe { (*scratch).walk.end as u64 }
+        }
+        None => walk_frame_pointers(scratch, &regs),
+    };
+    let end = end | python_frames(scratch, proc, alloc_python_step);
+    store(scratch, end, true)
+}
+
+/// Records the thread's Python frames after the native ones, in a process
+/// running CPython; returns their count and flag for `StackFrames::end`.
+#[inline(always)]
+fn python_frames(
+    scratch: *mut StackScratch,
+    proc: Option<*const ProcUnwind>,
+    callback: extern "C" fn(u64, *mut c_void) -> i64,
+) -> u64 {
+    let Some(p) = proc else { return 0 };
+    // SAFETY: a map value, copied out.
+    let py = unsafe { (*p).py };
+    if py.enabled == 0 {
+        return 0;
+    }
+    let (n, truncated) = python::walk(scratch, &py, callback);
+    ((n as u64) << END_PY_SHIFT) | if truncated { END_PY_TRUNCATED } else { 0 }
+}
+
+/// bpf_loop's callbacks for the Python frames, at the probes and at the
+/// syscall tracepoints.
+extern "C" fn alloc_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    match STACK_SCRATCH.get_ptr_mut(0) {
+        Some(s) => python::step(s),
+        None => 1,
+    }
+}
+
+extern "C" fn growth_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    match GROWTH_SCRATCH.get_ptr_mut(0) {
+        Some(s) => python::step(s),
+        None => 1,
+    }
+}
+
+/// bpf_loop's callback for walks at the allocator probes.
+extern "C" fn alloc_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    match STACK_SCRATCH.get_ptr_mut(0) {
+        Some(s) => unwind::walk_step(s),
+        None => 1,
+    }
+}
+
+/// bpf_loop's callback for walks at the syscall tracepoints, with their own
+/// scratch (a syscall may preempt a probe's program on this CPU).
+extern "C" fn growth_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    match GROWTH_SCRATCH.get_ptr_mut(0) {
+        Some(s) => unwind::walk_step(s),
+        None => 1,
+    }
+}
+
+/// Walks by frame pointers from `regs` into the scratch's frames; returns
+/// the end word for [`store`].
+#[inline(always)]
+fn walk_frame_pointers(scratch: *mut StackScratch, regs: &Regs) -> u64 {
     // SAFETY: this CPU's map value; programs on one CPU do not interleave
     // between here and the copy into STACKS.
     let frames = unsafe { &mut (*scratch).frames.frames };
-    let regs = unsafe { &*ctx.regs };
-    frames[0] = regs.rip;
+    frames[0] = regs.pc;
     let mut hash = StackHasher::new();
-    hash.push(regs.rip);
-    let mut fp = regs.rbp;
+    hash.push(regs.pc);
+    let mut fp = regs.bp;
     let mut n = 1;
     // SAFETY: as above.
     let window = unsafe { &mut (*scratch).window };
     let (mut base, mut len) = NO_WINDOW;
+    let mut end = EndReason::DepthLimit;
     while n < MAX_STACK_DEPTH {
-        if fp == 0 || fp & 7 != 0 {
+        if fp == 0 {
+            end = EndReason::Complete;
+            break;
+        }
+        if fp & 7 != 0 {
+            end = EndReason::BadFramePointer;
             break;
         }
         let i = match frame_in_window(fp, base, len) {
@@ -54,6 +141,7 @@ pub fn capture(ctx: &RetProbeContext) -> Result<u64, Drop> {
                 // most `want` bytes, which the window holds.
                 let rc = unsafe { bpf_probe_read_user(window.as_mut_ptr().cast(), want as u32, fp as *const c_void) };
                 if rc != 0 {
+                    end = EndReason::StackUnreadable;
                     break;
                 }
                 (base, len) = (fp, want);
@@ -64,75 +152,106 @@ pub fn capture(ctx: &RetProbeContext) -> Result<u64, Drop> {
         let i = i & (WINDOW_WORDS - 1);
         let (next, ret) = (window[i], window[i + 1]);
         if ret == 0 {
+            end = EndReason::Complete;
             break;
         }
         frames[n] = ret;
         hash.push(ret);
         n += 1;
         // A frame pointer that does not move up the stack is not one.
-        if next <= fp {
+        if next <= fp && next != 0 {
+            end = EndReason::BadFramePointer;
             break;
         }
         fp = next;
     }
-    if n < MAX_STACK_DEPTH {
-        frames[n] = 0;
+    // SAFETY: as above.
+    unsafe {
+        (*scratch).walk.hash = hash.state();
+        (*scratch).walk.n = n as u32;
     }
+    unwind::count(stat_index(Method::FramePointers, end));
+    end as u64 | END_FRAME_POINTERS
+}
+
+/// Ends the stack walked into `scratch` with `end`, stores it in STACKS
+/// unless known, and returns its id. With `cached`, this CPU's memory of
+/// stored ids is used (the allocator probes' scratch only).
+#[inline(always)]
+fn store(scratch: *mut StackScratch, end: u64, cached: bool) -> Result<u64, Drop> {
+    // SAFETY: this CPU's map value.
+    let s = unsafe { &mut *scratch };
+    let n = s.walk.n as usize;
+    if n < MAX_STACK_DEPTH {
+        s.frames.frames[n] = 0;
+    }
+    s.frames.end = end;
+    let mut hash = StackHasher::resume(s.walk.hash);
+    let py = ((end >> END_PY_SHIFT) & 0xff) as usize;
+    for j in 0..MAX_PY_FRAMES {
+        if j >= py {
+            break;
+        }
+        hash.push(s.frames.py[j].code);
+        hash.push(s.frames.py[j].instr);
+    }
+    hash.push(end);
     let id = hash.finish();
 
     // Most allocations come from a few stacks: skip the map lookup for one
     // this CPU stored recently, unless the daemon has deleted stacks since.
-    // SAFETY: this CPU's map value.
-    let (cache, epoch) = unsafe { (&mut (*scratch).cache, &mut (*scratch).epoch) };
-    let current = settings().stacks_epoch;
-    if *epoch != current {
-        *cache = [0; STACK_CACHE];
-        *epoch = current;
-    }
     let way = (id as usize) & (STACK_CACHE - 1);
-    if cache[way] == id {
-        return Ok(id);
+    if cached {
+        let current = settings().stacks_epoch;
+        if s.epoch != current {
+            s.cache = [0; STACK_CACHE];
+            s.epoch = current;
+        }
+        if s.cache[way] == id {
+            return Ok(id);
+        }
     }
     if STACKS.get_ptr(id).is_none() {
         // By reference: a copy would take the whole 512-byte BPF stack.
-        // SAFETY: as above.
         #[allow(clippy::needless_borrows_for_generic_args)]
-        match STACKS.insert(id, unsafe { &(*scratch).frames }, BPF_NOEXIST as u64) {
+        match STACKS.insert(id, &s.frames, BPF_NOEXIST as u64) {
             Ok(()) | Err(EEXIST) => {}
             Err(_) => return Err(Drop::StacksMapFull),
         }
     }
-    cache[way] = id;
+    if cached {
+        s.cache[way] = id;
+    }
     Ok(id)
 }
 
-/// Captures the user stack of the current task from a tracepoint (a syscall
-/// in progress), where no user registers are at hand: the kernel's own
-/// frame-pointer walk does it. Syscalls are rare, so its cost is fine here.
-pub fn capture_current<C: EbpfContext>(ctx: &C) -> Result<u64, Drop> {
+/// Captures the user stack of the current task from a syscall tracepoint,
+/// starting from the registers it entered the kernel with. Syscalls are
+/// rare next to allocator calls, so no cache of stored ids here.
+pub fn capture_current(tgid: u32) -> Result<u64, Drop> {
     let scratch = GROWTH_SCRATCH.get_ptr_mut(0).ok_or(Drop::StackCaptureFailed)?;
-    // SAFETY: the helper writes at most `size` bytes into the map value and
-    // zeroes the rest.
-    let n = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            scratch.cast(),
-            size_of::<StackFrames>() as u32,
-            BPF_F_USER_STACK as u64,
-        )
+    // SAFETY: helpers on the current task; the user registers are copied
+    // out of the kernel by the checked read.
+    let r: pt_regs = unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        aya_ebpf::helpers::bpf_probe_read_kernel(regs).map_err(|_| Drop::StackCaptureFailed)?
     };
-    if n <= 0 {
-        return Err(Drop::StackCaptureFailed);
-    }
+    // The pc is where the syscall returns to: an instruction, not a return
+    // address.
+    let regs = Regs {
+        pc: r.rip,
+        sp: r.rsp,
+        bp: r.rbp,
+        ret: false,
+    };
+    // Without unwind tables (owner 0), the same walk follows frame pointers.
+    let proc = unwind::process(tgid);
+    let owner = unwind::owner(tgid, proc);
+    unwind::walk(scratch, owner.unwrap_or(0), regs, growth_walk_step).map_err(|_| Drop::StackCaptureFailed)?;
     // SAFETY: this CPU's map value.
-    let id = stack_hash(unsafe { &(*scratch).frames });
-    if STACKS.get_ptr(id).is_none() {
-        // SAFETY: as above; by reference to keep it off the BPF stack.
-        #[allow(clippy::needless_borrows_for_generic_args)]
-        match STACKS.insert(id, unsafe { &*scratch }, BPF_NOEXIST as u64) {
-            Ok(()) | Err(EEXIST) => {}
-            Err(_) => return Err(Drop::StacksMapFull),
-        }
-    }
-    Ok(id)
+    let end = unsafe { (*scratch).walk.end as u64 };
+    let end = if owner.is_some() { end } else { end | END_FRAME_POINTERS };
+    let end = end | python_frames(scratch, proc, growth_python_step);
+    store(scratch, end, false)
 }

@@ -11,6 +11,13 @@
 //! show the cost when every record access misses the caches;
 //! MWBENCH_HELD_SLOTS shrinks the live table there, to make the records
 //! overflow into the `LIVE` hash map.
+//!
+//! Stacks without frame pointers (issue #11): the same workload built
+//! -fomit-frame-pointer allocating 8, 16 and 32 distinct functions deep,
+//! walked by call-frame information, beside bare uprobes at the same sites
+//! and beside today's frame-pointer walk (`[unwind] enabled = false`); BPF
+//! time per alloc_exit, the rule cache's miss rate after warm-up, and the
+//! unwind data a process mapping libc, libstdc++ and libpython needs.
 
 use std::{
     ffi::CString,
@@ -34,6 +41,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 const TARGET_VS_BARE: f64 = 1.15;
 const TARGET_VS_ENTRY: f64 = 4.0;
 const TARGET_NS_PER_HIT: f64 = 250.0;
+/// Issue #11's targets, at depth 16 without frame pointers.
+const TARGET_NOFP_VS_BARE: f64 = 1.3;
+const TARGET_NOFP_NS_PER_HIT: f64 = 600.0;
+
 /// Blocks the "held" modes keep live.
 const HELD_BLOCKS: u64 = 65536;
 
@@ -44,12 +55,21 @@ fn tmp() -> PathBuf {
 /// Compiles the workload once and copies it under `name`, so that each
 /// memwatch daemon (selecting by executable name) sees only its own runs.
 fn workload_binary(name: &str) -> PathBuf {
-    let built = tmp().join("mwbench-workload");
+    workload_build(name, "-fno-omit-frame-pointer")
+}
+
+/// The workload built without frame pointers, under `name`.
+fn workload_binary_nofp(name: &str) -> PathBuf {
+    workload_build(name, "-fomit-frame-pointer")
+}
+
+fn workload_build(name: &str, fp: &str) -> PathBuf {
+    let built = tmp().join(format!("mwbench-workload{fp}"));
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/workload.c");
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(&built) < modified(&src) {
         let ok = Command::new("cc")
-            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-fno-builtin", "-o"])
+            .args(["-O2", "-g", fp, "-fno-builtin", "-o"])
             .arg(&built)
             .arg(&src)
             .status()
@@ -58,7 +78,9 @@ fn workload_binary(name: &str) -> PathBuf {
         assert!(ok, "compiling {}", src.display());
     }
     let copy = tmp().join(name);
-    std::fs::copy(&built, &copy).unwrap();
+    // A hard link: never a file open for writing when it is executed.
+    let _ = std::fs::remove_file(&copy);
+    std::fs::hard_link(&built, &copy).unwrap();
     copy
 }
 
@@ -76,8 +98,13 @@ impl Workload {
 
     /// `hold` > 0: each block is freed `hold` pairs after it was allocated.
     fn start_with(binary: &Path, pairs: u64, hold: u64) -> Workload {
+        Self::start_deep(binary, pairs, hold, 0)
+    }
+
+    /// `depth` > 0: every allocation made that many distinct functions deep.
+    fn start_deep(binary: &Path, pairs: u64, hold: u64, depth: u64) -> Workload {
         let mut child = Command::new(binary)
-            .args([pairs.to_string(), hold.to_string()])
+            .args([pairs.to_string(), hold.to_string(), depth.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -483,10 +510,19 @@ enum Mode {
     /// bare probes at memwatch's sites.
     MemwatchHeld,
     BareHeld,
+    /// memwatch walking by frame pointers only (`[unwind] enabled = false`):
+    /// the path before call-frame information.
+    MemwatchFpWalk,
+    /// The workload without frame pointers, allocating `depth()` deep.
+    NofpUntraced,
+    Nofp8,
+    Nofp16,
+    Nofp32,
+    BareNofp16,
 }
 
 impl Mode {
-    const ALL: [Mode; 7] = [
+    const ALL: [Mode; 13] = [
         Mode::MemwatchPlaced,
         Mode::MemwatchEntry,
         Mode::Untraced,
@@ -494,11 +530,26 @@ impl Mode {
         Mode::BarePlaced,
         Mode::MemwatchHeld,
         Mode::BareHeld,
+        Mode::MemwatchFpWalk,
+        Mode::NofpUntraced,
+        Mode::Nofp8,
+        Mode::Nofp16,
+        Mode::Nofp32,
+        Mode::BareNofp16,
     ];
 
     fn held(self) -> u64 {
         match self {
             Mode::MemwatchHeld | Mode::BareHeld => HELD_BLOCKS,
+            _ => 0,
+        }
+    }
+
+    fn depth(self) -> u64 {
+        match self {
+            Mode::Nofp8 => 8,
+            Mode::Nofp16 | Mode::NofpUntraced | Mode::BareNofp16 => 16,
+            Mode::Nofp32 => 32,
             _ => 0,
         }
     }
@@ -513,6 +564,12 @@ impl Mode {
             Mode::MemwatchPlaced => "placed",
             Mode::MemwatchHeld => "placed-held",
             Mode::BareHeld => "bare-held",
+            Mode::MemwatchFpWalk => "fp-walk",
+            Mode::NofpUntraced => "nofp-untraced",
+            Mode::Nofp8 => "nofp8",
+            Mode::Nofp16 => "nofp16",
+            Mode::Nofp32 => "nofp32",
+            Mode::BareNofp16 => "bare-nofp16",
         }
     }
 
@@ -525,6 +582,12 @@ impl Mode {
             Mode::MemwatchPlaced => "memwatch, placement on",
             Mode::MemwatchHeld => "memwatch, placement on, 65536 blocks held",
             Mode::BareHeld => "bare uprobes at its sites, 65536 blocks held",
+            Mode::MemwatchFpWalk => "memwatch, frame-pointer walk only",
+            Mode::NofpUntraced => "no frame pointers, depth 16, untraced",
+            Mode::Nofp8 => "no frame pointers, depth 8, memwatch",
+            Mode::Nofp16 => "no frame pointers, depth 16, memwatch",
+            Mode::Nofp32 => "no frame pointers, depth 32, memwatch",
+            Mode::BareNofp16 => "no frame pointers, depth 16, bare uprobes",
         }
     }
 }
@@ -573,10 +636,17 @@ fn main() {
         true,
         &format!("[maps]\nlive_table_slots = {held_slots}\n"),
     );
+    let fpwalk = Daemon::start_with("mwbench-fpwalk", true, "[unwind]\nenabled = false\n");
+    let nofp = Daemon::start("mwbench-nofp*", true);
     let bin = |m: Mode| match m {
         Mode::MemwatchPlaced => workload_binary("mwbench-placed"),
         Mode::MemwatchEntry => workload_binary("mwbench-entry"),
         Mode::MemwatchHeld => workload_binary("mwbench-held"),
+        Mode::MemwatchFpWalk => workload_binary("mwbench-fpwalk"),
+        Mode::Nofp8 => workload_binary_nofp("mwbench-nofp8"),
+        Mode::Nofp16 => workload_binary_nofp("mwbench-nofp16"),
+        Mode::Nofp32 => workload_binary_nofp("mwbench-nofp32"),
+        Mode::NofpUntraced | Mode::BareNofp16 => workload_binary_nofp("mwbench-plain-nofp"),
         _ => workload_binary("mwbench-plain"),
     };
     let (mut placed_sites, mut entry_sites) = (Vec::new(), Vec::new());
@@ -597,20 +667,22 @@ fn main() {
     );
     for round in 0..rounds {
         for &mode in &selected {
-            let mut w = Workload::start_with(&bin(mode), pairs, mode.held());
+            let mut w = Workload::start_deep(&bin(mode), pairs, mode.held(), mode.depth());
             let mut probes = Vec::new();
             match mode {
                 Mode::MemwatchPlaced => placed.wait_tracked(w.pid),
                 Mode::MemwatchEntry => entry.wait_tracked(w.pid),
                 Mode::MemwatchHeld => held.wait_tracked(w.pid),
+                Mode::MemwatchFpWalk => fpwalk.wait_tracked(w.pid),
+                Mode::Nofp8 | Mode::Nofp16 | Mode::Nofp32 => nofp.wait_tracked(w.pid),
                 Mode::BareEntry => probes = bare_probes(w.pid, &entry_sites),
-                Mode::BarePlaced | Mode::BareHeld => {
+                Mode::BarePlaced | Mode::BareHeld | Mode::BareNofp16 => {
                     if placed_sites.is_empty() {
                         placed_sites = sites_of(&placed);
                     }
                     probes = bare_probes(w.pid, &placed_sites)
                 }
-                Mode::Untraced => {}
+                Mode::Untraced | Mode::NofpUntraced => {}
             }
             let ns = w.go();
             if mode == Mode::MemwatchHeld && round == 0 {
@@ -641,29 +713,26 @@ fn main() {
         w.go();
         w.finish();
     }
-    let read = |d: &Daemon| -> Vec<(f64, f64)> {
-        programs
-            .iter()
-            .map(|p| {
+    let (before, after) = stats_run(&placed, &bin(Mode::MemwatchPlaced), pairs, 0, &programs);
+    let (fp_before, fp_after) = stats_run(&fpwalk, &bin(Mode::MemwatchFpWalk), pairs, 0, &programs);
+    let deep: Vec<(u64, f64, (f64, f64))> = [Mode::Nofp8, Mode::Nofp16, Mode::Nofp32]
+        .into_iter()
+        .map(|m| {
+            let lookups = |d: &Daemon| {
                 (
-                    d.metric(&format!("memwatch_bpf_program_runs_total{{program=\"{p}\"}}")),
-                    d.metric(&format!("memwatch_bpf_program_run_seconds_total{{program=\"{p}\"}}")),
+                    d.metric("memwatch_unwind_rule_lookups_total{result=\"hit\"}"),
+                    d.metric("memwatch_unwind_rule_lookups_total{result=\"miss\"}"),
                 )
-            })
-            .collect()
-    };
-    let mut w = Workload::start(&bin(Mode::MemwatchPlaced));
-    placed.wait_tracked(w.pid);
-    std::thread::sleep(Duration::from_millis(700));
-    let before = read(&placed);
-    w.go();
-    w.finish();
-    placed.wait("a scan after the stats run", |d| {
-        d.metric("memwatch_bpf_program_runs_total{program=\"free_enter\"}") >= before[2].0 + pairs as f64 * 0.99
-    });
-    std::thread::sleep(Duration::from_millis(700));
-    let after = read(&placed);
+            };
+            let l0 = lookups(&nofp);
+            let (b, a) = stats_run(&nofp, &bin(m), pairs, m.depth(), &["alloc_exit"]);
+            let l1 = lookups(&nofp);
+            let ns = (a[0].1 - b[0].1) * 1e9 / (a[0].0 - b[0].0).max(1.0);
+            (m.depth(), ns, (l1.0 - l0.0, l1.1 - l0.1))
+        })
+        .collect();
     set_bpf_stats(stats_before == "1");
+    let unwind_memory = unwind_data_of_python();
 
     if rounds == 0 {
         // MWBENCH_ROUNDS=0: BPF time per hit only, for quick comparisons.
@@ -673,10 +742,18 @@ fn main() {
     drop(placed);
     drop(entry);
     drop(held);
+    drop(fpwalk);
+    drop(nofp);
     let med: Vec<(Mode, f64)> = results.iter_mut().map(|(m, v)| (*m, median(v))).collect();
     if selected.len() < Mode::ALL.len() {
         for (m, ns) in &med {
             println!("{:<44} {:>10.1} ns/pair", m.label(), ns);
+        }
+        for &(depth, ns, (hits, misses)) in &deep {
+            println!(
+                "no frame pointers, depth {depth}: alloc_exit {ns:.0} ns/hit, rule misses {misses:.0} of {:.0}",
+                hits + misses
+            );
         }
         return;
     }
@@ -732,7 +809,145 @@ fn main() {
     );
     println!();
     print_bpf_stats(pairs, &programs, &before, &after);
+    println!();
+    print_unwinding(&get, pairs, &programs, (&fp_before, &fp_after), &deep, unwind_memory);
     always_on(pairs);
+}
+
+/// Run counts and times (seconds) of programs, as the daemon exports them.
+type ProgramTimes = Vec<(f64, f64)>;
+
+/// One run of `binary` (allocating `depth` deep) under `d` while the kernel
+/// times programs: their run counts and times before and after.
+fn stats_run(d: &Daemon, binary: &Path, pairs: u64, depth: u64, programs: &[&str]) -> (ProgramTimes, ProgramTimes) {
+    let read = |d: &Daemon| -> ProgramTimes {
+        programs
+            .iter()
+            .map(|p| {
+                (
+                    d.metric(&format!("memwatch_bpf_program_runs_total{{program=\"{p}\"}}")),
+                    d.metric(&format!("memwatch_bpf_program_run_seconds_total{{program=\"{p}\"}}")),
+                )
+            })
+            .collect()
+    };
+    let mut w = Workload::start_deep(binary, pairs, 0, depth);
+    d.wait_tracked(w.pid);
+    std::thread::sleep(Duration::from_millis(700));
+    let before = read(d);
+    let runs_before = d.metric("memwatch_bpf_program_runs_total{program=\"alloc_exit\"}");
+    w.go();
+    w.finish();
+    d.wait("a scan after the stats run", |d| {
+        d.metric("memwatch_bpf_program_runs_total{program=\"alloc_exit\"}") >= runs_before + pairs as f64 * 0.99
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    (before, read(d))
+}
+
+/// Rows and bytes of unwind data memwatch loads for pyenv's python3.11
+/// (libpython3.11.so) with libstdc++ preloaded, beside libc: (per module
+/// rows, total rows, processes' mapping entries).
+fn unwind_data_of_python() -> Option<(Vec<(String, u64)>, u64)> {
+    let python = "/root/.pyenv/versions/3.11.7/bin/python3.11";
+    let libstdcxx = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6";
+    if !Path::new(python).exists() || !Path::new(libstdcxx).exists() {
+        return None;
+    }
+    let d = Daemon::start(python, true);
+    let mut child = Command::new(python)
+        .args(["-c", "import time; print('ready', flush=True); time.sleep(60)"])
+        .env("LD_PRELOAD", libstdcxx)
+        .stdout(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take()?).read_line(&mut line).ok()?;
+    d.wait_tracked(child.id());
+    let probes: serde_json::Value = serde_json::from_str(&d.get("/probes").1).ok()?;
+    let modules: Vec<(String, u64)> = probes["unwind"].as_array()?.iter().find(|p| p["pid"] == child.id())?["modules"]
+        .as_array()?
+        .iter()
+        .map(|m| {
+            (
+                m["module"].as_str().unwrap_or("?").to_string(),
+                m["rows"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let total = modules.iter().map(|(_, r)| r).sum();
+    let _ = child.kill();
+    let _ = child.wait();
+    Some((modules, total))
+}
+
+fn print_unwinding(
+    get: &dyn Fn(Mode) -> f64,
+    pairs: u64,
+    programs: &[&str],
+    fp: (&ProgramTimes, &ProgramTimes),
+    deep: &[(u64, f64, (f64, f64))],
+    memory: Option<(Vec<(String, u64)>, u64)>,
+) {
+    println!("stacks without frame pointers (issue #11): workload -O2 -fomit-frame-pointer, {pairs} pairs,");
+    println!("each allocation made D distinct functions deep; memwatch walks them by call-frame information");
+    println!(
+        "{:<8} {:>14} {:>14} {:>20} {:>16}",
+        "depth", "ns/pair", "vs untraced", "alloc_exit ns/hit", "rule misses"
+    );
+    let untraced = get(Mode::NofpUntraced);
+    for &(depth, ns, (hits, misses)) in deep {
+        let m = match depth {
+            8 => Mode::Nofp8,
+            16 => Mode::Nofp16,
+            _ => Mode::Nofp32,
+        };
+        println!(
+            "{depth:<8} {:>14.1} {:>13.2}x {ns:>20.0} {:>9.0} of {:.1e} ({:.5}%)",
+            get(m),
+            get(m) / untraced,
+            misses,
+            hits + misses,
+            100.0 * misses / (hits + misses).max(1.0)
+        );
+    }
+    let vs_bare = get(Mode::Nofp16) / get(Mode::BareNofp16);
+    println!(
+        "  memwatch / bare uprobes at the same sites, depth 16   {vs_bare:>6.2}x   target <= {TARGET_NOFP_VS_BARE:.1}x  {}",
+        verdict(vs_bare <= TARGET_NOFP_VS_BARE)
+    );
+    let d16 = deep.iter().find(|d| d.0 == 16).map_or(0.0, |d| d.1);
+    println!(
+        "  alloc_exit at depth 16                                {d16:>6.0} ns   target <= {TARGET_NOFP_NS_PER_HIT:.0} ns  {}",
+        verdict(d16 <= TARGET_NOFP_NS_PER_HIT)
+    );
+    println!("  (rule misses: lookups that were not in the per-CPU cache, first-seen call sites included)");
+    let i = programs.iter().position(|p| *p == "alloc_exit").unwrap_or(0);
+    let fp_ns = (fp.1[i].1 - fp.0[i].1) * 1e9 / (fp.1[i].0 - fp.0[i].0).max(1.0);
+    println!(
+        "  frame-pointer workload: frame-pointer walk only (unwind off) alloc_exit {fp_ns:.0} ns/hit, {:.1} ns/pair; \
+         by CFI (the default) {:.1} ns/pair",
+        get(Mode::MemwatchFpWalk),
+        get(Mode::MemwatchPlaced)
+    );
+    match memory {
+        Some((modules, total)) => {
+            println!(
+                "  unwind data for pyenv's python3.11 with libstdc++ preloaded (8-byte rows in the kernel's array):"
+            );
+            for (m, rows) in &modules {
+                if *rows > 0 {
+                    println!("    {m:<60} {rows:>7} rows {:>7.0} KiB", *rows as f64 * 8.0 / 1024.0);
+                }
+            }
+            println!(
+                "    total {total} rows = {:.0} KiB, plus {} bytes of mappings per process",
+                total as f64 * 8.0 / 1024.0,
+                size_of::<memwatch_common::unwind::ProcUnwind>()
+            );
+        }
+        None => println!("  unwind data: not measured (pyenv's python3.11 or libstdc++ missing)"),
+    }
 }
 
 fn print_bpf_stats(pairs: u64, programs: &[&str], before: &[(f64, f64)], after: &[(f64, f64)]) {

@@ -49,6 +49,16 @@ pub struct FileConfig {
     pub detect: DetectFile,
     #[serde(default)]
     pub escalation: EscalationFile,
+    #[serde(default)]
+    pub unwind: UnwindFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnwindFile {
+    pub enabled: Option<bool>,
+    pub rows: Option<i64>,
+    pub processes: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +186,19 @@ pub struct Config {
     pub placement: bool,
     pub detect: Detect,
     pub escalation: Escalation,
+    pub unwind: Unwind,
+}
+
+/// Stack walking by call-frame information.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unwind {
+    /// Off: every stack is walked by frame pointers.
+    pub enabled: bool,
+    /// Capacity of the kernel's table of unwind rows (8 bytes each, all
+    /// allocated at startup), shared by every object loaded.
+    pub rows: u32,
+    /// Processes whose stacks are walked by CFI at once (about 5 KiB each).
+    pub processes: u32,
 }
 
 /// Host-wide growth detection.
@@ -327,6 +350,11 @@ impl Config {
             placement: file.probes.placement.unwrap_or(true),
             detect: detect(&file.detect)?,
             escalation: escalation(&file.escalation)?,
+            unwind: Unwind {
+                enabled: file.unwind.enabled.unwrap_or(true),
+                rows: ranged("unwind.rows", file.unwind.rows, 1 << 20, 1 << 12, 1 << 26)?,
+                processes: ranged("unwind.processes", file.unwind.processes, 1 << 10, 1, 1 << 16)?,
+            },
             symbol_cache_entries: ranged(
                 "symbolize.cache_entries",
                 file.symbolize.cache_entries,

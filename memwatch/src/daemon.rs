@@ -27,7 +27,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
 
-    let kernel = Kernel::load(config.maps, !config.exe.is_empty(), config.detect.enabled)?;
+    let kernel = Kernel::load(
+        config.maps,
+        config.unwind,
+        !config.exe.is_empty(),
+        config.detect.enabled,
+    )?;
     let shared = SharedSnapshot::default();
     let metrics = Arc::new(Metrics::new(config.top_processes));
     let shutdown = Arc::new(AtomicBool::new(false));

@@ -99,12 +99,20 @@ async fn status(State(s): State<AppState>) -> Response {
             "pid": p.pid, "comm": p.comm, "selection": p.selection,
             "live_bytes": p.allocations.iter().map(|a| a.size).sum::<u64>(),
             "live_allocations": p.allocations.len(),
+            "python": p.python,
         })).collect::<Vec<_>>(),
         "probes_attached": snap.probes_attached,
         "placement": snap.placement,
         "live_table": { "entries": snap.live_table_entries, "capacity": snap.live_table_capacity },
         "live_map": { "entries": snap.live_entries, "capacity": snap.live_capacity },
         "stack_map": { "entries": snap.stack_entries, "capacity": snap.stack_capacity },
+        "unwind": {
+            "enabled": snap.unwind.enabled,
+            "processes": snap.unwind.totals.processes,
+            "tables": snap.unwind.totals.objects,
+            "rows": { "used": snap.unwind.totals.rows_used, "capacity": snap.unwind.totals.rows_capacity },
+            "tables_without_room": snap.unwind.totals.objects_without_room,
+        },
         "kernel_events_lost": lost,
         "attach_failures": snap.failures,
         "watch": {
@@ -134,7 +142,12 @@ async fn probes(State(s): State<AppState>) -> Response {
             v
         })
         .collect();
-    let body = serde_json::json!({ "placement": snapshot.placement, "sites": sites });
+    let unwind: Vec<serde_json::Value> = snapshot
+        .processes
+        .iter()
+        .map(|p| serde_json::json!({ "pid": p.pid, "comm": p.comm, "modules": p.unwind, "python": p.python }))
+        .collect();
+    let body = serde_json::json!({ "placement": snapshot.placement, "sites": sites, "unwind": unwind });
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],

@@ -24,6 +24,8 @@ pub mod kernel;
 pub mod leaks;
 pub mod metrics;
 pub mod process;
+pub mod python;
 pub mod symbolize;
 pub mod target;
+pub mod unwind;
 pub mod watch;

@@ -29,10 +29,8 @@ fn counter(d: &Daemon, name: &str) -> u64 {
     d.metric(&format!("{name}{{allocator=\"libc\"}}")).unwrap_or(0.0) as u64
 }
 
-#[test]
-#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
-fn leaks_and_counters_match_the_fixture_exactly() {
-    let (d, fx, counts) = track_the_fixture_exactly(FAST);
+fn leaks_and_counters_match_the_fixture_exactly(build: Build) {
+    let (d, fx, counts) = track_the_fixture_exactly(FAST, build);
     // The default table holds every leak but a few that share a slot.
     let status = d.json("/status");
     assert!(status["live_table"]["entries"].as_u64().unwrap() >= counts.leaked_allocations * 9 / 10);
@@ -41,10 +39,8 @@ fn leaks_and_counters_match_the_fixture_exactly() {
 
 /// A table too small for the fixture's leaks sends the rest to the `LIVE`
 /// hash map; the two together must still account exactly.
-#[test]
-#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
-fn leaks_and_counters_match_exactly_when_the_live_table_overflows() {
-    let (d, fx, counts) = track_the_fixture_exactly(&format!("{FAST}[maps]\nlive_table_slots = 1024\n"));
+fn leaks_and_counters_match_exactly_when_the_live_table_overflows(build: Build) {
+    let (d, fx, counts) = track_the_fixture_exactly(&format!("{FAST}[maps]\nlive_table_slots = 1024\n"), build);
     let status = d.json("/status");
     let (table, map) = (
         status["live_table"]["entries"].as_u64().unwrap(),
@@ -59,11 +55,9 @@ fn leaks_and_counters_match_exactly_when_the_live_table_overflows() {
 /// Blocks freed by other threads than their allocators', with four threads
 /// contending for a small live table (and the `LIVE` map behind it): the
 /// table's compare-and-swap protocol must lose and double-count nothing.
-#[test]
-#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
-fn frees_from_other_threads_account_exactly_in_a_contended_table() {
+fn frees_from_other_threads_account_exactly_in_a_contended_table(build: Build) {
     require_root();
-    let mut fx = Fixture::start_other("handoff", &[]);
+    let mut fx = Fixture::start_other_as("handoff", build, &[]);
     let d = Daemon::start(
         &format!("{FAST}[maps]\nlive_table_slots = 1024\n"),
         &["--pid", &fx.pid.to_string()],
@@ -117,9 +111,9 @@ fn go_and_check_totals(d: &Daemon, fx: &mut Fixture) -> FixtureCounts {
 /// Runs the fixture under a daemon with `config` and checks metrics and
 /// `/leaks` against the fixture's own counts. The fixture is left running,
 /// its work done.
-fn track_the_fixture_exactly(config: &str) -> (Daemon, Fixture, FixtureCounts) {
+fn track_the_fixture_exactly(config: &str, build: Build) -> (Daemon, Fixture, FixtureCounts) {
     require_root();
-    let mut fx = Fixture::start(&[]);
+    let mut fx = Fixture::start_as(build, &[]);
     let d = Daemon::start(config, &["--pid", &fx.pid.to_string()]);
     d.wait_tracked(fx.pid);
     d.wait_for_fresh_scan();
@@ -145,7 +139,8 @@ fn track_the_fixture_exactly(config: &str) -> (Daemon, Fixture, FixtureCounts) {
     // /leaks: exactly the leaked bytes, at the leaking functions, nothing churned.
     let leaks = d.json(&format!("/leaks?pid={}&limit=100", fx.pid));
     let p = process(&leaks, fx.pid);
-    assert_eq!(p["comm"], "leaker");
+    let name = build.name("leaker");
+    assert_eq!(p["comm"], name.as_str());
     assert_eq!(p["live_bytes"], counts.leaked_bytes);
     assert_eq!(p["live_allocations"], counts.leaked_allocations);
     assert_eq!(p["totals"]["allocations"], counts.allocations);
@@ -164,7 +159,10 @@ fn track_the_fixture_exactly(config: &str) -> (Daemon, Fixture, FixtureCounts) {
         let f = &s["frames"][0];
         assert!(f["file"].as_str().unwrap().ends_with("leaker.c"), "{f}");
         assert!(f["line"].as_u64().unwrap() > 0);
-        assert!(f["module"].as_str().unwrap().ends_with("/leaker"), "{f}");
+        assert!(f["module"].as_str().unwrap().ends_with(&format!("/{name}")), "{f}");
+        // Walked whole, to the thread's start.
+        assert_eq!(s["truncated"], false, "{function}: {s:#}");
+        assert!(stack_mentions(s, "start_thread"), "{function}: {s:#}");
         // Allocation times come from the clock the daemon publishes to the
         // probes every 50 ms: none can predate the run by more than its lag
         // (1 s allows for a loaded machine).
@@ -196,7 +194,7 @@ fn track_the_fixture_exactly(config: &str) -> (Daemon, Fixture, FixtureCounts) {
     let (status, text) = d.get_with(&format!("/leaks?pid={}", fx.pid), Some("text/plain"));
     assert_eq!(status, 200);
     assert!(
-        text.contains(&format!("PID {} (leaker)", fx.pid))
+        text.contains(&format!("PID {} ({name})", fx.pid))
             && text.contains("leak_with_malloc (")
             && text.contains("leaker.c:"),
         "{text}"
@@ -208,11 +206,9 @@ fn track_the_fixture_exactly(config: &str) -> (Daemon, Fixture, FixtureCounts) {
     (d, fx, counts)
 }
 
-#[test]
-#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
-fn a_process_that_exits_midway_leaves_nothing_behind() {
+fn a_process_that_exits_midway_leaves_nothing_behind(build: Build) {
     require_root();
-    let mut fx = Fixture::start(&["die-midway"]);
+    let mut fx = Fixture::start_as(build, &["die-midway"]);
     let pid = fx.pid;
     let d = Daemon::start(FAST, &["--pid", &pid.to_string()]);
     d.wait_tracked(pid);
@@ -313,19 +309,18 @@ fn bad_requests_and_unknown_pids_get_errors_while_serving_goes_on() {
     assert_eq!(leaks["processes"].as_array().unwrap().len(), 0);
 }
 
-#[test]
-#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
-fn processes_started_later_are_found_by_executable_glob() {
+fn processes_started_later_are_found_by_executable_glob(build: Build) {
     require_root();
-    let d = Daemon::start(FAST, &["--exe", "globbed-leak*"]);
-    let mut fx = Fixture::start_renamed("globbed-leaker", &[]);
+    let glob = format!("globbed-{}*", build.name("l"));
+    let d = Daemon::start(FAST, &["--exe", &glob]);
+    let mut fx = Fixture::start_renamed_as(build, &format!("globbed-{}-leaker", build.name("l")), &[]);
     d.wait_tracked(fx.pid);
     let counts = fx.go();
     d.wait_for_fresh_scan();
     let leaks = d.json(&format!("/leaks?pid={}", fx.pid));
     let p = process(&leaks, fx.pid);
     assert_eq!(p["selection"]["by"], "exe");
-    assert_eq!(p["selection"]["value"], "globbed-leak*");
+    assert_eq!(p["selection"]["value"], glob.as_str());
     assert_eq!(p["live_bytes"], counts.leaked_bytes);
     assert_eq!(stacks_at(p, "leak_with_malloc")[0]["live_bytes"], 4000 * LEAKS_PER_KIND);
     // Caught as it started, not as a failure retried later.
@@ -333,11 +328,9 @@ fn processes_started_later_are_found_by_executable_glob() {
     assert!(fx.exit().success());
 }
 
-#[test]
-#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
-fn exec_starts_the_process_afresh() {
+fn exec_starts_the_process_afresh(build: Build) {
     require_root();
-    let mut fx = Fixture::start(&[]);
+    let mut fx = Fixture::start_as(build, &[]);
     let pid = fx.pid;
     let d = Daemon::start(FAST, &["--pid", &pid.to_string()]);
     d.wait_tracked(pid);
@@ -372,8 +365,20 @@ fn exec_starts_the_process_afresh() {
         p["totals"]["allocations"].as_u64().unwrap() - startup["totals"]["allocations"].as_u64().unwrap(),
         second.allocations
     );
-    assert_eq!(stacks_at(p, "leak_with_malloc")[0]["live_bytes"], 4000 * LEAKS_PER_KIND);
+    let leak = stacks_at(p, "leak_with_malloc")[0];
+    assert_eq!(leak["live_bytes"], 4000 * LEAKS_PER_KIND);
+    // The new image's mappings were read again: its stacks are whole.
+    assert_eq!(leak["truncated"], false, "{leak:#}");
+    assert!(stack_mentions(leak, "thread_main"), "{leak:#}");
     // Both images' allocations are in the running totals.
     assert!(counter(&d, "memwatch_allocations_total") >= first.allocations + second.allocations);
     assert!(fx.exit().success());
 }
+
+// Each of these runs with its fixtures built with and without frame pointers.
+in_both_builds!(leaks_and_counters_match_the_fixture_exactly);
+in_both_builds!(leaks_and_counters_match_exactly_when_the_live_table_overflows);
+in_both_builds!(frees_from_other_threads_account_exactly_in_a_contended_table);
+in_both_builds!(a_process_that_exits_midway_leaves_nothing_behind);
+in_both_builds!(processes_started_later_are_found_by_executable_glob);
+in_both_builds!(exec_starts_the_process_afresh);

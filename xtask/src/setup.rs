@@ -11,10 +11,21 @@ use crate::check;
 /// release of one of its dependencies) cannot break a fresh build.
 const BPF_LINKER_VERSION: &str = "=0.13.0";
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
-/// Tools the tests use: a C compiler for the fixtures, and the real tools
+/// Tools the tests use: C and C++ compilers for the fixtures, the real tools
 /// the operations tests check memwatch against — systemd-analyze, promtool
-/// and a Prometheus server, `go tool pprof`.
-const TEST_PACKAGES: &[&str] = &["gcc", "libc6-dev", "systemd", "prometheus", "golang-go"];
+/// and a Prometheus server, `go tool pprof` — and real programs memwatch is
+/// tried on: Debian's redis-server (built without frame pointers) and its
+/// python3.11 (static, PGO+LTO).
+const TEST_PACKAGES: &[&str] = &[
+    "gcc",
+    "g++",
+    "libc6-dev",
+    "systemd",
+    "prometheus",
+    "golang-go",
+    "redis-server",
+    "python3.11",
+];
 
 fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())

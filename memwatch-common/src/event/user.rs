@@ -10,6 +10,7 @@ impl EventKind {
             1 => Some(EventKind::Exec),
             2 => Some(EventKind::Exit),
             3 => Some(EventKind::Fork),
+            4 => Some(EventKind::CodeMapped),
             _ => None,
         }
     }

@@ -26,6 +26,7 @@ use memwatch_common::{
     cookie::Family,
     drop::Drop,
     event::{EventKind, ProcEvent},
+    stack::StackFrames,
 };
 
 use crate::{
@@ -34,7 +35,7 @@ use crate::{
     kernel::Kernel,
     metrics::Metrics,
     process::{ProcessTable, Selection, unix_now},
-    symbolize::{Frame, Symbolize},
+    symbolize::{Frame, Stack, Symbolize, Walk, python::PythonSymbolizer},
 };
 use snapshot::{GroupTotals, LiveAlloc, ProcessSnapshot, SharedSnapshot, Snapshot};
 
@@ -47,11 +48,13 @@ pub struct Collector {
     kernel: Kernel,
     table: ProcessTable,
     symbolizer: Box<dyn Symbolize>,
+    /// Names Python frames from the processes' code objects.
+    python: PythonSymbolizer,
     config: Config,
     shared: SharedSnapshot,
     metrics: Arc<Metrics>,
     /// Symbolized stacks per (pid, generation, stack id).
-    stacks: HashMap<(u32, u32, u64), Arc<Vec<Frame>>>,
+    stacks: HashMap<(u32, u32, u64), Arc<Stack>>,
     unreferenced: HashMap<u64, u32>,
     stacks_unavailable: u64,
     /// Final counters of ended generations.
@@ -66,6 +69,26 @@ pub struct Collector {
     /// Escalations ended, by [`crate::watch::escalation::Outcome`].
     escalation_outcomes: [u64; 4],
     sample_seconds: f64,
+}
+
+/// The stack with its Python frames in place of the interpreter's, in a
+/// process whose CPython memwatch walks.
+fn with_python(
+    unwind: &crate::unwind::Unwinder,
+    python: &mut PythonSymbolizer,
+    pid: u32,
+    stack: &StackFrames,
+    native: Vec<Frame>,
+) -> Stack {
+    let walk = Walk::of(stack);
+    let frames = match unwind.python(pid) {
+        Some(crate::unwind::Python::Walked(rt)) if !stack.python().is_empty() => {
+            let py = python.frames(pid, rt, stack.python());
+            crate::symbolize::python::merge(native, py)
+        }
+        _ => native,
+    };
+    Stack { frames, walk }
 }
 
 fn add(a: &mut ProcCounters, b: &ProcCounters) {
@@ -86,8 +109,14 @@ impl Collector {
             .then(|| crate::watch::Watcher::new(&config.detect));
         Collector {
             kernel,
-            table: ProcessTable::new(config.exe.clone(), config.placement, config.maps.processes),
+            table: ProcessTable::new(
+                config.exe.clone(),
+                config.placement,
+                config.maps.processes,
+                crate::unwind::Unwinder::new(config.unwind.enabled, config.unwind.rows),
+            ),
             symbolizer,
+            python: PythonSymbolizer::new(config.symbol_cache_entries),
             config,
             shared,
             metrics,
@@ -209,6 +238,8 @@ impl Collector {
     /// untracking), adds them to the running totals and frees their slot.
     fn fold_retired(&mut self) {
         for r in self.table.take_retired() {
+            // Its code objects' addresses may be reused by the next image.
+            self.python.forget(r.pid);
             let group = if self.retired_groups.len() >= MAX_GROUPS && !self.retired_groups.contains_key(&r.exe_name) {
                 "other".to_string()
             } else {
@@ -238,6 +269,7 @@ impl Collector {
             Some(EventKind::Exec) => self.table.on_exec(&mut self.kernel, e.tgid, e.generation),
             Some(EventKind::Exit) => self.table.on_exit(&mut self.kernel, e.tgid, e.generation),
             Some(EventKind::Fork) => self.table.on_fork(&mut self.kernel, e.tgid),
+            Some(EventKind::CodeMapped) => self.table.on_code_mapped(&mut self.kernel, e.tgid),
             None => tracing::warn!(kind = e.kind, "unknown event from the kernel"),
         }
     }
@@ -353,6 +385,8 @@ impl Collector {
                 allocations,
                 stacks,
                 probes: inc.probes(),
+                unwind: self.table.unwind.modules(inc.pid),
+                python: self.table.unwind.python(inc.pid).and_then(crate::python::Sight::of),
             });
         }
         for (name, c) in &self.retired_groups {
@@ -395,6 +429,16 @@ impl Collector {
             bpf_stats_enabled: crate::kernel::bpf_stats_enabled(),
             placement: self.config.placement,
             watch: self.watch_snapshot(),
+            unwind: snapshot::UnwindSnapshot {
+                enabled: self.config.unwind.enabled,
+                totals: self.table.unwind.totals(),
+                stats: self
+                    .kernel
+                    .unwind
+                    .stats()
+                    .inspect_err(|e| tracing::warn!(error = %e, "reading stack walk counters failed"))
+                    .ok(),
+            },
         };
         self.metrics.update(&snapshot);
         self.shared.set(snapshot);
@@ -442,21 +486,22 @@ impl Collector {
             let mut spans = Vec::new();
             for id in new_ids {
                 match self.kernel.stack(id) {
-                    Some(frames) => {
-                        let a = frames.addresses();
-                        spans.push((id, addrs.len(), a.len()));
+                    Some(stack) => {
+                        let a = stack.addresses();
+                        spans.push((id, addrs.len(), a.len(), stack));
                         addrs.extend_from_slice(a);
                     }
                     None => self.stacks_unavailable += 1,
                 }
             }
-            if addrs.is_empty() {
+            if spans.is_empty() {
                 continue;
             }
             let symbolized = self.symbolizer.symbolize(pid, &addrs);
-            for (id, start, len) in spans {
-                let frames: Vec<Frame> = symbolized[start..start + len].iter().flatten().cloned().collect();
-                self.stacks.insert((pid, generation, id), Arc::new(frames));
+            for (id, start, len, stack) in spans {
+                let native: Vec<Frame> = symbolized[start..start + len].iter().flatten().cloned().collect();
+                let stack = with_python(&self.table.unwind, &mut self.python, pid, &stack, native);
+                self.stacks.insert((pid, generation, id), Arc::new(stack));
             }
         }
         let ids: HashSet<u64> = referenced.iter().map(|&(_, id)| id).collect();

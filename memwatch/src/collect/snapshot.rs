@@ -12,7 +12,7 @@ use crate::{
     kernel::ProgramStats,
     leaks::StackReport,
     process::{AttachFailure, ProbeSummary, Selection},
-    symbolize::Frame,
+    symbolize::{Frame, Stack, Walk},
     watch::{
         GrowthStack, Watched,
         alert::Alert,
@@ -48,17 +48,23 @@ pub struct ProcessSnapshot {
     pub allocations: Vec<LiveAlloc>,
     /// Symbolized frames by stack id; a missing id means the stack is not
     /// available (capture failed, or the kernel's copy was dropped).
-    pub stacks: HashMap<u64, Arc<Vec<Frame>>>,
+    pub stacks: HashMap<u64, Arc<Stack>>,
     pub probes: Vec<ProbeSummary>,
+    /// How each executable mapping's code is unwound.
+    pub unwind: Vec<crate::unwind::ModuleUnwind>,
+    /// What memwatch sees of the process's CPython, if it runs one.
+    pub python: Option<crate::python::Sight>,
 }
 
 impl ProcessSnapshot {
     /// The frames of a stack, empty when it is not available.
     pub fn frames(&self, stack_id: u64) -> Vec<Frame> {
-        self.stacks
-            .get(&stack_id)
-            .map(|f| f.as_ref().clone())
-            .unwrap_or_default()
+        self.stacks.get(&stack_id).map(|s| s.frames.clone()).unwrap_or_default()
+    }
+
+    /// How the stack was walked (a default when it is not available).
+    pub fn walk(&self, stack_id: u64) -> Walk {
+        self.stacks.get(&stack_id).map(|s| s.walk).unwrap_or_default()
     }
 }
 
@@ -105,6 +111,16 @@ pub struct Snapshot {
     /// Host-wide watching: suspects (alerted or escalated processes), the
     /// process groups, and the watcher's own counts.
     pub watch: WatchSnapshot,
+    pub unwind: UnwindSnapshot,
+}
+
+/// Stack walking: the tables loaded and the kernel's walk counters.
+#[derive(Debug, Clone, Default)]
+pub struct UnwindSnapshot {
+    pub enabled: bool,
+    pub totals: crate::unwind::UnwindTotals,
+    /// `UNWIND_STATS`, summed over CPUs (None when it could not be read).
+    pub stats: Option<[u64; memwatch_common::unwind::STATS_LEN as usize]>,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -9,6 +9,7 @@ use crate::{
     collect::aggregate::aggregate,
     leaks,
     process::{Selection, unix_now},
+    unwind::Reason,
     watch::{
         GrowthStack,
         alert::Transition,
@@ -71,6 +72,21 @@ impl Collector {
             self.kernel.delete_growth(&dead);
         }
         watcher.set_growth(by_pid);
+        // Suspects' growth stacks are walked by CFI from now on.
+        let suspects: Vec<u32> = watcher.iter().filter(|w| w.alert.is_suspect()).map(|w| w.pid).collect();
+        let unwind = &mut self.table.unwind;
+        for &pid in &suspects {
+            if !unwind.is_registered_for(pid, Reason::Suspect)
+                && let Err(e) = unwind.register(&mut self.kernel.unwind, pid, Reason::Suspect)
+            {
+                tracing::debug!(pid, error = %e, "cannot load a suspect's unwind tables");
+            }
+        }
+        for pid in unwind.registered_for(Reason::Suspect) {
+            if !suspects.contains(&pid) {
+                unwind.unregister(&mut self.kernel.unwind, pid, Reason::Suspect);
+            }
+        }
         for w in watcher.iter_mut().filter(|w| w.alert.is_suspect()) {
             let pid = w.pid;
             let missing: Vec<u64> = w
@@ -81,15 +97,16 @@ impl Collector {
                 .map(|g| g.stack_id)
                 .collect();
             for id in missing {
-                let Some(frames) = self.kernel.stack(id) else { continue };
-                let symbolized: Vec<_> = self
+                let Some(stack) = self.kernel.stack(id) else { continue };
+                let native: Vec<_> = self
                     .symbolizer
-                    .symbolize(pid, frames.addresses())
+                    .symbolize(pid, stack.addresses())
                     .into_iter()
                     .flatten()
                     .collect();
+                let stack = super::with_python(&self.table.unwind, &mut self.python, pid, &stack, native);
                 if let Some(g) = w.growth.iter_mut().find(|g| g.stack_id == id) {
-                    g.frames = Some(Arc::new(symbolized));
+                    g.frames = Some(Arc::new(stack));
                 }
             }
         }

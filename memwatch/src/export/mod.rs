@@ -28,10 +28,23 @@ pub fn heap_stacks(snapshot: &Snapshot, pid: Option<u32>, cutoff_ns: Option<u64>
     let mut out = Vec::new();
     for p in snapshot.processes.iter().filter(|p| pid.is_none_or(|pid| pid == p.pid)) {
         for s in aggregate(&p.allocations, cutoff_ns).stacks {
+            let mut frames = p.frames(s.stack_id);
+            // A stack cut short says so at its root, where its callers are missing.
+            if let Some(why) = p.walk(s.stack_id).truncation()
+                && !frames.is_empty()
+            {
+                frames.push(Frame {
+                    function: Some(format!("[truncated: {why}]")),
+                    module: None,
+                    file: None,
+                    line: None,
+                    ..Frame::unknown(0)
+                });
+            }
             out.push(HeapStack {
                 pid: p.pid,
                 comm: p.comm.clone(),
-                frames: p.frames(s.stack_id),
+                frames,
                 bytes: s.live_bytes,
                 allocations: s.live_allocations,
             });

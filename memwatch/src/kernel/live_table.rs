@@ -3,26 +3,21 @@
 //! syscalls, and the daemon frees the slots of ended processes with the same
 //! compare-and-swap the programs use.
 
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, bail};
 use aya::maps::Map;
 use memwatch_common::{
     alloc::{AllocKey, AllocRecord},
     live_table::{BUSY, EMPTY, LiveSlot, slot_index},
 };
 
+use super::mapped::MappedArray;
+
 const WORDS: usize = size_of::<LiveSlot>() / 8;
 
 pub struct LiveTable {
-    base: NonNull<AtomicU64>,
-    bytes: usize,
+    array: MappedArray,
     slots: u32,
-    _map: Map,
 }
 
 // SAFETY: the mapping is only accessed through atomics.
@@ -32,33 +27,9 @@ unsafe impl Sync for LiveTable {}
 impl LiveTable {
     /// Maps `map`, an mmapable array of `slots` [`LiveSlot`]s.
     pub fn map(map: Map, slots: u32) -> anyhow::Result<LiveTable> {
-        let fd = match &map {
-            Map::Array(d) => d.fd().as_fd().as_raw_fd(),
-            other => bail!("the live table is a {other:?}, not an array"),
-        };
-        // SAFETY: plain libc call.
-        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = (slots as usize * size_of::<LiveSlot>()).div_ceil(page) * page;
-        // SAFETY: a shared mapping of the map's own pages; the kernel checks
-        // the length against the array.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mapping the live table");
-        }
         Ok(LiveTable {
-            base: NonNull::new(ptr.cast()).context("mmap returned null")?,
-            bytes,
+            array: MappedArray::map(map, slots, size_of::<LiveSlot>(), "the live table")?,
             slots,
-            _map: map,
         })
     }
 
@@ -66,7 +37,14 @@ impl LiveTable {
         assert!(i < self.slots);
         // SAFETY: slot `i` lies within the mapping, 8-byte aligned, and is
         // only accessed atomically while mapped (`&self`).
-        unsafe { &*self.base.as_ptr().add(i as usize * WORDS).cast::<[AtomicU64; WORDS]>() }
+        unsafe {
+            &*self
+                .array
+                .base::<AtomicU64>()
+                .as_ptr()
+                .add(i as usize * WORDS)
+                .cast::<[AtomicU64; WORDS]>()
+        }
     }
 
     /// Slot `i` if it holds a complete record. Its owner may release it while
@@ -120,12 +98,5 @@ impl LiveTable {
         held && self.words(i)[0]
             .compare_exchange(k.addr, EMPTY, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
-    }
-}
-
-impl Drop for LiveTable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `map`, no longer referenced.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

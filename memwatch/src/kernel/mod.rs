@@ -2,18 +2,21 @@
 //! access to its maps, and the lifecycle tracepoints.
 
 pub mod batch;
+mod btf;
 mod clock;
 mod live_table;
+mod mapped;
 mod preempt;
 pub mod probes;
 pub mod tracefs;
+pub mod unwind;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use anyhow::{Context, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray, RingBuf},
     programs::{TracePoint, UProbe},
 };
 use memwatch_common::{
@@ -26,7 +29,7 @@ use memwatch_common::{
     stack::StackFrames,
 };
 
-use crate::config::MapSizes;
+use crate::config::{MapSizes, Unwind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramStats {
@@ -63,6 +66,10 @@ pub struct Kernel {
     settings: Map,
     events: RingBuf<MapData>,
     _clock: clock::ClockPublisher,
+    pub unwind: unwind::UnwindMaps,
+    /// Holds `growth_record` for the growth tracepoints' tail call (the
+    /// kernel empties a program array once no descriptor refers to it).
+    _growth_tail: Option<ProgramArray<MapData>>,
     pub sizes: MapSizes,
     /// Possible CPUs: the length of every per-CPU value.
     cpus: usize,
@@ -93,7 +100,7 @@ impl Kernel {
     /// process lifecycle tracepoints. Uprobes are attached per process later.
     /// With `watch_growth`, host-wide growth attribution (mmap/brk/mremap
     /// tracepoints) is attached too.
-    pub fn load(sizes: MapSizes, report_all_execs: bool, watch_growth: bool) -> anyhow::Result<Kernel> {
+    pub fn load(sizes: MapSizes, unwind: Unwind, report_all_execs: bool, watch_growth: bool) -> anyhow::Result<Kernel> {
         if OBJECT.is_empty() {
             bail!(
                 "this memwatch binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild it after `cargo xtask setup`"
@@ -138,6 +145,10 @@ impl Kernel {
             .map_max_entries(names::STACKS, sizes.stacks)
             .map_max_entries(names::COUNTERS, sizes.processes * GENERATION_SLOTS * Family::COUNT)
             .map_max_entries(names::TRACKED, pid_max())
+            .map_max_entries(names::UNWIND_ROWS, unwind.rows)
+            .map_max_entries(names::UNWIND_PROCS, unwind.processes)
+            .override_global(names::KERNEL_OFFSETS, &btf::kernel_offsets(), true)
+            .override_global(names::UNWIND_ENABLED, &u8::from(unwind.enabled), true)
             .load(OBJECT)
             .context("loading the eBPF object (memwatch needs root, or CAP_BPF and CAP_PERFMON)")?;
 
@@ -166,12 +177,21 @@ impl Kernel {
                 .with_context(|| format!("attaching {category}/{name}"))?;
         }
 
-        if watch_growth {
-            attach_growth(&mut ebpf)?;
-        }
+        let growth_tail = if watch_growth {
+            Some(attach_growth(&mut ebpf)?)
+        } else {
+            None
+        };
 
         let events = RingBuf::try_from(take(&mut ebpf, names::EVENTS)?)?;
+        let unwind = unwind::UnwindMaps::new(
+            unwind::RowStore::map(take(&mut ebpf, names::UNWIND_ROWS)?, unwind.rows)?,
+            take(&mut ebpf, names::UNWIND_PROCS)?,
+            take(&mut ebpf, names::UNWIND_STATS)?,
+        );
         Ok(Kernel {
+            unwind,
+            _growth_tail: growth_tail,
             live: take(&mut ebpf, names::LIVE)?,
             live_table: live_table::LiveTable::map(take(&mut ebpf, names::LIVE_TABLE)?, sizes.live_table_slots)?,
             counters: take(&mut ebpf, names::COUNTERS)?,
@@ -329,8 +349,19 @@ impl Kernel {
 }
 
 /// Attaches the syscall tracepoints that attribute growth to stacks, once
-/// their records are checked to have the layout the programs read.
-fn attach_growth(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+/// their records are checked to have the layout the programs read, after
+/// loading the program they tail-call into the returned array.
+fn attach_growth(ebpf: &mut Ebpf) -> anyhow::Result<ProgramArray<MapData>> {
+    let record: &mut TracePoint = ebpf
+        .program_mut(names::PROG_GROWTH_RECORD)
+        .ok_or_else(|| anyhow!("program {} missing", names::PROG_GROWTH_RECORD))?
+        .try_into()?;
+    record
+        .load()
+        .with_context(|| format!("the kernel refused program {}", names::PROG_GROWTH_RECORD))?;
+    let fd = record.fd()?.try_clone()?;
+    let mut tail = ProgramArray::try_from(take(ebpf, names::GROWTH_TAIL)?)?;
+    tail.set(0, &fd, 0).context("setting the growth tail call")?;
     let mmap = tracefs::read_format("syscalls", "sys_enter_mmap")?;
     if tracefs::field_offset(&mmap, "flags") != Some(syscall_arg_offset(3) as u32)
         || tracefs::field_offset(&mmap, "len") != Some(syscall_arg_offset(1) as u32)
@@ -350,7 +381,7 @@ fn attach_growth(ebpf: &mut Ebpf) -> anyhow::Result<()> {
         p.attach("syscalls", name)
             .with_context(|| format!("attaching syscalls/{name}"))?;
     }
-    Ok(())
+    Ok(tail)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

@@ -15,7 +15,7 @@ use crate::{
         snapshot::{ProcessSnapshot, Snapshot, SuspectSnapshot},
     },
     process::Selection,
-    symbolize::Frame,
+    symbolize::{Frame, WalkReport},
     watch::{
         alert::Alert,
         escalation::Status as EscalationStatus,
@@ -74,6 +74,8 @@ pub struct GrowthStackReport {
     pub bytes: u64,
     pub calls: u64,
     pub frames: Vec<Frame>,
+    #[serde(flatten)]
+    pub walk: WalkReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +95,9 @@ pub struct ProcessReport {
     /// Distinct stacks with live allocations, before `limit`.
     pub stack_count: usize,
     pub stacks: Vec<StackReport>,
+    /// In a CPython process: its version and what memwatch sees of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python: Option<crate::python::Sight>,
 }
 
 /// Counts since tracking began.
@@ -117,6 +122,8 @@ pub struct StackReport {
     /// Innermost first: frame 0 is the allocator's direct caller. Empty when
     /// the stack could not be captured.
     pub frames: Vec<Frame>,
+    #[serde(flatten)]
+    pub walk: WalkReport,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -164,7 +171,8 @@ fn suspect_report(s: &SuspectSnapshot, limit: usize, now_unix: f64) -> SuspectRe
             .map(|g| GrowthStackReport {
                 bytes: g.bytes,
                 calls: g.calls,
-                frames: g.frames.as_deref().cloned().unwrap_or_default(),
+                frames: g.frames.as_ref().map(|s| s.frames.clone()).unwrap_or_default(),
+                walk: g.frames.as_ref().map(|s| s.walk).unwrap_or_default().into(),
             })
             .collect(),
         escalation: s.escalation.clone(),
@@ -184,6 +192,7 @@ pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns
             call: CallKind::from_u8(s.kind).map_or("unknown", CallKind::name),
             allocator: Family::from_u8(s.family).map_or("unknown", Family::name),
             frames: p.frames(s.stack_id),
+            walk: p.walk(s.stack_id).into(),
         })
         .collect()
 }
@@ -229,6 +238,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
                 },
                 stack_count: agg.stacks.len(),
                 stacks,
+                python: p.python.clone(),
             }
         })
         .collect();
@@ -265,12 +275,12 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
 pub(crate) mod tests {
     use std::{collections::HashMap, sync::Arc, time::Duration};
 
-    use memwatch_common::alloc::ProcCounters;
+    use memwatch_common::{alloc::ProcCounters, unwind::EndReason};
 
     use super::*;
     use crate::{
         collect::snapshot::{LiveAlloc, ProcessSnapshot},
-        symbolize::FrameKind,
+        symbolize::{FrameKind, Stack, Walk},
     };
 
     pub(crate) fn frame(function: &str, line: u32) -> Frame {
@@ -324,9 +334,31 @@ pub(crate) mod tests {
                 mk(22, 64, 99 * s),
             ],
             stacks: HashMap::from([
-                (11, Arc::new(vec![frame("leak_here", 10), frame("main", 20)])),
-                (22, Arc::new(vec![frame("cache_fill", 30)])),
+                (
+                    11,
+                    Arc::new(Stack {
+                        frames: vec![frame("leak_here", 10), frame("main", 20)],
+                        walk: Walk {
+                            method: "cfi",
+                            end: EndReason::Complete,
+                            python_truncated: false,
+                        },
+                    }),
+                ),
+                (
+                    22,
+                    Arc::new(Stack {
+                        frames: vec![frame("cache_fill", 30)],
+                        walk: Walk {
+                            method: "frame_pointers",
+                            end: EndReason::BadFramePointer,
+                            python_truncated: false,
+                        },
+                    }),
+                ),
             ]),
+            unwind: Vec::new(),
+            python: None,
             probes: vec![crate::process::ProbeSummary {
                 module: "/usr/lib/libc.so.6".into(),
                 build_id: Some("cafe".into()),
@@ -376,6 +408,22 @@ pub(crate) mod tests {
         assert_eq!(p.stacks[0].oldest_age_seconds, 90.0);
         assert_eq!(p.stacks[0].frames[0].function.as_deref(), Some("leak_here"));
         assert_eq!(p.stacks[0].call, "malloc");
+        assert_eq!(
+            p.stacks[0].walk,
+            WalkReport {
+                truncated: false,
+                truncation: None,
+                unwind: "cfi"
+            }
+        );
+        assert_eq!(
+            p.stacks[1].walk,
+            WalkReport {
+                truncated: true,
+                truncation: Some("no_frame_pointer"),
+                unwind: "frame_pointers"
+            }
+        );
         assert_eq!(r.snapshot_age_seconds, 1.0);
         // A stack that could not be captured has no frames but still counts.
         assert!(r.processes[1].stacks[0].frames.is_empty());

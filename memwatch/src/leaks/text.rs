@@ -3,7 +3,10 @@
 use std::fmt::Write;
 
 use super::{LeaksReport, StackReport, SuspectReport};
-use crate::watch::{alert::Alert, escalation::Status};
+use crate::{
+    symbolize::WalkReport,
+    watch::{alert::Alert, escalation::Status},
+};
 
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -91,17 +94,30 @@ fn render_stacks(out: &mut String, stacks: &[StackReport]) {
             duration(s.oldest_age_seconds),
             s.call,
         );
-        render_frames(out, &s.frames);
+        render_frames(out, &s.frames, &s.walk);
     }
 }
 
-fn render_frames(out: &mut String, frames: &[crate::symbolize::Frame]) {
+fn render_frames(out: &mut String, frames: &[crate::symbolize::Frame], walk: &WalkReport) {
     if frames.is_empty() {
         let _ = writeln!(out, "        (stack not captured)");
+        return;
     }
     for f in frames {
-        let module = f.module.as_deref().and_then(|m| m.rsplit('/').next()).unwrap_or("?");
-        let _ = writeln!(out, "        {}  [{}]", f.describe(), module);
+        match f.module.as_deref() {
+            Some(m) => {
+                let _ = writeln!(out, "        {}  [{}]", f.describe(), m.rsplit('/').next().unwrap_or(m));
+            }
+            None if f.kind == crate::symbolize::FrameKind::Python => {
+                let _ = writeln!(out, "        {}", f.describe());
+            }
+            None => {
+                let _ = writeln!(out, "        {}  [?]", f.describe());
+            }
+        }
+    }
+    if let Some(why) = walk.truncation {
+        let _ = writeln!(out, "        … truncated: {}", why.replace('_', " "));
     }
 }
 
@@ -158,7 +174,7 @@ fn render_suspect(out: &mut String, s: &SuspectReport) {
         let _ = writeln!(out, "  address-space growth by stack (mmap/brk):");
         for g in &s.growth_stacks {
             let _ = writeln!(out, "    {:>10} in {} call(s)", bytes(g.bytes), g.calls);
-            render_frames(out, &g.frames);
+            render_frames(out, &g.frames, &g.walk);
         }
     }
 }
@@ -206,5 +222,12 @@ mod tests {
         assert!(text.contains("leak_here (/src/leaky.c:10)  [leaky]"), "{text}");
         assert!(text.contains("1 more stack(s)"), "{text}");
         assert!(text.contains("(stack not captured)"), "{text}");
+        assert!(!text.contains("truncated"), "the first stack is whole: {text}");
+        let q = LeaksQuery { limit: 2, ..q };
+        let text = render(&build(&fake_snapshot(), &q, 100_000_000_000, 5001.0).unwrap());
+        assert!(
+            text.contains("cache_fill (/src/leaky.c:30)  [leaky]\n        … truncated: no frame pointer"),
+            "{text}"
+        );
     }
 }

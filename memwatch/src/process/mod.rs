@@ -16,6 +16,7 @@ use crate::{
     config::ExeGlob,
     kernel::{Kernel, probes},
     target::{self, elf::ElfCache},
+    unwind::{Reason, Unwinder},
 };
 
 /// Why a process is tracked.
@@ -119,6 +120,8 @@ pub struct ProcessTable {
     logged_placements: std::collections::HashSet<(String, u64)>,
     /// Probe attachments that failed, ever (a counter for /metrics).
     pub attach_failures_total: u64,
+    /// Unwind tables of the tracked processes (and of leak suspects).
+    pub unwind: Unwinder,
 }
 
 const MAX_FAILURES_KEPT: usize = 100;
@@ -154,7 +157,7 @@ pub fn unix_now() -> f64 {
 }
 
 impl ProcessTable {
-    pub fn new(globs: Vec<ExeGlob>, placement: bool, slots: u32) -> Self {
+    pub fn new(globs: Vec<ExeGlob>, placement: bool, slots: u32, unwind: Unwinder) -> Self {
         ProcessTable {
             procs: BTreeMap::new(),
             retired: Vec::new(),
@@ -168,6 +171,7 @@ impl ProcessTable {
             pending: Vec::new(),
             logged_placements: Default::default(),
             attach_failures_total: 0,
+            unwind,
         }
     }
 
@@ -302,6 +306,9 @@ impl ProcessTable {
             "tracking process"
         );
         self.procs.insert(pid, inc);
+        if let Err(e) = self.unwind.register(&mut kernel.unwind, pid, Reason::Tracked) {
+            tracing::warn!(pid, error = %e, "cannot load unwind tables: its stacks are walked by frame pointers");
+        }
         Ok(())
     }
 
@@ -330,6 +337,7 @@ impl ProcessTable {
     pub fn untrack(&mut self, kernel: &mut Kernel, pid: u32, why: &str) {
         let Some(inc) = self.procs.remove(&pid) else { return };
         kernel.untrack(pid);
+        self.unwind.unregister(&mut kernel.unwind, pid, Reason::Tracked);
         let n: usize = inc.sites.iter().map(|s| s.probe_count()).sum();
         self.retired.push(Retired {
             pid,
@@ -460,6 +468,10 @@ impl ProcessTable {
     }
 
     fn refresh_or_wait(&mut self, kernel: &mut Kernel, pid: u32) {
+        // The kernel dropped the old image's mappings at exec.
+        if let Err(e) = self.unwind.refresh(&mut kernel.unwind, pid) {
+            tracing::debug!(pid, error = %e, "reading the new image's mappings failed");
+        }
         if !self.refresh_probes(kernel, pid) && !self.pending.iter().any(|p| p.pid == pid) {
             let start_time = self.procs.get(&pid).map_or(0, |p| p.start_time);
             let deadline = std::time::Instant::now() + PENDING_FOR;
@@ -595,6 +607,15 @@ impl ProcessTable {
                 _ => {}
             }
         }
+        // Libraries loaded or unloaded since.
+        self.unwind.refresh_all(&mut kernel.unwind);
         self.discover(kernel);
+    }
+
+    /// The kernel met code of `pid` in no mapping it knows: read them again.
+    pub fn on_code_mapped(&mut self, kernel: &mut Kernel, pid: u32) {
+        if let Err(e) = self.unwind.refresh(&mut kernel.unwind, pid) {
+            tracing::debug!(pid, error = %e, "refreshing unwind mappings failed");
+        }
     }
 }

@@ -48,6 +48,8 @@ pub struct MapEntry {
     /// a " (deleted)" suffix; None for anonymous mappings.
     pub path: Option<String>,
     pub deleted: bool,
+    /// A kernel-named mapping: `[heap]`, `[vdso]`, `[uprobes]`, …
+    pub special: Option<String>,
 }
 
 pub fn parse_maps(text: &str) -> Vec<MapEntry> {
@@ -61,9 +63,10 @@ fn parse_maps_line(line: &str) -> Option<MapEntry> {
     let offset = u64::from_str_radix(it.next()?, 16).ok()?;
     let dev = it.next()?.to_string();
     let inode = it.next()?.parse().ok()?;
-    let path = it.next().map(str::trim_start).filter(|p| !p.is_empty());
+    let name = it.next().map(str::trim_start).filter(|p| !p.is_empty());
     let (start, end) = range.split_once('-')?;
-    let (path, deleted) = match path {
+    let special = name.filter(|p| p.starts_with('[')).map(str::to_string);
+    let (path, deleted) = match name {
         Some(p) if p.ends_with(" (deleted)") => (Some(p.trim_end_matches(" (deleted)").to_string()), true),
         Some(p) if p.starts_with('/') => (Some(p.to_string()), false),
         // [heap], [stack], [vdso], …
@@ -78,6 +81,7 @@ fn parse_maps_line(line: &str) -> Option<MapEntry> {
         inode,
         path,
         deleted,
+        special,
     })
 }
 

@@ -6,7 +6,9 @@
 //! behind [`Symbolize`].
 
 pub mod native;
+pub mod python;
 
+use memwatch_common::{stack::StackFrames, unwind::EndReason};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,6 +63,81 @@ impl Frame {
             s.push_str(" [inlined]");
         }
         s
+    }
+}
+
+/// A symbolized stack and how it was walked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stack {
+    pub frames: Vec<Frame>,
+    pub walk: Walk,
+}
+
+/// How the kernel walked a stack, and whether it reached the outermost
+/// frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walk {
+    /// By call-frame information (`"cfi"`) or by frame pointers alone.
+    pub method: &'static str,
+    pub end: EndReason,
+    /// The thread had more Python frames than were kept.
+    pub python_truncated: bool,
+}
+
+impl Default for Walk {
+    fn default() -> Self {
+        Walk {
+            method: "frame_pointers",
+            end: EndReason::Complete,
+            python_truncated: false,
+        }
+    }
+}
+
+impl Walk {
+    pub fn of(stack: &StackFrames) -> Walk {
+        Walk {
+            method: if stack.frame_pointers_only() {
+                "frame_pointers"
+            } else {
+                "cfi"
+            },
+            end: stack.end_reason().unwrap_or(EndReason::Complete),
+            python_truncated: stack.python_truncated(),
+        }
+    }
+
+    /// Why the stack is cut short, if it is.
+    pub fn truncation(&self) -> Option<&'static str> {
+        if self.end != EndReason::Complete {
+            Some(self.end.name())
+        } else if self.python_truncated {
+            Some("python_depth_limit")
+        } else {
+            None
+        }
+    }
+}
+
+/// The fields of a stack report that say how it was walked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct WalkReport {
+    /// True when the stack stops short of the outermost frame.
+    pub truncated: bool,
+    /// Why (see `memwatch_stack_walks_total`'s `end` label).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncation: Option<&'static str>,
+    /// `cfi` or `frame_pointers`.
+    pub unwind: &'static str,
+}
+
+impl From<Walk> for WalkReport {
+    fn from(w: Walk) -> Self {
+        WalkReport {
+            truncated: w.truncation().is_some(),
+            truncation: w.truncation(),
+            unwind: w.method,
+        }
     }
 }
 

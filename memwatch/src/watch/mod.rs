@@ -18,7 +18,7 @@ use std::{
     path::PathBuf,
 };
 
-use crate::{config::Detect, leaks::StackReport, process::procfs, symbolize::Frame};
+use crate::{config::Detect, leaks::StackReport, process::procfs};
 use alert::{Alert, Timing, Transition};
 use estimator::{Estimate, Params, Sample, Verdict};
 
@@ -29,7 +29,7 @@ pub struct GrowthStack {
     pub bytes: u64,
     pub calls: u64,
     /// Filled in by the collector for suspects.
-    pub frames: Option<std::sync::Arc<Vec<Frame>>>,
+    pub frames: Option<std::sync::Arc<crate::symbolize::Stack>>,
 }
 
 /// A process on the host, as the watcher follows it.

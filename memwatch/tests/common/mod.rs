@@ -28,47 +28,91 @@ pub fn require_root() {
 /// be inherited by another test thread's fork, and exec'ing it while that
 /// child holds it fails with ETXTBSY.
 pub fn fixture_copy(fixture: &str, name: &str) -> PathBuf {
+    fixture_copy_as(fixture, Build::FramePointers, name)
+}
+
+/// [`fixture_copy`] of the fixture in `build`.
+pub fn fixture_copy_as(fixture: &str, build: Build, name: &str) -> PathBuf {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let copy = dir.join(name);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    std::fs::hard_link(fixture_binary(fixture), &tmp).unwrap();
+    std::fs::hard_link(fixture_binary_as(fixture, build), &tmp).unwrap();
     // Renamed over: the name may be running already.
     std::fs::rename(&tmp, &copy).unwrap();
     copy
 }
 
+/// How a fixture is compiled: with frame pointers (what the frame-pointer
+/// walk relies on) or without (most distribution builds: memwatch walks
+/// them by call-frame information).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    FramePointers,
+    NoFramePointers,
+}
+
+impl Build {
+    /// The fixture's file name in this build.
+    pub fn name(self, fixture: &str) -> String {
+        match self {
+            Build::FramePointers => fixture.to_string(),
+            Build::NoFramePointers => format!("{fixture}-nofp"),
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            Build::FramePointers => "-fno-omit-frame-pointer",
+            Build::NoFramePointers => "-fomit-frame-pointer",
+        }
+    }
+}
+
 /// Compiles a C fixture once per test binary, with frame pointers and debug
-/// info (what memwatch's stack walk and symbolizer rely on).
+/// info.
 pub fn fixture_binary(name: &str) -> PathBuf {
+    fixture_binary_as(name, Build::FramePointers)
+}
+
+/// Compiles a C fixture once per test binary and build, -O1 with debug info.
+pub fn fixture_binary_as(name: &str, build: Build) -> PathBuf {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.c"));
+    let flags = ["-O1", "-g", build.flag(), "-fno-inline", "-fno-builtin", "-pthread"];
+    compile(&build.name(name), &[src], &flags)
+}
+
+/// Compiles `sources` into `out` (in the tests' temporary directory) with
+/// `flags`, once per test binary; returns its path. The compiler writes the
+/// file: no test thread ever holds it open for writing (ETXTBSY).
+pub fn compile(out: &str, sources: &[PathBuf], flags: &[&str]) -> PathBuf {
     static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
     let mut built = built.lock().unwrap();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    if !built.iter().any(|b| b == name) {
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(format!("{name}.c"));
-        let status = Command::new("cc")
-            .args([
-                "-O1",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-fno-inline",
-                "-fno-builtin",
-                "-pthread",
-                "-o",
-            ])
-            .arg(&out)
-            .arg(&src)
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(out);
+    if !built.iter().any(|b| b == out) {
+        let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        // Libraries after the sources that need them.
+        let (libs, other): (Vec<&str>, Vec<&str>) = flags.iter().partition(|f| f.starts_with("-l"));
+        let cpp = sources.iter().any(|s| s.extension().is_some_and(|e| e == "cpp"));
+        let status = Command::new(if cpp { "c++" } else { "cc" })
+            .args(&other)
+            .arg("-I")
+            .arg(&fixtures)
+            .arg("-o")
+            .arg(&path)
+            .args(sources)
+            .args(libs)
             .status()
             .expect("running cc");
-        assert!(status.success(), "compiling {}", src.display());
-        built.push(name.to_string());
+        assert!(status.success(), "compiling {out} from {sources:?} with {flags:?}");
+        built.push(out.to_string());
     }
-    out
+    path
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -94,9 +138,19 @@ impl Fixture {
         Fixture::start_from(&fixture_binary("leaker"), args)
     }
 
+    /// The leaker in `build`.
+    pub fn start_as(build: Build, args: &[&str]) -> Fixture {
+        Fixture::start_from(&fixture_binary_as("leaker", build), args)
+    }
+
     /// Another fixture with the leaker's protocol (tests/fixtures/NAME.c).
     pub fn start_other(name: &str, args: &[&str]) -> Fixture {
         Fixture::start_from(&fixture_binary(name), args)
+    }
+
+    /// Another fixture, in `build`.
+    pub fn start_other_as(name: &str, build: Build, args: &[&str]) -> Fixture {
+        Fixture::start_from(&fixture_binary_as(name, build), args)
     }
 
     /// Runs a copy of the fixture under another file name, for tests that
@@ -105,7 +159,12 @@ impl Fixture {
         Fixture::start_from(&fixture_copy("leaker", name), args)
     }
 
-    fn start_from(binary: &std::path::Path, args: &[&str]) -> Fixture {
+    /// The leaker in `build`, under another file name.
+    pub fn start_renamed_as(build: Build, name: &str, args: &[&str]) -> Fixture {
+        Fixture::start_from(&fixture_copy_as("leaker", build, name), args)
+    }
+
+    pub fn start_from(binary: &std::path::Path, args: &[&str]) -> Fixture {
         let mut child = Command::new(binary)
             .args(args)
             .stdin(Stdio::piped())
@@ -124,6 +183,18 @@ impl Fixture {
             stdout,
             pid,
         }
+    }
+
+    /// Sends `line` and returns the fixture's one-line answer.
+    pub fn ask(&mut self, line: &str) -> String {
+        self.send(line);
+        self.read_line()
+    }
+
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
     }
 
     fn send(&mut self, line: &str) {
@@ -373,4 +444,27 @@ pub fn stack_mentions(stack: &serde_json::Value, function: &str) -> bool {
         .unwrap()
         .iter()
         .any(|f| f["function"].as_str() == Some(function))
+}
+
+/// Runs `fn $name(build: Build)` as two tests, `$name::with_frame_pointers`
+/// and `$name::without_frame_pointers`: with fixtures built both ways.
+#[macro_export]
+macro_rules! in_both_builds {
+    ($name:ident) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            #[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+            fn with_frame_pointers() {
+                super::$name(Build::FramePointers)
+            }
+
+            #[test]
+            #[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+            fn without_frame_pointers() {
+                super::$name(Build::NoFramePointers)
+            }
+        }
+    };
 }

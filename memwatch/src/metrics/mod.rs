@@ -4,6 +4,8 @@
 //! Labels are bounded: `allocator` (a handful), `reason` (fixed), `exe` for
 //! the top-N executables only. No pid, address or stack labels.
 
+mod unwind;
+
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::collect::snapshot::{HostGroup, Snapshot};
@@ -588,6 +590,7 @@ pub struct Metrics {
     processes: ProcessMetrics,
     daemon: DaemonMetrics,
     probes: ProbeMetrics,
+    unwind: unwind::UnwindMetrics,
 }
 
 impl Metrics {
@@ -600,6 +603,7 @@ impl Metrics {
             daemon: DaemonMetrics::register(&registry),
             probes: ProbeMetrics::register(&registry),
             watch: WatchMetrics::register(&registry, top_processes),
+            unwind: unwind::UnwindMetrics::register(&registry),
             registry,
         }
     }
@@ -611,6 +615,7 @@ impl Metrics {
         self.daemon.update(s);
         self.probes.update(s);
         self.watch.update(s);
+        self.unwind.update(s);
     }
 
     /// The Prometheus text exposition.

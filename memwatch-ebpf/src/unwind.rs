@@ -1,0 +1,428 @@
+//! Walking a user stack by call-frame information (see
+//! `memwatch_common::unwind`): one frame per iteration of `bpf_loop`, so
+//! that the verifier checks a frame once rather than 64 times.
+//!
+//! Per frame: the rule for the return address comes from this CPU's rule
+//! cache, or else from the process's mappings and the object's rows (two
+//! binary searches), and is cached; [`step`] applies it, reading the user
+//! stack through a window that usually holds several frames.
+
+use core::{
+    ffi::c_void,
+    sync::atomic::{Ordering, compiler_fence},
+};
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{self, bpf_get_current_task},
+    },
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use memwatch_common::{
+    event::EventKind,
+    maps::{DEFAULT_UNWIND_PROCS, DEFAULT_UNWIND_ROWS},
+    stack::{MAX_STACK_DEPTH, StackHasher, StackScratch, WINDOW_WORDS, window_len_at},
+    unwind::{
+        EndReason, ExecMapping, KernelOffsets, MAX_MAPPINGS, MAX_RETURN_INSTANCES, MappingKind, Method, ProcUnwind,
+        RBP_SAME, RULE_CACHE_ENTRIES, Regs, RuleCache, RuleKind, STAT_CFI_FRAMES, STAT_RULE_MISSES, STATS_LEN, Step,
+        UnwindRow, cache_index, stat_index, step,
+    },
+};
+
+use crate::maps::add;
+
+#[map(name = "UNWIND_ROWS")]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
+
+#[map(name = "UNWIND_PROCS")]
+pub static UNWIND_PROCS: HashMap<u32, ProcUnwind> = HashMap::with_max_entries(DEFAULT_UNWIND_PROCS, BPF_F_NO_PREALLOC);
+
+#[map(name = "RULE_CACHE")]
+static RULE_CACHE: PerCpuArray<RuleCache> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "UNWIND_STATS")]
+static UNWIND_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+/// Set by the daemon at load, from the kernel's BTF.
+#[unsafe(no_mangle)]
+pub static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    task_utask: 0,
+    utask_return_instances: 0,
+    ri_stack: 0,
+    ri_orig_ret_vaddr: 0,
+    ri_next: 0,
+    task_fsbase: 0,
+});
+
+const FRAME_POINTER: UnwindRow = UnwindRow {
+    pc: 0,
+    kind: RuleKind::FramePointer as u8,
+    rbp: RBP_SAME,
+    cfa: 0,
+};
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = UNWIND_STATS.get_ptr_mut(index) {
+        add(c, 1);
+    }
+}
+
+/// Set by the daemon at load: 0 when `[unwind] enabled = false`, so that
+/// the frame-pointer path skips the map lookup (the verifier sees the
+/// constant and drops the branch).
+#[unsafe(no_mangle)]
+static UNWIND_ENABLED: Global<u8> = Global::new(1);
+
+/// The process's entry, when the daemon has read its mappings.
+#[inline(always)]
+pub fn process(tgid: u32) -> Option<*const ProcUnwind> {
+    if UNWIND_ENABLED.load() == 0 {
+        return None;
+    }
+    UNWIND_PROCS.get_ptr(tgid)
+}
+
+/// tgid << 32 | version when the process's stacks are walked by CFI: its
+/// mappings are known and not being replaced.
+#[inline(always)]
+pub fn owner(tgid: u32, p: Option<*const ProcUnwind>) -> Option<u64> {
+    let p = p?;
+    // SAFETY: a map value; `version` is one aligned word.
+    let version = unsafe { core::ptr::read_volatile(&raw const (*p).version) };
+    (version != 0).then_some(((tgid as u64) << 32) | version as u64)
+}
+
+/// Starts a walk at `regs` in `scratch` and runs it with `callback` (which
+/// calls [`walk_step`] on the same scratch). With `owner` 0 (no tables for
+/// the process) every frame follows its frame pointer.
+#[inline(always)]
+pub fn walk(
+    scratch: *mut StackScratch,
+    owner: u64,
+    regs: Regs,
+    callback: extern "C" fn(u64, *mut c_void) -> i64,
+) -> Result<(), ()> {
+    // SAFETY: this CPU's map value.
+    let s = unsafe { &mut *scratch };
+    s.walk.pc = regs.pc;
+    s.walk.sp = regs.sp;
+    s.walk.bp = regs.bp;
+    s.walk.ret = regs.ret as u32;
+    s.walk.ra_at = 0;
+    s.walk.owner = owner;
+    s.walk.tgid = (owner >> 32) as u32;
+    s.walk.n = 0;
+    s.walk.end = EndReason::DepthLimit as u32;
+    s.walk.hash = StackHasher::new().state();
+    s.window_base = u64::MAX;
+    s.window_len = 0;
+    // SAFETY: the callback is a static function of this program; no context.
+    let rc = unsafe {
+        generated::bpf_loop(
+            // A few more than the frames kept: a trampoline takes an
+            // iteration of its own.
+            MAX_STACK_DEPTH as u32 + 8,
+            callback as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(());
+    }
+    let end = EndReason::from_u64(s.walk.end as u64).unwrap_or(EndReason::DepthLimit);
+    let method = if owner == 0 { Method::FramePointers } else { Method::Cfi };
+    count(stat_index(method, end));
+    if owner != 0 {
+        // Frames walked, once per walk rather than once per frame: with
+        // the misses, the cache's miss rate.
+        if let Some(c) = UNWIND_STATS.get_ptr_mut(STAT_CFI_FRAMES) {
+            add(c, s.walk.n as u64);
+        }
+    }
+    if end == EndReason::UnknownMapping && owner != 0 {
+        ask_refresh(s.walk.tgid);
+    }
+    Ok(())
+}
+
+/// Asks the daemon, once until it answers, to read the process's mappings
+/// again: its code reached a mapping the kernel was not told about.
+#[inline(always)]
+fn ask_refresh(tgid: u32) {
+    let Some(p) = UNWIND_PROCS.get_ptr_mut(tgid) else {
+        return;
+    };
+    // SAFETY: a map value; one aligned word.
+    let asked = unsafe { &mut (*p).refresh_asked };
+    if *asked == 0 {
+        *asked = 1;
+        if crate::process::send(EventKind::CodeMapped, tgid, 0, 0).is_err() {
+            crate::maps::count_drop(memwatch_common::drop::Drop::EventsFull);
+        }
+    }
+}
+
+/// What the rule lookup found for a pc.
+enum Found {
+    Row(UnwindRow),
+    /// A rule not to cache: the process's mappings changed since the walk
+    /// began.
+    Uncached(UnwindRow),
+    Trampoline,
+    Unknown,
+}
+
+/// One frame of the walk in `scratch`: records the frame at the walk's pc
+/// and steps to its caller. Returns 1 when the walk is over.
+#[inline(always)]
+pub fn walk_step(scratch: *mut StackScratch) -> i64 {
+    // SAFETY: this CPU's map value.
+    let s = unsafe { &mut *scratch };
+    let n = s.walk.n as usize;
+    if n >= MAX_STACK_DEPTH {
+        s.walk.end = EndReason::DepthLimit as u32;
+        return 1;
+    }
+    let regs = Regs {
+        pc: s.walk.pc,
+        sp: s.walk.sp,
+        bp: s.walk.bp,
+        ret: s.walk.ret != 0,
+    };
+    let (owner, tgid) = (s.walk.owner, s.walk.tgid);
+    let found = rule_for(owner, tgid, regs.lookup_pc());
+    if matches!(found, Found::Trampoline | Found::Unknown) && s.walk.ra_at != 0 {
+        // A return probe pending on the caller put its trampoline here:
+        // take the original, and look again at the next iteration (one
+        // lookup in the loop's body keeps the verifier's work small).
+        match original_return(s.walk.ra_at) {
+            Some(pc) => {
+                s.walk.pc = pc;
+                s.walk.ra_at = 0;
+                return 0;
+            }
+            None if matches!(found, Found::Trampoline) => {
+                s.walk.end = EndReason::Trampoline as u32;
+                return 1;
+            }
+            None => {}
+        }
+    }
+    s.frames.frames[n & (MAX_STACK_DEPTH - 1)] = regs.pc;
+    let mut h = StackHasher::resume(s.walk.hash);
+    h.push(regs.pc);
+    s.walk.hash = h.state();
+    s.walk.n += 1;
+
+    let (row, unknown) = match found {
+        Found::Row(r) | Found::Uncached(r) => (r, false),
+        // Code memwatch has no table for (JIT code, or a library loaded
+        // since): its frame pointer is the best guess.
+        Found::Trampoline | Found::Unknown => (FRAME_POINTER, true),
+    };
+    let window = &mut s.window;
+    let (base, len) = (&mut s.window_base, &mut s.window_len);
+    match step(row, &regs, |addr| read_word(window, base, len, addr)) {
+        Step::Caller { regs: next, ra_at } => {
+            s.walk.pc = next.pc;
+            s.walk.sp = next.sp;
+            s.walk.bp = next.bp;
+            s.walk.ret = next.ret as u32;
+            s.walk.ra_at = ra_at;
+            0
+        }
+        Step::End(reason) => {
+            s.walk.end = if unknown && reason != EndReason::Complete {
+                EndReason::UnknownMapping as u32
+            } else {
+                reason as u32
+            };
+            1
+        }
+    }
+}
+
+/// A word of the user stack, through the window.
+#[inline(always)]
+fn read_word(window: &mut [u64; WINDOW_WORDS + 1], base: &mut u64, len: &mut u64, addr: u64) -> Option<u64> {
+    if addr & 7 != 0 {
+        // SAFETY: the helper checks the user address.
+        return unsafe { bpf_probe_read_user(addr as *const u64) }.ok();
+    }
+    if addr < *base || addr - *base + 8 > *len {
+        // Start a little below: the next reads are a saved register or two
+        // under the return address, then the frames above.
+        let page = addr & !4095;
+        let start = if addr - page >= 64 { addr - 64 } else { page };
+        let want = window_len_at(start);
+        // Never taken; the verifier needs the bound on the size.
+        if want > (WINDOW_WORDS * 8) as u64 || want < 8 {
+            return None;
+        }
+        // SAFETY: the helper checks the user address and writes at most
+        // `want` bytes, which the window holds.
+        let rc =
+            unsafe { generated::bpf_probe_read_user(window.as_mut_ptr().cast(), want as u32, start as *const c_void) };
+        if rc != 0 {
+            *len = 0;
+            return None;
+        }
+        *base = start;
+        *len = want;
+    }
+    Some(window[(((addr - *base) / 8) as usize) & (WINDOW_WORDS - 1)])
+}
+
+/// The rule for `pc` in process `tgid`: this CPU's cache, else a lookup.
+#[inline(always)]
+fn rule_for(owner: u64, tgid: u32, pc: u64) -> Found {
+    if owner == 0 {
+        return Found::Uncached(FRAME_POINTER);
+    }
+    let Some(cache) = RULE_CACHE.get_ptr_mut(0) else {
+        return lookup(owner, tgid, pc);
+    };
+    let i = cache_index(pc);
+    // SAFETY: this CPU's map value.
+    let entries = unsafe { &mut (*cache).entries };
+    let (a, b) = (i & (RULE_CACHE_ENTRIES - 1), (i ^ 1) & (RULE_CACHE_ENTRIES - 1));
+    if entries[a].pc == pc && entries[a].owner == owner {
+        return Found::Row(entries[a].row);
+    }
+    if entries[b].pc == pc && entries[b].owner == owner {
+        return Found::Row(entries[b].row);
+    }
+    count(STAT_RULE_MISSES);
+    let found = lookup(owner, tgid, pc);
+    if let Found::Row(row) = found {
+        // The way holding another of this process's rules is kept, if the
+        // other way is free for it.
+        let way = if entries[a].owner == owner && entries[b].owner != owner {
+            b
+        } else {
+            a
+        };
+        let e = &mut entries[way];
+        // A program preempting this one on this CPU sees no pc, or the
+        // whole entry.
+        e.pc = 0;
+        compiler_fence(Ordering::SeqCst);
+        e.row = row;
+        e.owner = owner;
+        compiler_fence(Ordering::SeqCst);
+        e.pc = pc;
+    }
+    found
+}
+
+/// The rule for `pc` from the process's mappings and the rows.
+#[inline(always)]
+fn lookup(owner: u64, tgid: u32, pc: u64) -> Found {
+    let Some(p) = UNWIND_PROCS.get_ptr(tgid) else {
+        return Found::Uncached(FRAME_POINTER);
+    };
+    // SAFETY: a map value, read field by field.
+    let p = unsafe { &*p };
+    if p.version as u64 != owner & 0xffff_ffff {
+        return Found::Uncached(FRAME_POINTER);
+    }
+    let Some(m) = mapping(p, pc) else {
+        return Found::Unknown;
+    };
+    match m.kind {
+        k if k == MappingKind::Table as u32 => {}
+        k if k == MappingKind::Trampoline as u32 => return Found::Trampoline,
+        _ => return Found::Row(FRAME_POINTER),
+    }
+    let rel = pc.wrapping_sub(m.bias);
+    if rel > u32::MAX as u64 {
+        return Found::Row(FRAME_POINTER);
+    }
+    let rel = rel as u32;
+    // The last row at or below `rel`; unwind.rows is at most 2^26.
+    let (first, mut lo, mut hi) = (m.rows, m.rows, m.rows.saturating_add(m.len));
+    for _ in 0..27 {
+        if lo >= hi {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        match UNWIND_ROWS.get(mid) {
+            Some(r) if r.pc <= rel => lo = mid + 1,
+            Some(_) => hi = mid,
+            None => return Found::Row(FRAME_POINTER),
+        }
+    }
+    if lo == first {
+        return Found::Row(FRAME_POINTER);
+    }
+    match UNWIND_ROWS.get(lo - 1) {
+        Some(r) => Found::Row(*r),
+        None => Found::Row(FRAME_POINTER),
+    }
+}
+
+/// The executable mapping holding `pc`.
+#[inline(always)]
+fn mapping(p: &ProcUnwind, pc: u64) -> Option<ExecMapping> {
+    let count = if (p.count as usize) < MAX_MAPPINGS {
+        p.count
+    } else {
+        MAX_MAPPINGS as u32
+    };
+    // The first mapping starting above pc; the one before may hold it.
+    let (mut lo, mut hi) = (0u32, count);
+    for _ in 0..8 {
+        if lo >= hi {
+            break;
+        }
+        let mid = lo + (hi - lo) / 2;
+        if pc < p.mappings[mid as usize & (MAX_MAPPINGS - 1)].start {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    if lo == 0 {
+        return None;
+    }
+    let m = p.mappings[(lo - 1) as usize & (MAX_MAPPINGS - 1)];
+    (pc >= m.start && pc < m.end).then_some(m)
+}
+
+/// The return address a pending return probe replaced with its trampoline
+/// at stack slot `ra_at`: the kernel keeps it in the thread's list of
+/// return instances.
+#[inline(always)]
+fn original_return(ra_at: u64) -> Option<u64> {
+    let off = KERNEL_OFFSETS.load();
+    if !off.return_probes_known() {
+        return None;
+    }
+    let kernel = |addr: u64| -> Option<u64> {
+        // SAFETY: the helper checks the kernel address.
+        unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+    };
+    // SAFETY: a helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let utask = kernel(task + off.task_utask as u64)?;
+    if utask == 0 {
+        return None;
+    }
+    let mut ri = kernel(utask + off.utask_return_instances as u64)?;
+    for _ in 0..MAX_RETURN_INSTANCES {
+        if ri == 0 {
+            return None;
+        }
+        if kernel(ri + off.ri_stack as u64)? == ra_at {
+            return kernel(ri + off.ri_orig_ret_vaddr as u64);
+        }
+        ri = kernel(ri + off.ri_next as u64)?;
+    }
+    None
+}
