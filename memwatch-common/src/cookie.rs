@@ -109,22 +109,31 @@ impl CallKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
     Libc = 1,
+    /// CPython's object and memory allocators (`PyObject_Malloc`,
+    /// `PyMem_Malloc` and their kin), per object.
+    Python = 2,
 }
 
 impl Family {
-    pub const ALL: [Family; 1] = [Family::Libc];
+    pub const ALL: [Family; 2] = [Family::Libc, Family::Python];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
+    /// Without a branch per family: the kernel's verifier would follow
+    /// every program path once per family after such a branch (and run out
+    /// of instructions on the stack walk).
     pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            1 => Some(Family::Libc),
-            _ => None,
+        if v >= Family::Libc as u8 && v <= Family::Python as u8 {
+            // SAFETY: a #[repr(u8)] enum whose values are exactly this range.
+            Some(unsafe { core::mem::transmute::<u8, Family>(v) })
+        } else {
+            None
         }
     }
 
     pub const fn name(self) -> &'static str {
         match self {
             Family::Libc => "libc",
+            Family::Python => "python",
         }
     }
 }

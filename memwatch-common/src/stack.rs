@@ -15,19 +15,15 @@ pub const MAX_STACK_DEPTH: usize = 64;
 /// Stack ids each CPU remembers as present in `STACKS`.
 pub const STACK_CACHE: usize = 16;
 
-/// Bytes of user stack read at once by the frame-pointer walk: most frames
-/// are smaller, so one read usually yields several frames. Each read costs
-/// ~25 ns, little of it for the bytes (256 measured faster than 128 or 512
-/// with `cargo xtask bench`).
+/// Bytes of user stack read at once by the walk: most frames are smaller,
+/// so one read usually yields several frames. Each read costs ~25 ns, little
+/// of it for the bytes (256 measured faster than 128 or 512 with `cargo
+/// xtask bench`, for the frame-pointer walk this one replaced).
 pub const STACK_WINDOW: usize = 256;
 pub const WINDOW_WORDS: usize = STACK_WINDOW / 8;
-// The walk bounds a frame's index for the verifier with a mask.
+// The walk bounds a word's index for the verifier with a mask.
 const _: () = assert!(WINDOW_WORDS.is_power_of_two());
 const PAGE: u64 = 4096;
-
-/// `(base, len)` of the window before the first read: it holds no frame,
-/// whatever the frame pointer (a base of 0 would let one wrap into it).
-pub const NO_WINDOW: (u64, u64) = (u64::MAX, 0);
 
 /// Per-CPU scratch for stack capture, with a small direct-mapped cache of
 /// stack ids known to be stored, valid while `epoch` equals the daemon's
@@ -80,36 +76,6 @@ pub struct Walk {
     pub n: u32,
     /// [`crate::unwind::EndReason`] once the walk is over.
     pub end: u32,
-}
-
-/// How many bytes to read at frame pointer `fp` (8-byte aligned): up to a
-/// window, but not past fp's page, which may be the last one mapped. A
-/// frame straddling two pages is read alone, as it would be without a
-/// window.
-#[inline(always)]
-pub const fn window_len(fp: u64) -> u64 {
-    let room = PAGE - (fp & (PAGE - 1));
-    if room < 16 {
-        16
-    } else if room < STACK_WINDOW as u64 {
-        room
-    } else {
-        STACK_WINDOW as u64
-    }
-}
-
-/// The word index of frame `fp` (saved frame pointer, then return address)
-/// in a window of `len` bytes read at `base`, if the whole frame is in it.
-#[inline(always)]
-pub const fn frame_in_window(fp: u64, base: u64, len: u64) -> Option<usize> {
-    // Kept this simple for the verifier: more conditions (even a bound on
-    // `fp`) make it explore the walk's states past its 1M-instruction limit.
-    // `fp - base + 16` wraps only when base < 16, which no window has: see
-    // [`NO_WINDOW`].
-    if fp < base || fp - base + 16 > len || len > STACK_WINDOW as u64 {
-        return None;
-    }
-    Some(((fp - base) / 8) as usize)
 }
 
 #[repr(C)]

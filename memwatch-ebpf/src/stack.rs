@@ -6,17 +6,16 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, pt_regs},
-    helpers::generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     programs::RetProbeContext,
 };
 use memwatch_common::{
     drop::Drop,
     python::MAX_PY_FRAMES,
     stack::{
-        END_FRAME_POINTERS, END_PY_SHIFT, END_PY_TRUNCATED, MAX_STACK_DEPTH, NO_WINDOW, STACK_CACHE, STACK_WINDOW,
-        StackHasher, StackScratch, WINDOW_WORDS, frame_in_window, window_len,
+        END_FRAME_POINTERS, END_PY_SHIFT, END_PY_TRUNCATED, MAX_STACK_DEPTH, STACK_CACHE, StackHasher, StackScratch,
     },
-    unwind::{EndReason, Method, ProcUnwind, Regs, stat_index},
+    unwind::{ProcUnwind, Regs},
 };
 
 use crate::{
@@ -40,15 +39,13 @@ pub fn capture(ctx: &RetProbeContext, tgid: u32) -> Result<u64, Drop> {
         bp: r.rbp,
         ret: true,
     };
+    // Without unwind tables (owner 0), the same walk follows frame pointers.
     let proc = unwind::process(tgid);
-    let end = match unwind::owner(tgid, proc) {
-        Some(owner) => {
-            unwind::walk(scratch, owner, regs, alloc_walk_step).map_err(|_| Drop::StackCaptureFailed)?;
-            // SAFETY: this CPU's map value.
-            unsafe { (*scratch).walk.end as u64 }
-        }
-        None => walk_frame_pointers(scratch, &regs),
-    };
+    let owner = unwind::owner(tgid, proc);
+    unwind::walk(scratch, owner.unwrap_or(0), regs, alloc_walk_step).map_err(|_| Drop::StackCaptureFailed)?;
+    // SAFETY: this CPU's map value.
+    let end = unsafe { (*scratch).walk.end as u64 };
+    let end = if owner.is_some() { end } else { end | END_FRAME_POINTERS };
     let end = end | python_frames(scratch, proc, alloc_python_step);
     store(scratch, end, true)
 }
@@ -102,76 +99,6 @@ extern "C" fn growth_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
         Some(s) => unwind::walk_step(s),
         None => 1,
     }
-}
-
-/// Walks by frame pointers from `regs` into the scratch's frames; returns
-/// the end word for [`store`].
-#[inline(always)]
-fn walk_frame_pointers(scratch: *mut StackScratch, regs: &Regs) -> u64 {
-    // SAFETY: this CPU's map value; programs on one CPU do not interleave
-    // between here and the copy into STACKS.
-    let frames = unsafe { &mut (*scratch).frames.frames };
-    frames[0] = regs.pc;
-    let mut hash = StackHasher::new();
-    hash.push(regs.pc);
-    let mut fp = regs.bp;
-    let mut n = 1;
-    // SAFETY: as above.
-    let window = unsafe { &mut (*scratch).window };
-    let (mut base, mut len) = NO_WINDOW;
-    let mut end = EndReason::DepthLimit;
-    while n < MAX_STACK_DEPTH {
-        if fp == 0 {
-            end = EndReason::Complete;
-            break;
-        }
-        if fp & 7 != 0 {
-            end = EndReason::BadFramePointer;
-            break;
-        }
-        let i = match frame_in_window(fp, base, len) {
-            Some(i) => i,
-            None => {
-                let want = window_len(fp);
-                // Never taken; the verifier needs the bound on the size.
-                if want > STACK_WINDOW as u64 {
-                    break;
-                }
-                // SAFETY: the helper checks the user address and writes at
-                // most `want` bytes, which the window holds.
-                let rc = unsafe { bpf_probe_read_user(window.as_mut_ptr().cast(), want as u32, fp as *const c_void) };
-                if rc != 0 {
-                    end = EndReason::StackUnreadable;
-                    break;
-                }
-                (base, len) = (fp, want);
-                0
-            }
-        };
-        // A no-op (the frame is inside the window) that the verifier can see.
-        let i = i & (WINDOW_WORDS - 1);
-        let (next, ret) = (window[i], window[i + 1]);
-        if ret == 0 {
-            end = EndReason::Complete;
-            break;
-        }
-        frames[n] = ret;
-        hash.push(ret);
-        n += 1;
-        // A frame pointer that does not move up the stack is not one.
-        if next <= fp && next != 0 {
-            end = EndReason::BadFramePointer;
-            break;
-        }
-        fp = next;
-    }
-    // SAFETY: as above.
-    unsafe {
-        (*scratch).walk.hash = hash.state();
-        (*scratch).walk.n = n as u32;
-    }
-    unwind::count(stat_index(Method::FramePointers, end));
-    end as u64 | END_FRAME_POINTERS
 }
 
 /// Ends the stack walked into `scratch` with `end`, stores it in STACKS

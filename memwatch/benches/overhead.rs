@@ -159,6 +159,11 @@ impl Daemon {
 
     /// As [`Daemon::start`], with more configuration.
     fn start_with(exe_glob: &str, placement: bool, extra: &str) -> Daemon {
+        Self::start_args(&["--exe", exe_glob], placement, extra)
+    }
+
+    /// A daemon with `args` (e.g. `--pid N`) and more configuration.
+    fn start_args(args: &[&str], placement: bool, extra: &str) -> Daemon {
         let addr = free_addr();
         let config = tmp().join(format!("mwbench-{}.toml", addr.replace(['.', ':'], "-")));
         std::fs::write(
@@ -169,7 +174,8 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_memwatch"))
             .args(["run", "--config"])
             .arg(&config)
-            .args(["--listen", &addr, "--exe", exe_glob, "--log", "warn"])
+            .args(["--listen", &addr, "--log", "warn"])
+            .args(args)
             .spawn()
             .expect("memwatch");
         let d = Daemon { child, addr, placement };
@@ -616,6 +622,10 @@ fn main() {
         always_on(env_or("MWBENCH_PAIRS", PAIRS_DEFAULT));
         return;
     }
+    if std::env::var("MWBENCH_MODES").is_ok_and(|m| m == "python") {
+        python_bench();
+        return;
+    }
     // SAFETY: plain syscall.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -755,6 +765,12 @@ fn main() {
                 hits + misses
             );
         }
+        let per_hit = |b: &ProgramTimes, a: &ProgramTimes| (a[1].1 - b[1].1) * 1e9 / (a[1].0 - b[1].0).max(1.0);
+        println!(
+            "frame-pointer workload: alloc_exit {:.0} ns/hit by CFI, {:.0} ns/hit by frame pointers only",
+            per_hit(&before, &after),
+            per_hit(&fp_before, &fp_after)
+        );
         return;
     }
     let get = |m: Mode| med.iter().find(|(x, _)| *x == m).unwrap().1;
@@ -812,6 +828,133 @@ fn main() {
     println!();
     print_unwinding(&get, pairs, &programs, (&fp_before, &fp_after), &deep, unwind_memory);
     always_on(pairs);
+    python_bench();
+}
+
+/// Issue #12's figures: a Python web handler (benches/handler.py) untraced,
+/// tracked by memwatch with Python frames on the libc path, with per-object
+/// tracking, and beside them tracemalloc (25 frames) and memray. Interleaved
+/// rounds, medians, ratios to untraced.
+fn python_bench() {
+    let python = "/root/.pyenv/versions/3.11.7/bin/python3.11";
+    if !Path::new(python).exists() {
+        println!("python: not measured ({python} missing)");
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/handler.py");
+    let requests = env_or("MWBENCH_REQUESTS", 200_000u64);
+    // memray, from PyPI, in a venv of its own.
+    let venv = tmp().join("mwbench-venv");
+    let memray = venv.join("bin/python");
+    if !memray.exists() {
+        let _ = Command::new(python).args(["-m", "venv"]).arg(&venv).status();
+        let _ = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "memray"])
+            .status();
+    }
+    let has_memray = Command::new(&memray)
+        .args(["-c", "import memray"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let run = |mode: &str| -> f64 {
+        let mut cmd = match mode {
+            "memray" => {
+                let mut c = Command::new(&memray);
+                let out = tmp().join(format!("mwbench-memray-{}.bin", std::process::id()));
+                let _ = std::fs::remove_file(&out);
+                c.args(["-m", "memray", "run", "-f", "-q", "-o"]).arg(out);
+                c
+            }
+            "tracemalloc" => {
+                let mut c = Command::new(python);
+                c.args(["-X", "tracemalloc=25"]);
+                c
+            }
+            _ => Command::new(python),
+        };
+        let mut child = cmd
+            .arg(&script)
+            .arg(requests.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python");
+        let mut stdin = child.stdin.take().unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        // A daemon of its own per run, tracking it by pid (memwatch adds
+        // pids at startup only), stopped afterwards.
+        let pid = child.id().to_string();
+        let daemon = match mode {
+            "frames" => Some(Daemon::start_args(
+                &["--pid", &pid],
+                true,
+                "[detect]\nenabled = false\n",
+            )),
+            "objects" => Some(Daemon::start_args(
+                &["--pid", &pid],
+                true,
+                "[detect]\nenabled = false\n[python]\nobjects = true\n",
+            )),
+            _ => None,
+        };
+        if let Some(d) = &daemon {
+            d.wait_tracked(child.id());
+        }
+        writeln!(stdin, "go").unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        let mut it = line.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+        let (n, ns) = (it.next().unwrap(), it.next().unwrap());
+        let _ = writeln!(stdin, "exit");
+        let _ = child.wait();
+        drop(daemon);
+        ns / n
+    };
+    let mut modes = vec!["untraced", "frames", "objects", "tracemalloc"];
+    if has_memray {
+        modes.push("memray");
+    }
+    let mut results: Vec<(&str, Vec<f64>)> = modes.iter().map(|m| (*m, Vec::new())).collect();
+    for round in 0..3 {
+        for (m, v) in results.iter_mut() {
+            let ns = run(m);
+            eprintln!("  python round {} {m:<12} {:>9.0} ns/request", round + 1, ns);
+            v.push(ns);
+        }
+    }
+    let med: Vec<(&str, f64)> = results.iter_mut().map(|(m, v)| (*m, median(v))).collect();
+    let untraced = med[0].1;
+    println!();
+    println!(
+        "Python (issue #12): pyenv 3.11 (shared libpython), {requests} requests of a web handler (dict → json.dumps, one in ten kept)"
+    );
+    for (m, ns) in &med {
+        let label = match *m {
+            "untraced" => "untraced",
+            "frames" => "memwatch, Python frames on the libc path",
+            "objects" => "memwatch, per-object ([python] objects = true)",
+            "tracemalloc" => "python -X tracemalloc=25",
+            _ => "memray run",
+        };
+        println!("  {label:<48} {ns:>9.0} ns/request {:>7.2}x", ns / untraced);
+    }
+    let frames = med[1].1 / untraced;
+    println!(
+        "  Python frames on the libc path vs untraced      {frames:>6.2}x   target <= 1.10x  {}",
+        verdict(frames <= 1.10)
+    );
+    let objects = med[2].1;
+    let tracemalloc = med[3].1;
+    println!(
+        "  per-object tracking vs tracemalloc at 25 frames {:>6.2}x   target < 1x  {}",
+        objects / tracemalloc,
+        verdict(objects < tracemalloc)
+    );
+    if !has_memray {
+        println!("  memray: could not be installed from PyPI here");
+    }
 }
 
 /// Run counts and times (seconds) of programs, as the daemon exports them.

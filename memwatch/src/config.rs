@@ -51,6 +51,14 @@ pub struct FileConfig {
     pub escalation: EscalationFile,
     #[serde(default)]
     pub unwind: UnwindFile,
+    #[serde(default)]
+    pub python: PythonFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonFile {
+    pub objects: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -187,6 +195,9 @@ pub struct Config {
     pub detect: Detect,
     pub escalation: Escalation,
     pub unwind: Unwind,
+    /// Track CPython's object allocator per object in processes tracked
+    /// exactly (where its functions are real calls).
+    pub python_objects: bool,
 }
 
 /// Stack walking by call-frame information.
@@ -350,6 +361,7 @@ impl Config {
             placement: file.probes.placement.unwrap_or(true),
             detect: detect(&file.detect)?,
             escalation: escalation(&file.escalation)?,
+            python_objects: file.python.objects.unwrap_or(false),
             unwind: Unwind {
                 enabled: file.unwind.enabled.unwrap_or(true),
                 rows: ranged("unwind.rows", file.unwind.rows, 1 << 20, 1 << 12, 1 << 26)?,

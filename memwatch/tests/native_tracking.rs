@@ -239,7 +239,11 @@ fn a_process_that_exits_midway_leaves_nothing_behind(build: Build) {
 /// The byte at `malloc` in the process's memory, and the one in libc's file.
 fn malloc_bytes(pid: u32) -> (u8, u8) {
     let mut cache = memwatch::target::elf::ElfCache::default();
-    let targets = memwatch::target::find_targets(pid, &mut cache, true).unwrap();
+    let wanted = memwatch::target::Wanted {
+        place: true,
+        ..Default::default()
+    };
+    let targets = memwatch::target::find_targets(pid, &mut cache, wanted).unwrap();
     let libc = targets.iter().find(|t| t.path.contains("libc.so")).unwrap();
     let site = libc.sites.iter().find(|s| s.symbol == "malloc").unwrap();
     let maps = memwatch::process::procfs::read_maps(pid).unwrap();

@@ -111,7 +111,10 @@ impl Collector {
             kernel,
             table: ProcessTable::new(
                 config.exe.clone(),
-                config.placement,
+                crate::target::Wanted {
+                    place: config.placement,
+                    python_objects: config.python_objects,
+                },
                 config.maps.processes,
                 crate::unwind::Unwinder::new(config.unwind.enabled, config.unwind.rows),
             ),

@@ -108,8 +108,8 @@ pub struct ProcessTable {
     failures: Vec<AttachFailure>,
     next_generation: u32,
     globs: Vec<ExeGlob>,
-    /// Probe emulated instructions rather than entries.
-    placement: bool,
+    /// What to probe: emulated instructions or entries; CPython's objects.
+    wanted: target::Wanted,
     elf: ElfCache,
     reaper: probes::Reaper,
     /// Counter slots not in use.
@@ -157,14 +157,14 @@ pub fn unix_now() -> f64 {
 }
 
 impl ProcessTable {
-    pub fn new(globs: Vec<ExeGlob>, placement: bool, slots: u32, unwind: Unwinder) -> Self {
+    pub fn new(globs: Vec<ExeGlob>, wanted: target::Wanted, slots: u32, unwind: Unwinder) -> Self {
         ProcessTable {
             procs: BTreeMap::new(),
             retired: Vec::new(),
             failures: Vec::new(),
             next_generation: GENERATION_STRIDE,
             globs,
-            placement,
+            wanted,
             elf: ElfCache::default(),
             reaper: probes::Reaper::default(),
             free_slots: (0..slots).rev().collect(),
@@ -256,7 +256,7 @@ impl ProcessTable {
             return Err(TrackError::NoProcess(pid));
         }
         let exe = procfs::read_exe(pid).map_err(|_| TrackError::NoProcess(pid))?;
-        let targets = target::find_targets(pid, &mut self.elf, self.placement)?;
+        let targets = target::find_targets(pid, &mut self.elf, self.wanted)?;
 
         let generation = self.next_generation;
         self.next_generation = self
@@ -424,7 +424,7 @@ impl ProcessTable {
     /// after exec only the executable and ld.so are mapped; the current
     /// probes, by inode, fire again once libc is mapped).
     fn refresh_probes(&mut self, kernel: &mut Kernel, pid: u32) -> bool {
-        let targets = match target::find_targets(pid, &mut self.elf, self.placement) {
+        let targets = match target::find_targets(pid, &mut self.elf, self.wanted) {
             Ok(t) => t,
             Err(target::TargetError::NoAllocator { .. }) => return false,
             Err(e) => {

@@ -167,6 +167,9 @@ pub struct Runtime {
     /// `PyCode_Type`'s address, to check code objects.
     #[serde(skip)]
     pub code_type: u64,
+    /// Its object allocator is called out of line: it can be tracked per
+    /// object (`[python] objects = true`).
+    pub allocator_out_of_line: bool,
 }
 
 impl Runtime {
@@ -189,6 +192,22 @@ impl Runtime {
     pub fn minor(&self) -> u8 {
         self.layout.minor
     }
+}
+
+/// The size under which `PyObject_Malloc` is only a dispatcher.
+const DISPATCHER_MAX: u64 = 64;
+
+/// Whether the interpreter in `elf` calls its object allocator out of line,
+/// so that probing `PyObject_Malloc` sees every object. Told by the
+/// function's size: a plain build's is a dispatcher through the allocator
+/// table (27–35 bytes in pyenv's 3.10–3.13), where PGO+LTO inlined pymalloc
+/// into it — and, with it, into the interpreter's hot paths (271 bytes in
+/// Debian's 3.11, whose hot paths call it at none of their ~190 sites).
+pub fn allocator_out_of_line(elf: &object::File<'_>) -> bool {
+    elf.dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|s| s.name() == Ok("PyObject_Malloc") && s.is_definition())
+        .is_some_and(|s| s.size() > 0 && s.size() < DISPATCHER_MAX)
 }
 
 /// Why a process's Python frames cannot be walked (for /probes).
@@ -262,6 +281,7 @@ pub fn detect(pid: u32, entries: &[MapEntry]) -> Result<Option<Runtime>, NotWalk
             layout,
             runtime: bias.wrapping_add(runtime),
             code_type: symbol("PyCode_Type").map_or(0, |a| bias.wrapping_add(a)),
+            allocator_out_of_line: allocator_out_of_line(&elf),
         };
         check(pid, &rt)?;
         return Ok(Some(rt));
@@ -350,7 +370,15 @@ impl Sight {
                 linkage: Some(rt.linkage),
                 module: Some(rt.module.clone()),
                 frames: true,
-                allocations: ALLOCATIONS_SEEN.into(),
+                allocations: if rt.allocator_out_of_line {
+                    format!(
+                        "{ALLOCATIONS_SEEN}; with [python] objects = true, every object through PyObject_Malloc and PyMem_Malloc"
+                    )
+                } else {
+                    format!(
+                        "{ALLOCATIONS_SEEN}; this build inlines its object allocator (PGO/LTO): objects cannot be tracked one by one, and small objects are attributed by arena, a sample"
+                    )
+                },
             }),
             Python::NotWalked(e) => Some(Sight {
                 version: None,

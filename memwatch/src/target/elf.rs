@@ -10,7 +10,7 @@ use std::{
 
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
-use super::LIBC_FUNCTIONS;
+use super::{LIBC_FUNCTIONS, PYTHON_FUNCTIONS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
@@ -30,6 +30,9 @@ pub struct ElfInfo {
     segments: Vec<(u64, u64, u64)>,
     /// The first bytes of each function above, by virtual address.
     prologues: HashMap<u64, Vec<u8>>,
+    /// For a CPython interpreter: its object allocator is called out of
+    /// line (see `python::allocator_out_of_line`).
+    pub python_calls_out_of_line: bool,
 }
 
 impl ElfInfo {
@@ -56,7 +59,7 @@ impl ElfInfo {
 
     pub fn parse(data: &[u8]) -> Result<ElfInfo, object::Error> {
         let file = object::File::parse(data)?;
-        let wanted = |n: &str| LIBC_FUNCTIONS.iter().any(|(f, _)| *f == n);
+        let wanted = |n: &str| LIBC_FUNCTIONS.iter().chain(PYTHON_FUNCTIONS).any(|(f, _)| *f == n);
         let mut functions = HashMap::new();
         // Dynamic symbols first (what the linker binds), then the static
         // table of unstripped or static executables.
@@ -75,11 +78,13 @@ impl ElfInfo {
             .map(|s| (s.address(), s.size(), s.file_range().0))
             .collect();
         let build_id = file.build_id()?.map(hex);
+        let python_calls_out_of_line = crate::python::allocator_out_of_line(&file);
         let mut info = ElfInfo {
             build_id,
             functions,
             segments,
             prologues: HashMap::new(),
+            python_calls_out_of_line,
         };
         let addrs: Vec<u64> = info.functions.values().copied().collect();
         for vaddr in addrs {

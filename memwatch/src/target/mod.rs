@@ -34,6 +34,19 @@ pub const LIBC_FUNCTIONS: &[(&str, CallKind)] = &[
     ("munmap", CallKind::Munmap),
 ];
 
+/// CPython's allocation API, probed per object where the interpreter calls
+/// it out of line (see `ElfInfo::python_calls_out_of_line`).
+pub const PYTHON_FUNCTIONS: &[(&str, CallKind)] = &[
+    ("PyObject_Malloc", CallKind::Malloc),
+    ("PyObject_Calloc", CallKind::Calloc),
+    ("PyObject_Realloc", CallKind::Realloc),
+    ("PyObject_Free", CallKind::Free),
+    ("PyMem_Malloc", CallKind::Malloc),
+    ("PyMem_Calloc", CallKind::Calloc),
+    ("PyMem_Realloc", CallKind::Realloc),
+    ("PyMem_Free", CallKind::Free),
+];
+
 /// A function to probe inside one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
@@ -106,11 +119,20 @@ pub enum TargetError {
     NoAllocator { pid: u32 },
 }
 
+/// What to probe in a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wanted {
+    /// Probes go to emulated instructions (see [`placement`]), else to
+    /// function entries.
+    pub place: bool,
+    /// CPython's object allocator too, per object, where the interpreter
+    /// calls it out of line.
+    pub python_objects: bool,
+}
+
 /// Finds the allocator providers of a running process. Objects that cannot be
 /// read are skipped with a warning; the others still count.
-/// With `place`, probes go to emulated instructions (see [`placement`]);
-/// without, to function entries.
-pub fn find_targets(pid: u32, cache: &mut elf::ElfCache, place: bool) -> Result<Vec<AllocatorTarget>, TargetError> {
+pub fn find_targets(pid: u32, cache: &mut elf::ElfCache, wanted: Wanted) -> Result<Vec<AllocatorTarget>, TargetError> {
     let entries = procfs::read_maps(pid).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound || !procfs::exists(pid) {
             TargetError::NoProcess { pid }
@@ -120,26 +142,28 @@ pub fn find_targets(pid: u32, cache: &mut elf::ElfCache, place: bool) -> Result<
     })?;
     let mut targets = Vec::new();
     for file in procfs::mapped_files(&entries).into_iter().filter(|f| f.executable) {
-        match target_for(pid, &file, cache, place) {
-            Ok(Some(t)) => targets.push(t),
-            Ok(None) => {}
+        match targets_of(pid, &file, cache, wanted) {
+            Ok(t) => targets.extend(t),
             Err(e) => {
                 tracing::warn!(pid, path = %file.path, error = %e, "cannot read a mapped object; its allocator calls (if any) are not tracked")
             }
         }
     }
-    if targets.is_empty() {
+    if !targets.iter().any(|t| t.family == Family::Libc) {
         return Err(TargetError::NoAllocator { pid });
     }
     Ok(targets)
 }
 
-fn target_for(
+/// The allocator families `file` provides: libc's API (any object defining
+/// malloc or free), and CPython's object allocator when asked for and
+/// called out of line.
+fn targets_of(
     pid: u32,
     file: &MappedFile,
     cache: &mut elf::ElfCache,
-    place: bool,
-) -> Result<Option<AllocatorTarget>, elf::ElfError> {
+    wanted: Wanted,
+) -> Result<Vec<AllocatorTarget>, elf::ElfError> {
     let open_path = if file.deleted {
         // A replaced file is still reachable through its mapping.
         PathBuf::from(format!(
@@ -150,10 +174,46 @@ fn target_for(
         procfs::openable_path(pid, &file.path)
     };
     let info = cache.get(&open_path, &file.dev, file.inode)?;
-    if !info.defines("malloc") && !info.defines("free") {
-        return Ok(None);
+    let mut out = Vec::new();
+    if info.defines("malloc") || info.defines("free") {
+        out.push(target(
+            pid,
+            file,
+            &open_path,
+            &info,
+            Family::Libc,
+            LIBC_FUNCTIONS,
+            wanted.place,
+        ));
     }
-    let (planned, missing) = plan_sites(LIBC_FUNCTIONS, |n| info.function(n));
+    if wanted.python_objects && info.defines("PyObject_Malloc") {
+        if info.python_calls_out_of_line {
+            out.push(target(
+                pid,
+                file,
+                &open_path,
+                &info,
+                Family::Python,
+                PYTHON_FUNCTIONS,
+                wanted.place,
+            ));
+        } else {
+            tracing::info!(pid, path = %file.path, "this interpreter inlines its object allocator (PGO/LTO): its objects are not tracked one by one");
+        }
+    }
+    Ok(out)
+}
+
+fn target(
+    pid: u32,
+    file: &MappedFile,
+    open_path: &std::path::Path,
+    info: &elf::ElfInfo,
+    family: Family,
+    table: &[(&'static str, CallKind)],
+    place: bool,
+) -> AllocatorTarget {
+    let (planned, missing) = plan_sites(table, |n| info.function(n));
     let mut sites = Vec::new();
     for (kind, symbol, vaddr) in planned {
         match info.file_offset(vaddr) {
@@ -175,16 +235,16 @@ fn target_for(
             None => tracing::warn!(pid, path = %file.path, symbol, "symbol outside any loadable segment; not probed"),
         }
     }
-    Ok(Some(AllocatorTarget {
-        family: Family::Libc,
+    AllocatorTarget {
+        family,
         path: file.path.clone(),
-        open_path,
+        open_path: open_path.to_path_buf(),
         dev: file.dev.clone(),
         inode: file.inode,
         build_id: info.build_id.clone(),
         sites,
         missing,
-    }))
+    }
 }
 
 #[cfg(test)]
@@ -237,7 +297,15 @@ mod tests {
         // The real glibc of the test machine, as a process maps it.
         let pid = std::process::id();
         let mut cache = elf::ElfCache::default();
-        let targets = find_targets(pid, &mut cache, true).expect("the test binary maps libc");
+        let targets = find_targets(
+            pid,
+            &mut cache,
+            Wanted {
+                place: true,
+                ..Default::default()
+            },
+        )
+        .expect("the test binary maps libc");
         let libc = targets
             .iter()
             .find(|t| t.path.contains("libc.so"))
@@ -271,7 +339,15 @@ mod tests {
             return;
         }
         let mut cache = elf::ElfCache::default();
-        let targets = find_targets(std::process::id(), &mut cache, true).unwrap();
+        let targets = find_targets(
+            std::process::id(),
+            &mut cache,
+            Wanted {
+                place: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let libc = targets.iter().find(|t| t.path.contains("libc.so")).unwrap();
         let got: Vec<(&str, u64, bool)> = libc
             .sites
