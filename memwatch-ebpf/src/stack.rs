@@ -39,15 +39,28 @@ pub fn capture(ctx: &RetProbeContext, tgid: u32) -> Result<u64, Drop> {
         bp: r.rbp,
         ret: true,
     };
-    // Without unwind tables (owner 0), the same walk follows frame pointers.
+    let end = walk(scratch, tgid, regs, alloc_walk_step, alloc_python_step)?;
+    store(scratch, end, true)
+}
+
+/// Walks the native stack from `regs`, by CFI where the process has unwind
+/// tables (else, owner 0, the same walk follows frame pointers), then its
+/// Python frames; returns the end word for [`store`].
+#[inline(always)]
+fn walk(
+    scratch: *mut StackScratch,
+    tgid: u32,
+    regs: Regs,
+    native: extern "C" fn(u64, *mut c_void) -> i64,
+    python: extern "C" fn(u64, *mut c_void) -> i64,
+) -> Result<u64, Drop> {
     let proc = unwind::process(tgid);
     let owner = unwind::owner(tgid, proc);
-    unwind::walk(scratch, owner.unwrap_or(0), regs, alloc_walk_step).map_err(|_| Drop::StackCaptureFailed)?;
+    unwind::walk(scratch, owner.unwrap_or(0), regs, native).map_err(|_| Drop::StackCaptureFailed)?;
     // SAFETY: this CPU's map value.
     let end = unsafe { (*scratch).walk.end as u64 };
     let end = if owner.is_some() { end } else { end | END_FRAME_POINTERS };
-    let end = end | python_frames(scratch, proc, alloc_python_step);
-    store(scratch, end, true)
+    Ok(end | python_frames(scratch, proc, python))
 }
 
 /// Records the thread's Python frames after the native ones, in a process
@@ -172,13 +185,6 @@ pub fn capture_current(tgid: u32) -> Result<u64, Drop> {
         bp: r.rbp,
         ret: false,
     };
-    // Without unwind tables (owner 0), the same walk follows frame pointers.
-    let proc = unwind::process(tgid);
-    let owner = unwind::owner(tgid, proc);
-    unwind::walk(scratch, owner.unwrap_or(0), regs, growth_walk_step).map_err(|_| Drop::StackCaptureFailed)?;
-    // SAFETY: this CPU's map value.
-    let end = unsafe { (*scratch).walk.end as u64 };
-    let end = if owner.is_some() { end } else { end | END_FRAME_POINTERS };
-    let end = end | python_frames(scratch, proc, growth_python_step);
+    let end = walk(scratch, tgid, regs, growth_walk_step, growth_python_step)?;
     store(scratch, end, false)
 }

@@ -63,16 +63,27 @@ fn sum(stacks: &[&serde_json::Value], key: &str) -> u64 {
     stacks.iter().map(|s| s[key].as_u64().unwrap()).sum()
 }
 
-/// Runs the service under `python`, tracked by pid, and checks its stacks.
-fn python_lines_lead_the_stacks(python: &str, required: bool) {
+/// The service running under `python`; None, said in the test's output,
+/// when this machine has no such interpreter (a `required` one must be).
+fn start_service(python: &str, required: bool) -> Option<Fixture> {
     require_root();
     if !std::path::Path::new(python).exists() {
         assert!(!required, "{python} is missing (cargo xtask setup installs it)");
         eprintln!("MISSING INTERPRETER: {python} is not on this machine; its test did not run");
-        return;
+        return None;
     }
     let script = service();
-    let mut fx = Fixture::start_from(std::path::Path::new(python), &[script.to_str().unwrap()]);
+    Some(Fixture::start_from(
+        std::path::Path::new(python),
+        &[script.to_str().unwrap()],
+    ))
+}
+
+/// Runs the service under `python`, tracked by pid, and checks its stacks.
+fn python_lines_lead_the_stacks(python: &str, required: bool) {
+    let Some(mut fx) = start_service(python, required) else {
+        return;
+    };
     let d = Daemon::start(FAST, &["--pid", &fx.pid.to_string()]);
     d.wait_tracked(fx.pid);
     // The interpreter is found and checked against its memory.
@@ -227,14 +238,9 @@ fn python_3_13_shared() {
 /// keeps them; where PGO+LTO inlined it (Debian's), nothing pretends to be
 /// counted per object.
 fn python_objects_are_counted(python: &str, out_of_line: bool, required: bool) {
-    require_root();
-    if !std::path::Path::new(python).exists() {
-        assert!(!required, "{python} is missing (cargo xtask setup installs it)");
-        eprintln!("MISSING INTERPRETER: {python} is not on this machine; its test did not run");
+    let Some(mut fx) = start_service(python, required) else {
         return;
-    }
-    let script = service();
-    let mut fx = Fixture::start_from(std::path::Path::new(python), &[script.to_str().unwrap()]);
+    };
     let d = Daemon::start(
         &format!("{FAST}[python]\nobjects = true\n"),
         &["--pid", &fx.pid.to_string()],
