@@ -118,15 +118,11 @@ impl Family {
     pub const ALL: [Family; 2] = [Family::Libc, Family::Python];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
-    /// Without a branch per family: the kernel's verifier would follow
-    /// every program path once per family after such a branch (and run out
-    /// of instructions on the stack walk).
     pub const fn from_u8(v: u8) -> Option<Self> {
-        if v >= Family::Libc as u8 && v <= Family::Python as u8 {
-            // SAFETY: a #[repr(u8)] enum whose values are exactly this range.
-            Some(unsafe { core::mem::transmute::<u8, Family>(v) })
-        } else {
-            None
+        match v {
+            1 => Some(Family::Libc),
+            2 => Some(Family::Python),
+            _ => None,
         }
     }
 

@@ -72,11 +72,12 @@ fn python_frames(
     callback: extern "C" fn(u64, *mut c_void) -> i64,
 ) -> u64 {
     let Some(p) = proc else { return 0 };
-    // SAFETY: a map value, copied out.
-    let py = unsafe { (*p).py };
-    if py.enabled == 0 {
+    // SAFETY: a map value; the flag first, the layout copied out only for
+    // a Python process.
+    if unsafe { (*p).py.enabled } == 0 {
         return 0;
     }
+    let py = unsafe { (*p).py };
     let (n, truncated) = python::walk(scratch, &py, callback);
     ((n as u64) << END_PY_SHIFT) | if truncated { END_PY_TRUNCATED } else { 0 }
 }

@@ -26,10 +26,6 @@ impl RowStore {
         })
     }
 
-    pub fn capacity(&self) -> u32 {
-        self.rows
-    }
-
     /// Writes `rows` from row `at` on.
     pub fn write(&mut self, at: u32, rows: &[UnwindRow]) {
         let end = at as usize + rows.len();
@@ -42,13 +38,6 @@ impl RowStore {
                 rows.len(),
             )
         };
-    }
-
-    /// Row `i`, as the kernel sees it.
-    pub fn read(&self, i: u32) -> UnwindRow {
-        assert!(i < self.rows);
-        // SAFETY: within the mapping.
-        unsafe { std::ptr::read_volatile(self.array.base::<UnwindRow>().as_ptr().add(i as usize)) }
     }
 }
 

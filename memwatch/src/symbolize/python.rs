@@ -31,10 +31,6 @@ impl PythonSymbolizer {
         }
     }
 
-    pub fn cached(&self) -> usize {
-        self.codes.len()
-    }
-
     /// Forgets a process's code objects (it exited or exec'd: addresses may
     /// be reused).
     pub fn forget(&mut self, pid: u32) {

@@ -254,15 +254,15 @@ pub fn bias(segments: &[(u64, u64, u64)], start: u64, offset: u64) -> Option<u64
     Some(start.wrapping_sub(vaddr + (offset - off)))
 }
 
-/// The row covering `pc` (an address of the object), as the kernel finds it.
-pub fn lookup(rows: &[UnwindRow], pc: u64) -> Option<UnwindRow> {
-    let i = rows.partition_point(|r| u64::from(r.pc) <= pc);
-    i.checked_sub(1).map(|i| rows[i])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The row covering `pc` (an address of the object), as the kernel finds it.
+    fn lookup(rows: &[UnwindRow], pc: u64) -> Option<UnwindRow> {
+        let i = rows.partition_point(|r| u64::from(r.pc) <= pc);
+        i.checked_sub(1).map(|i| rows[i])
+    }
 
     fn libc_path() -> String {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
