@@ -955,6 +955,70 @@ fn python_bench() {
     if !has_memray {
         println!("  memray: could not be installed from PyPI here");
     }
+    python_walk_time(python);
+}
+
+/// eBPF time of the walk of the interpreter's frames: alloc_exit's time per
+/// hit under 3 and under 32 Python frames (the most kept), same native
+/// stack (3.11 calls Python functions without recursing in C).
+fn python_walk_time(python: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pydepth.py");
+    let n = env_or("MWBENCH_PAIRS", PAIRS_DEFAULT).min(200_000);
+    let mut child = Command::new(python)
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let stats_before = set_bpf_stats(true);
+    let pid = child.id();
+    let d = Daemon::start_args(&["--pid", &pid.to_string()], true, "[detect]\nenabled = false\n");
+    d.wait_tracked(pid);
+    d.wait("the interpreter's frames to be walked", |d| {
+        let (_, body) = d.get("/probes");
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| {
+            v["unwind"]
+                .as_array()
+                .is_some_and(|u| u.iter().any(|p| p["pid"] == pid && p["python"]["frames"] == true))
+        })
+    });
+    let runs = "memwatch_bpf_program_runs_total{program=\"alloc_exit\"}";
+    let seconds = "memwatch_bpf_program_run_seconds_total{program=\"alloc_exit\"}";
+    let mut per_hit = Vec::new();
+    for frames in [3u64, 32] {
+        // A first pass warms the per-CPU rule cache and the interpreter.
+        let mut v = Vec::new();
+        for pass in 0..3 {
+            let (r0, s0) = (d.metric(runs), d.metric(seconds));
+            writeln!(stdin, "go {frames} {n}").unwrap();
+            line.clear();
+            out.read_line(&mut line).unwrap();
+            d.wait("a scan after the run", |d| d.metric(runs) >= r0 + n as f64 * 0.99);
+            std::thread::sleep(Duration::from_millis(500));
+            let (r1, s1) = (d.metric(runs), d.metric(seconds));
+            if pass > 0 {
+                v.push((s1 - s0) * 1e9 / (r1 - r0).max(1.0));
+            }
+        }
+        per_hit.push((frames, median(&mut v)));
+    }
+    let _ = writeln!(stdin, "exit");
+    let _ = child.wait();
+    drop(d);
+    set_bpf_stats(stats_before == "1");
+    println!("eBPF time of the Python frame walk (alloc_exit per hit, kernel.bpf_stats_enabled=1, {n} allocations):");
+    for (frames, ns) in &per_hit {
+        println!("  {frames:>2} Python frames on the stack   {ns:>8.0} ns/hit");
+    }
+    let per_frame = (per_hit[1].1 - per_hit[0].1) / 29.0;
+    println!(
+        "  per Python frame {per_frame:.0} ns; a walk of 32 Python frames {:.0} ns",
+        per_frame * 32.0
+    );
 }
 
 /// Run counts and times (seconds) of programs, as the daemon exports them.

@@ -183,6 +183,9 @@ pub fn render_status(addr: &str, v: &serde_json::Value, now: f64) -> String {
             f[f.len() - 1]["error"].as_str().unwrap_or("?")
         );
     }
+    if let Some(raced) = v["exited_before_attach_total"].as_u64().filter(|&r| r > 0) {
+        let _ = writeln!(out, "exited while being attached (not failures): {raced}");
+    }
     out
 }
 
@@ -198,7 +201,8 @@ mod tests {
             "probes_attached": 20, "placement": true,
             "live_table": {"entries": 2, "capacity": 4096}, "live_map": {"entries": 3, "capacity": 1024}, "stack_map": {"entries": 1, "capacity": 256},
             "kernel_events_lost": {"live_map_full": 2, "stale_call": 0},
-            "attach_failures": [{"pid": 7, "error": "process 7 does not exist or has exited", "at_unix": 99.0}],
+            "attach_failures": [{"pid": 7, "error": "process 7 does not exist", "at_unix": 99.0}],
+            "exited_before_attach_total": 5,
             "watch": {"enabled": true, "watched_processes": 150, "suspects": 1, "alerts_fired_total": 2, "escalations_running": 0},
         });
         let t = render_status("127.0.0.1:9477", &v, 102.0);
@@ -211,6 +215,7 @@ mod tests {
         assert!(t.contains("3.0 KiB"), "{t}");
         assert!(t.contains("kernel events lost: live_map_full 2\n"), "{t}");
         assert!(t.contains("attach failures (1), latest: pid 7"), "{t}");
+        assert!(t.contains("exited while being attached (not failures): 5"), "{t}");
     }
 
     #[test]

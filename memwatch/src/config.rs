@@ -128,6 +128,7 @@ pub struct CollectFile {
 #[serde(deny_unknown_fields)]
 pub struct ReportFile {
     pub stacks_per_process: Option<i64>,
+    pub cmdline_arguments: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +189,8 @@ pub struct Config {
     pub maps: MapSizes,
     pub collect_interval: Duration,
     pub stacks_per_process: usize,
+    /// Leading command-line arguments reports show after the executable.
+    pub cmdline_arguments: usize,
     pub top_processes: usize,
     pub symbol_cache_entries: usize,
     /// Probe instructions the kernel emulates instead of function entries.
@@ -357,6 +360,7 @@ impl Config {
                 1,
                 10_000,
             )? as usize,
+            cmdline_arguments: ranged("report.cmdline_arguments", file.report.cmdline_arguments, 0, 0, 4096)? as usize,
             top_processes: ranged("metrics.top_processes", file.metrics.top_processes, 10, 0, 1000)? as usize,
             placement: file.probes.placement.unwrap_or(true),
             detect: detect(&file.detect)?,

@@ -115,6 +115,7 @@ async fn status(State(s): State<AppState>) -> Response {
         },
         "kernel_events_lost": lost,
         "attach_failures": snap.failures,
+        "exited_before_attach_total": snap.exited_before_attach_total,
         "watch": {
             "enabled": snap.watch.enabled,
             "watched_processes": snap.watch.watched_processes,

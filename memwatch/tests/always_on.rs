@@ -169,3 +169,62 @@ fn a_suspect_that_exits_mid_escalation_leaves_nothing_attached() {
     let s = suspect(&suspects(&d), pid).cloned().unwrap();
     assert_eq!(s["exited"], true);
 }
+
+/// A Python service that grows, found by host-wide detection alone: its
+/// escalation walks the interpreter's frames, and its suspect report names
+/// the Python line that keeps the memory. Debian's static interpreter runs
+/// under a name of its own, so that only it can be escalated (and so that
+/// finding CPython does not depend on the executable's name).
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn a_growing_python_service_is_escalated_and_named_by_its_python_line() {
+    require_root();
+    let d = Daemon::start_with(
+        "[collect]\ninterval_seconds = 1\n[escalation]\nwindow_seconds = 15\ninclude_exe = [\"aon-python\"]\n",
+    );
+    let python = binary_as(std::path::Path::new("/usr/bin/python3.11"), "aon-python");
+    let mut fx = Fixture::start_from(&python, &[service_py().to_str().unwrap()]);
+    assert_eq!(fx.ask("grow 204800"), "growing");
+    let grow = ("grow_steadily".to_string(), service_line("GROW"));
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let evidence = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no escalation evidence for the Python service within 120 s: {:#}",
+            d.json("/leaks?limit=20")
+        );
+        if let Some(s) = suspect(&suspects(&d), fx.pid)
+            && s["escalation"]["state"] == "done"
+        {
+            break s.clone();
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(evidence["growth"]["verdict"], "leak", "{evidence:#}");
+    assert_eq!(evidence["escalation"]["outcome"], "completed", "{evidence:#}");
+    // Arguments are not shown by default (they may carry secrets).
+    assert_eq!(
+        evidence["cmdline"],
+        format!("{} … (1 more argument hidden)", python.display()),
+        "{evidence:#}"
+    );
+    // Exact tracking's largest stack leads with the growing line; the
+    // interpreter's own frames are replaced by Python's.
+    let top = &evidence["stacks"][0];
+    assert_eq!(python_frames(top).first(), Some(&grow), "{evidence:#}");
+    assert!(top["live_bytes"].as_u64().unwrap() > 1_000_000, "{top:#}");
+    let file = top["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "python")
+        .unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(file, service_py().to_str().unwrap());
+    let (_, text) = d.get_with("/leaks", Some("text/plain"));
+    assert!(text.contains(&format!("grow_steadily ({file}:{})", grow.1)), "{text}");
+    assert!(fx.exit().success());
+}

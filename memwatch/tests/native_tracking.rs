@@ -386,3 +386,65 @@ in_both_builds!(frees_from_other_threads_account_exactly_in_a_contended_table);
 in_both_builds!(a_process_that_exits_midway_leaves_nothing_behind);
 in_both_builds!(processes_started_later_are_found_by_executable_glob);
 in_both_builds!(exec_starts_the_process_afresh);
+
+/// Short-lived processes matched by `--exe` (400 of them, 8 at a time) that
+/// exit before or while memwatch attaches are races, counted apart: no
+/// attach failure, nothing left attached.
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn short_lived_processes_matched_by_exe_are_races_not_failures() {
+    require_root();
+    let d = Daemon::start(FAST, &["--exe", "mw-brief-*"]);
+    let quick = binary_as(std::path::Path::new("/usr/bin/true"), "mw-brief-true");
+    let brief = binary_as(std::path::Path::new("/usr/bin/sleep"), "mw-brief-sleep");
+    for batch in 0..50 {
+        let mut children: Vec<std::process::Child> = (0..8)
+            .map(|i| {
+                if (batch + i) % 2 == 0 {
+                    std::process::Command::new(&quick).spawn().unwrap()
+                } else {
+                    std::process::Command::new(&brief).arg("0.02").spawn().unwrap()
+                }
+            })
+            .collect();
+        for c in &mut children {
+            assert!(c.wait().unwrap().success());
+        }
+    }
+    d.wait_for("every brief process to be let go", Duration::from_secs(30), || {
+        d.metric("memwatch_tracked_processes") == Some(0.0) && d.metric("memwatch_probes_attached") == Some(0.0)
+    });
+    d.wait_for_fresh_scan();
+    let status = d.json("/status");
+    assert_eq!(status["attach_failures"], serde_json::json!([]), "{status:#}");
+    assert_eq!(d.metric("memwatch_attach_failures_total"), Some(0.0));
+    let raced = d.metric("memwatch_exited_before_attach_total").unwrap();
+    eprintln!("400 brief processes: {raced} exited while being attached (not failures)");
+}
+
+/// A process matching `--exe` that can never be tracked (it has no
+/// allocator) is reported once, with the reason, not on every scan.
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn a_process_that_cannot_be_tracked_is_said_once_and_retried_less_often() {
+    require_root();
+    let bin = compile(
+        "nolibc",
+        &[std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nolibc.c")],
+        &["-static", "-nostdlib", "-O1"],
+    );
+    let fx = Fixture::start_from(&binary_as(&bin, "mw-nolibc"), &[]);
+    // Scans every 0.2 s: 25 of them in the 5 s below.
+    let d = Daemon::start(FAST, &["--exe", "mw-nolibc"]);
+    std::thread::sleep(Duration::from_secs(5));
+    d.wait_for_fresh_scan();
+    let failures = d.json("/status")["attach_failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert_eq!(failures[0]["pid"], fx.pid);
+    assert!(
+        failures[0]["error"].as_str().unwrap().contains("defining malloc"),
+        "{failures:#?}"
+    );
+    assert_eq!(d.metric("memwatch_attach_failures_total"), Some(1.0));
+    drop(fx);
+}

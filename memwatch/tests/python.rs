@@ -6,44 +6,9 @@
 
 mod common;
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use common::*;
-
-fn service() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/service.py")
-}
-
-/// The line of service.py marked `# MARK`.
-fn line_of(mark: &str) -> u64 {
-    let text = std::fs::read_to_string(service()).unwrap();
-    text.lines()
-        .position(|l| l.trim_end().ends_with(&format!("# {mark}")))
-        .unwrap_or_else(|| panic!("no line marked {mark}")) as u64
-        + 1
-}
-
-/// The Python frames of a stack, as (function, line).
-fn python_frames(stack: &serde_json::Value) -> Vec<(String, u64)> {
-    stack["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "python")
-        .map(|f| {
-            assert!(
-                f["file"]
-                    .as_str()
-                    .is_some_and(|p| p.ends_with(".py") || p.starts_with("<frozen ")),
-                "a Python frame names its file: {f}"
-            );
-            (
-                f["function"].as_str().unwrap().to_string(),
-                f["line"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
-}
 
 /// Stacks whose innermost Python frame is `function` at `line`.
 fn stacks_leading_with<'a>(p: &'a serde_json::Value, function: &str, line: u64) -> Vec<&'a serde_json::Value> {
@@ -72,7 +37,7 @@ fn start_service(python: &str, required: bool) -> Option<Fixture> {
         eprintln!("MISSING INTERPRETER: {python} is not on this machine; its test did not run");
         return None;
     }
-    let script = service();
+    let script = service_py();
     Some(Fixture::start_from(
         std::path::Path::new(python),
         &[script.to_str().unwrap()],
@@ -116,14 +81,14 @@ fn python_lines_lead_the_stacks(python: &str, required: bool) {
     // The leak: handle at its line leads the process's largest stacks, in
     // both threads, and holds exactly the buffers kept.
     // (The list they are kept in grows by realloc at the same line.)
-    let leak: Vec<&serde_json::Value> = stacks_leading_with(&p, "handle", line_of("LEAK"))
+    let leak: Vec<&serde_json::Value> = stacks_leading_with(&p, "handle", service_line("LEAK"))
         .into_iter()
         .filter(|s| s["call"] == "malloc")
         .collect();
     assert!(
         !leak.is_empty(),
         "{python}: no stack leads with handle:{}: {p:#}",
-        line_of("LEAK")
+        service_line("LEAK")
     );
     assert_eq!(
         sum(&leak, "live_allocations"),
@@ -133,7 +98,7 @@ fn python_lines_lead_the_stacks(python: &str, required: bool) {
     let top = &p["stacks"][0];
     assert_eq!(
         python_frames(top).first(),
-        Some(&("handle".to_string(), line_of("LEAK"))),
+        Some(&("handle".to_string(), service_line("LEAK"))),
         "{python}: the largest stack leads with the leak: {top:#}"
     );
     let in_worker = leak.iter().any(|s| python_frames(s).iter().any(|(f, _)| f == "worker"));
@@ -157,7 +122,7 @@ fn python_lines_lead_the_stacks(python: &str, required: bool) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| python_frames(s).contains(&("handle".to_string(), line_of("BODY"))))
+        .filter(|s| python_frames(s).contains(&("handle".to_string(), service_line("BODY"))))
         .collect();
     assert!(!bodies.is_empty(), "{python}: no body stack: {p:#}");
     assert!(
@@ -169,7 +134,7 @@ fn python_lines_lead_the_stacks(python: &str, required: bool) {
         "{python}: the extension's frames come first: {bodies:#?}"
     );
     // Chunks made by a generator: the generator's frame, then its caller.
-    let chunks: Vec<&serde_json::Value> = stacks_leading_with(&p, "chunks_of", line_of("GEN"))
+    let chunks: Vec<&serde_json::Value> = stacks_leading_with(&p, "chunks_of", service_line("GEN"))
         .into_iter()
         .filter(|s| s["call"] == "malloc")
         .collect();
@@ -185,7 +150,7 @@ fn python_lines_lead_the_stacks(python: &str, required: bool) {
     d.wait_for_fresh_scan();
     let leaks = d.json(&format!("/leaks?pid={}&limit=200", fx.pid));
     let p = leaks["processes"][0].clone();
-    let deep: Vec<&serde_json::Value> = stacks_leading_with(&p, "recurse", line_of("DEEP"))
+    let deep: Vec<&serde_json::Value> = stacks_leading_with(&p, "recurse", service_line("DEEP"))
         .into_iter()
         .filter(|s| s["call"] == "malloc")
         .collect();
@@ -257,7 +222,7 @@ fn python_objects_are_counted(python: &str, out_of_line: bool, required: bool) {
     d.wait_for_fresh_scan();
     let leaks = d.json(&format!("/leaks?pid={}&limit=100", fx.pid));
     let p = &leaks["processes"][0];
-    let objects: Vec<&serde_json::Value> = stacks_leading_with(p, "keep_objects", line_of("OBJ"))
+    let objects: Vec<&serde_json::Value> = stacks_leading_with(p, "keep_objects", service_line("OBJ"))
         .into_iter()
         .filter(|s| s["allocator"] == "python" && s["call"] == "malloc")
         .collect();

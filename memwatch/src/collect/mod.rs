@@ -106,7 +106,7 @@ impl Collector {
         let watcher = config
             .detect
             .enabled
-            .then(|| crate::watch::Watcher::new(&config.detect));
+            .then(|| crate::watch::Watcher::new(&config.detect, config.cmdline_arguments));
         Collector {
             kernel,
             table: ProcessTable::new(
@@ -117,6 +117,7 @@ impl Collector {
                 },
                 config.maps.processes,
                 crate::unwind::Unwinder::new(config.unwind.enabled, config.unwind.rows),
+                config.cmdline_arguments,
             ),
             symbolizer,
             python: PythonSymbolizer::new(config.symbol_cache_entries),
@@ -419,6 +420,7 @@ impl Collector {
             groups: groups.into_values().collect(),
             failures: self.table.failures().to_vec(),
             attach_failures_total: self.table.attach_failures_total,
+            exited_before_attach_total: self.table.exited_before_attach_total,
             probes_attached: self.table.probe_count(),
             live_entries,
             live_capacity: self.kernel.sizes.live_allocations,

@@ -93,6 +93,7 @@ pub struct Snapshot {
     pub groups: Vec<GroupTotals>,
     pub failures: Vec<AttachFailure>,
     pub attach_failures_total: u64,
+    pub exited_before_attach_total: u64,
     pub probes_attached: usize,
     /// Records in the `LIVE` hash map (allocations whose table slot was taken).
     pub live_entries: usize,

@@ -8,7 +8,7 @@ use crate::{
     clock::monotonic_ns,
     collect::aggregate::aggregate,
     leaks,
-    process::{Selection, unix_now},
+    process::{Selection, TrackError, unix_now},
     unwind::Reason,
     watch::{
         GrowthStack,
@@ -168,12 +168,18 @@ impl Collector {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(pid, error = %e, "cannot escalate a suspect");
-                        self.escalation_outcomes[Outcome::Failed as usize] += 1;
+                        // An exit while attaching is no failure of memwatch's.
+                        let outcome = if matches!(e, TrackError::NoProcess(_)) {
+                            Outcome::Exited
+                        } else {
+                            tracing::warn!(pid, error = %e, "cannot escalate a suspect");
+                            Outcome::Failed
+                        };
+                        self.escalation_outcomes[outcome as usize] += 1;
                         Status::Done {
                             started: now,
                             ended: now,
-                            outcome: Outcome::Failed,
+                            outcome,
                         }
                     }
                 },

@@ -3,7 +3,10 @@
 //! Probes are scoped to the process (perf_event pid scope): other processes
 //! mapping the same libc never hit them.
 
-use std::num::NonZeroU32;
+use std::{
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context, anyhow};
 use aya::{
@@ -121,30 +124,72 @@ pub fn detach(ebpf: &mut Ebpf, sites: Vec<AttachedSite>) -> Vec<UProbeLink> {
 }
 
 /// Closes detached links in the background, many at once: concurrent
-/// closers share the kernel's grace periods.
-#[derive(Default)]
-pub struct Reaper {
+/// closers share the kernel's grace periods. At most [`REAPER_THREADS`]
+/// closers run, however many calls hand links over: they drain one queue.
+pub struct Reaper<T: Send + 'static = UProbeLink> {
+    queue: Arc<Mutex<ReapQueue<T>>>,
     running: Vec<std::thread::JoinHandle<()>>,
+}
+
+struct ReapQueue<T> {
+    links: Vec<T>,
+    /// Closers that have not yet seen the queue empty.
+    active: usize,
+}
+
+impl<T: Send + 'static> Default for Reaper<T> {
+    fn default() -> Self {
+        Reaper {
+            queue: Arc::new(Mutex::new(ReapQueue {
+                links: Vec::new(),
+                active: 0,
+            })),
+            running: Vec::new(),
+        }
+    }
 }
 
 const REAPER_THREADS: usize = 32;
 
-impl Reaper {
-    pub fn reap(&mut self, mut links: Vec<UProbeLink>) {
+impl<T: Send + 'static> Reaper<T> {
+    pub fn reap(&mut self, links: Vec<T>) {
         self.running.retain(|h| !h.is_finished());
         if links.is_empty() {
             return;
         }
-        let per_thread = links.len().div_ceil(REAPER_THREADS);
-        while !links.is_empty() {
-            let chunk: Vec<UProbeLink> = links.drain(..per_thread.min(links.len())).collect();
-            match std::thread::Builder::new()
-                .name("reaper".into())
-                .spawn(move || drop(chunk))
-            {
+        let spawn = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.links.extend(links);
+            let n = REAPER_THREADS.saturating_sub(q.active).min(q.links.len());
+            q.active += n;
+            n
+        };
+        for _ in 0..spawn {
+            let queue = self.queue.clone();
+            let closer = move || loop {
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                match q.links.pop() {
+                    Some(link) => {
+                        drop(q);
+                        drop(link);
+                    }
+                    None => {
+                        // Seen empty under the lock: reap() counts on it.
+                        q.active -= 1;
+                        return;
+                    }
+                }
+            };
+            match std::thread::Builder::new().name("reaper".into()).spawn(closer) {
                 Ok(h) => self.running.push(h),
-                // Could not spawn: the chunk was dropped here, synchronously.
-                Err(e) => tracing::warn!(error = %e, "detaching probes synchronously"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "detaching probes synchronously");
+                    let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    q.active -= 1;
+                    let rest = std::mem::take(&mut q.links);
+                    drop(q);
+                    drop(rest);
+                }
             }
         }
     }
@@ -155,10 +200,51 @@ impl Reaper {
             let _ = h.join();
         }
     }
+
+    /// Closer threads alive.
+    pub fn threads(&self) -> usize {
+        self.running.iter().filter(|h| !h.is_finished()).count()
+    }
 }
 
 impl AttachedSite {
     pub fn probe_count(&self) -> usize {
         self.links.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use super::*;
+
+    static CLOSING: AtomicUsize = AtomicUsize::new(0);
+    static MOST: AtomicUsize = AtomicUsize::new(0);
+    static CLOSED: AtomicUsize = AtomicUsize::new(0);
+
+    /// Closes slowly, like a link waiting for a grace period.
+    struct SlowLink;
+    impl Drop for SlowLink {
+        fn drop(&mut self) {
+            let now = CLOSING.fetch_add(1, SeqCst) + 1;
+            MOST.fetch_max(now, SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            CLOSING.fetch_sub(1, SeqCst);
+            CLOSED.fetch_add(1, SeqCst);
+        }
+    }
+
+    #[test]
+    fn closers_are_capped_across_calls_and_close_everything() {
+        let mut r: Reaper<SlowLink> = Reaper::default();
+        for _ in 0..50 {
+            r.reap((0..40).map(|_| SlowLink).collect());
+            assert!(r.threads() <= REAPER_THREADS);
+        }
+        r.finish();
+        assert_eq!(CLOSED.load(SeqCst), 2000);
+        let most = MOST.load(SeqCst);
+        assert!(most <= REAPER_THREADS && most > 1, "{most} closing at once");
     }
 }

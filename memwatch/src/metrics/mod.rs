@@ -265,6 +265,7 @@ pub struct DaemonMetrics {
     tracked: IntGauge,
     probes: IntGauge,
     attach_failures: IntCounter,
+    exited_before_attach: IntCounter,
     scan_seconds: Gauge,
     last_scan: Gauge,
     live_entries: IntGauge,
@@ -304,6 +305,10 @@ impl DaemonMetrics {
                 "memwatch_attach_failures_total",
                 "Processes memwatch was asked to track but could not.",
             ),
+            exited_before_attach: c(
+                "memwatch_exited_before_attach_total",
+                "Processes chosen for tracking (by --exe, at exec or fork, or escalated) that exited while being attached: races, not failures.",
+            ),
             scan_seconds: f(
                 "memwatch_scan_duration_seconds",
                 "Time the last scan of the kernel maps took.",
@@ -342,6 +347,7 @@ impl DaemonMetrics {
         self.tracked.set(s.processes.len() as i64);
         self.probes.set(s.probes_attached as i64);
         advance(&self.attach_failures, s.attach_failures_total);
+        advance(&self.exited_before_attach, s.exited_before_attach_total);
         self.scan_seconds.set(s.scan_seconds);
         self.last_scan.set(s.taken_at_unix);
         self.live_entries.set(s.live_entries as i64);

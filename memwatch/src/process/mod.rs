@@ -6,6 +6,7 @@
 //! itself, so no record of the new image is ever lost), and an exit retires
 //! it. Records and counters of retired generations are swept by the scan.
 
+mod backoff;
 pub mod procfs;
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -120,11 +121,20 @@ pub struct ProcessTable {
     logged_placements: std::collections::HashSet<(String, u64)>,
     /// Probe attachments that failed, ever (a counter for /metrics).
     pub attach_failures_total: u64,
+    /// Processes that exited while being attached, ever: races, not failures.
+    pub exited_before_attach_total: u64,
+    /// Processes matching a glob that could not be tracked, retried less often.
+    backoff: backoff::Backoff,
+    /// Command-line arguments kept for reports.
+    cmdline_arguments: usize,
     /// Unwind tables of the tracked processes (and of leak suspects).
     pub unwind: Unwinder,
 }
 
 const MAX_FAILURES_KEPT: usize = 100;
+/// Binaries whose probe placement was logged, remembered to log each once;
+/// forgotten wholesale past this many (logging one again is harmless).
+const LOGGED_PLACEMENTS_MAX: usize = 4096;
 /// How long a new process may take to map its allocator.
 const PENDING_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -139,14 +149,21 @@ struct Pending {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrackError {
-    #[error("process {0} does not exist or has exited")]
+    #[error("process {0} exited")]
     NoProcess(u32),
+    #[error("process {0} does not exist")]
+    Missing(u32),
     #[error(transparent)]
     Target(#[from] target::TargetError),
     #[error("{0:#}")]
     Kernel(anyhow::Error),
     #[error("too many tracked processes (raise maps.processes)")]
     TooMany,
+}
+
+/// Whether `pid` is gone (or a zombie).
+fn exited(pid: u32) -> bool {
+    procfs::read_stat(pid).map_or(true, |s| s.state == 'Z' || s.state == 'X')
 }
 
 pub fn unix_now() -> f64 {
@@ -157,7 +174,13 @@ pub fn unix_now() -> f64 {
 }
 
 impl ProcessTable {
-    pub fn new(globs: Vec<ExeGlob>, wanted: target::Wanted, slots: u32, unwind: Unwinder) -> Self {
+    pub fn new(
+        globs: Vec<ExeGlob>,
+        wanted: target::Wanted,
+        slots: u32,
+        unwind: Unwinder,
+        cmdline_arguments: usize,
+    ) -> Self {
         ProcessTable {
             procs: BTreeMap::new(),
             retired: Vec::new(),
@@ -171,6 +194,9 @@ impl ProcessTable {
             pending: Vec::new(),
             logged_placements: Default::default(),
             attach_failures_total: 0,
+            exited_before_attach_total: 0,
+            backoff: backoff::Backoff::default(),
+            cmdline_arguments,
             unwind,
         }
     }
@@ -238,16 +264,41 @@ impl ProcessTable {
     }
 
     /// Starts tracking `pid`. Failures are returned, remembered for status
-    /// reports, and leave nothing attached.
+    /// reports, and leave nothing attached; a process that exited meanwhile
+    /// is [`TrackError::NoProcess`], counted apart.
     pub fn track(&mut self, kernel: &mut Kernel, pid: u32, selection: Selection) -> Result<(), TrackError> {
-        if self.procs.contains_key(&pid) {
-            return Ok(());
-        }
-        let result = self.try_track(kernel, pid, selection);
-        if let Err(e) = &result {
+        let result = self.attempt(kernel, pid, selection);
+        if let Err(e) = &result
+            && !matches!(e, TrackError::NoProcess(_))
+        {
             self.record_failure(pid, e);
         }
         result
+    }
+
+    /// [`Self::track`] without remembering a failure.
+    fn attempt(&mut self, kernel: &mut Kernel, pid: u32, selection: Selection) -> Result<(), TrackError> {
+        if self.procs.contains_key(&pid) {
+            return Ok(());
+        }
+        // A pid named by the user that does not exist is their error, not a race.
+        if selection == Selection::Pid && procfs::read_stat(pid).is_err() {
+            return Err(TrackError::Missing(pid));
+        }
+        self.try_track(kernel, pid, selection)
+            .map_err(|e| self.unless_exited(pid, e))
+    }
+
+    /// `error`, or [`TrackError::NoProcess`] (counted) when the process
+    /// has exited: whatever failed failed because it was gone.
+    fn unless_exited(&mut self, pid: u32, error: TrackError) -> TrackError {
+        if matches!(error, TrackError::NoProcess(_)) || exited(pid) {
+            self.exited_before_attach_total += 1;
+            tracing::debug!(pid, error = %error, "the process exited before it could be tracked");
+            TrackError::NoProcess(pid)
+        } else {
+            error
+        }
     }
 
     fn try_track(&mut self, kernel: &mut Kernel, pid: u32, selection: Selection) -> Result<(), TrackError> {
@@ -292,7 +343,7 @@ impl ProcessTable {
             start_time: stat.start_time,
             comm: stat.comm,
             exe,
-            cmdline: procfs::read_cmdline(pid).unwrap_or_default(),
+            cmdline: procfs::read_cmdline(pid, self.cmdline_arguments).unwrap_or_default(),
             selection,
             tracked_since_unix: unix_now(),
             sites,
@@ -317,6 +368,9 @@ impl ProcessTable {
         let key = (t.dev.clone(), t.inode);
         if self.logged_placements.contains(&key) {
             return;
+        }
+        if self.logged_placements.len() >= LOGGED_PLACEMENTS_MAX {
+            self.logged_placements.clear();
         }
         self.logged_placements.insert(key);
         for s in &t.sites {
@@ -358,21 +412,38 @@ impl ProcessTable {
         self.reaper.finish();
     }
 
-    /// Tracks every running process whose executable matches a glob.
+    /// Tracks every running process whose executable matches a glob. One
+    /// that cannot be tracked is retried less and less often, and said once.
     pub fn discover(&mut self, kernel: &mut Kernel) {
         if self.globs.is_empty() {
             return;
         }
         let me = std::process::id();
-        for pid in procfs::list_pids().unwrap_or_default() {
+        let now = crate::clock::monotonic_ns() as f64 / 1e9;
+        let pids = procfs::list_pids().unwrap_or_default();
+        let listed: std::collections::HashSet<u32> = pids.iter().copied().collect();
+        self.backoff.retain(|pid| listed.contains(&pid));
+        for pid in pids {
             if pid == me || self.procs.contains_key(&pid) || self.pending.iter().any(|p| p.pid == pid) {
                 continue;
             }
             let Ok(exe) = procfs::read_exe(pid) else { continue };
-            if let Some(pattern) = self.glob_for(&exe)
-                && let Err(e) = self.track(kernel, pid, Selection::Exe(pattern))
-            {
-                tracing::warn!(pid, error = %e, "cannot track a process matching --exe");
+            let Some(pattern) = self.glob_for(&exe) else { continue };
+            let Ok(stat) = procfs::read_stat(pid) else { continue };
+            if !self.backoff.may_try(pid, stat.start_time, now) {
+                continue;
+            }
+            match self.attempt(kernel, pid, Selection::Exe(pattern)) {
+                Ok(()) => self.backoff.forget(pid),
+                Err(TrackError::NoProcess(_)) => {}
+                Err(e) => {
+                    if self.backoff.failed(pid, stat.start_time, &e.to_string(), now) {
+                        tracing::warn!(pid, error = %e, "cannot track a process matching --exe (retried less and less often)");
+                        self.record_failure(pid, &e);
+                    } else {
+                        tracing::debug!(pid, error = %e, "still cannot track a process matching --exe");
+                    }
+                }
             }
         }
     }
@@ -406,7 +477,7 @@ impl ProcessTable {
             inc.comm = stat.comm;
         }
         inc.exe = procfs::read_exe(pid).unwrap_or_default();
-        inc.cmdline = procfs::read_cmdline(pid).unwrap_or_default();
+        inc.cmdline = procfs::read_cmdline(pid, self.cmdline_arguments).unwrap_or_default();
         let keep = match &inc.selection {
             Selection::Pid | Selection::Suspect => true,
             Selection::Exe(_) => self.globs.iter().any(|g| g.matches(&inc.exe)),
@@ -428,8 +499,10 @@ impl ProcessTable {
             Ok(t) => t,
             Err(target::TargetError::NoAllocator { .. }) => return false,
             Err(e) => {
-                let e = TrackError::from(e);
-                self.record_failure(pid, &e);
+                let e = self.unless_exited(pid, TrackError::from(e));
+                if !matches!(e, TrackError::NoProcess(_)) {
+                    self.record_failure(pid, &e);
+                }
                 self.untrack(kernel, pid, &format!("its new image cannot be probed: {e}"));
                 return true;
             }
@@ -506,7 +579,10 @@ impl ProcessTable {
         if self.procs.contains_key(&pid) {
             return;
         }
-        match self.try_track(kernel, pid, Selection::Exe(pattern.clone())) {
+        match self
+            .try_track(kernel, pid, Selection::Exe(pattern.clone()))
+            .map_err(|e| self.unless_exited(pid, e))
+        {
             Ok(()) => {}
             Err(TrackError::Target(target::TargetError::NoAllocator { .. })) => {
                 let start_time = procfs::read_stat(pid).map(|s| s.start_time).unwrap_or(0);
@@ -519,9 +595,7 @@ impl ProcessTable {
                     });
                 }
             }
-            Err(e @ TrackError::NoProcess(_)) => {
-                tracing::debug!(pid, error = %e, "a new process was gone before it could be tracked")
-            }
+            Err(TrackError::NoProcess(_)) => {}
             Err(e) => {
                 tracing::warn!(pid, error = %e, "cannot track a new process matching --exe");
                 self.record_failure(pid, &e);
@@ -553,11 +627,15 @@ impl ProcessTable {
                 }
                 continue;
             };
-            match self.try_track(kernel, p.pid, Selection::Exe(pattern)) {
+            match self
+                .try_track(kernel, p.pid, Selection::Exe(pattern))
+                .map_err(|e| self.unless_exited(p.pid, e))
+            {
                 Ok(()) => {}
                 Err(TrackError::Target(target::TargetError::NoAllocator { .. })) if now < p.deadline => {
                     self.pending.push(p)
                 }
+                Err(TrackError::NoProcess(_)) => {}
                 Err(e) => {
                     tracing::warn!(pid = p.pid, error = %e, "cannot track a new process matching --exe");
                     self.record_failure(p.pid, &e);

@@ -146,14 +146,31 @@ pub fn read_exe(pid: u32) -> io::Result<PathBuf> {
     })
 }
 
-pub fn read_cmdline(pid: u32) -> io::Result<String> {
-    let raw = fs::read(proc_path(pid, "cmdline"))?;
-    let parts: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
+/// The command line of `pid` as reports show it: the executable and at most
+/// `arguments` leading arguments (see [`shown_cmdline`]).
+pub fn read_cmdline(pid: u32, arguments: usize) -> io::Result<String> {
+    Ok(shown_cmdline(&fs::read(proc_path(pid, "cmdline"))?, arguments))
+}
+
+/// A raw /proc/PID/cmdline as reports show it. Arguments often carry
+/// secrets (passwords, tokens), so only the first `arguments` are kept; the
+/// rest are said to be hidden, never copied.
+pub fn shown_cmdline(raw: &[u8], arguments: usize) -> String {
+    let mut parts = raw.split(|&b| b == 0).filter(|s| !s.is_empty());
+    let shown: Vec<String> = parts
+        .by_ref()
+        .take(arguments.saturating_add(1))
         .map(|s| String::from_utf8_lossy(s).into_owned())
         .collect();
-    Ok(parts.join(" "))
+    let hidden = parts.count();
+    let mut out = shown.join(" ");
+    if hidden > 0 {
+        out.push_str(&format!(
+            " … ({hidden} more argument{} hidden)",
+            if hidden == 1 { "" } else { "s" }
+        ));
+    }
+    out
 }
 
 /// Thread-group id of a task (a thread's /proc entry is reachable by its tid).
@@ -212,6 +229,19 @@ pub fn exists(pid: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_lines_hide_arguments_past_those_asked_for() {
+        let raw = b"/usr/bin/mysql\0-uroot\0-phunter2\0db\0";
+        assert_eq!(shown_cmdline(raw, 0), "/usr/bin/mysql … (3 more arguments hidden)");
+        assert_eq!(
+            shown_cmdline(raw, 2),
+            "/usr/bin/mysql -uroot -phunter2 … (1 more argument hidden)"
+        );
+        assert_eq!(shown_cmdline(raw, 4096), "/usr/bin/mysql -uroot -phunter2 db");
+        assert_eq!(shown_cmdline(b"nginx: worker process\0", 0), "nginx: worker process");
+        assert_eq!(shown_cmdline(b"", 0), "");
+    }
 
     #[test]
     fn stat_survives_odd_command_names() {

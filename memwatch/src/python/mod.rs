@@ -224,11 +224,19 @@ pub enum NotWalked {
 }
 
 /// The CPython interpreter `pid` maps, if any. `Ok(None)`: no CPython.
+///
+/// Looked for in libpython and in the main executable whatever its name (a
+/// static interpreter may be renamed or embedded); other objects are not
+/// opened.
 pub fn detect(pid: u32, entries: &[MapEntry]) -> Result<Option<Runtime>, NotWalked> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|e| e.to_string_lossy().trim_end_matches(" (deleted)").to_string());
     for f in procfs::mapped_files(entries).into_iter().filter(|f| f.executable) {
         let name = Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned());
         let Some(name) = name else { continue };
-        let candidate = name.starts_with("libpython3") || name.starts_with("python3") || name == "python";
+        let main = exe.as_deref() == Some(f.path.as_str());
+        let candidate = main || name.starts_with("libpython3") || name.starts_with("python3") || name == "python";
         if !candidate {
             continue;
         }

@@ -2,7 +2,11 @@
 //! functions, build-ids. Results are cached per binary (build-id or path) and
 //! file offset, so processes sharing a library share its symbols.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use blazesym::{
     Pid,
@@ -19,24 +23,50 @@ use crate::process::procfs;
 pub struct NativeSymbolizer {
     normalizer: Normalizer,
     symbolizer: Symbolizer,
+    /// Paths blazesym has opened (and keeps open, parsed, in its caches):
+    /// past [`MAX_SOURCES`] both are made afresh. Container processes add a
+    /// `/proc/PID/root/...` path per process.
+    sources: HashSet<PathBuf>,
     /// (binary, file offset of the return address) → frames.
     cache: HashMap<(Arc<str>, u64), Arc<Vec<Frame>>>,
     capacity: usize,
 }
 
+/// Binaries blazesym may hold parsed at once.
+const MAX_SOURCES: usize = 256;
+
+fn normalizer() -> Normalizer {
+    Normalizer::builder()
+        .enable_build_ids(true)
+        .enable_build_id_caching(true)
+        .build()
+}
+
+fn symbolizer() -> Symbolizer {
+    Symbolizer::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .build()
+}
+
 impl NativeSymbolizer {
     pub fn new(capacity: usize) -> Self {
         NativeSymbolizer {
-            normalizer: Normalizer::builder()
-                .enable_build_ids(true)
-                .enable_build_id_caching(true)
-                .build(),
-            symbolizer: Symbolizer::builder()
-                .enable_code_info(true)
-                .enable_inlined_fns(true)
-                .build(),
+            normalizer: normalizer(),
+            symbolizer: symbolizer(),
+            sources: HashSet::new(),
             cache: HashMap::new(),
             capacity,
+        }
+    }
+
+    /// Starts blazesym afresh once it holds [`MAX_SOURCES`] binaries
+    /// (before a call: its results borrow from it).
+    fn bound_sources(&mut self) {
+        if self.sources.len() >= MAX_SOURCES {
+            self.symbolizer = symbolizer();
+            self.normalizer = normalizer();
+            self.sources.clear();
         }
     }
 }
@@ -71,6 +101,7 @@ impl Symbolize for NativeSymbolizer {
         // Return addresses point after the call: look up the call itself.
         let lookup: Vec<u64> = addrs.iter().map(|a| a.saturating_sub(1)).collect();
         let unknown = || addrs.iter().map(|&a| vec![Frame::unknown(a)]).collect();
+        self.bound_sources();
         let Ok(normalized) = self.normalizer.normalize_user_addrs(Pid::from(pid), &lookup) else {
             return unknown();
         };
@@ -96,7 +127,9 @@ impl Symbolize for NativeSymbolizer {
             let module = elf.path.display().to_string();
             let build_id = elf.build_id.as_deref().map(hex);
             let key: Arc<str> = binary_key(&elf.path, elf.build_id.as_deref()).into();
-            let src = Source::Elf(Elf::new(open_path(pid, &elf.path)));
+            let path = open_path(pid, &elf.path);
+            self.sources.insert(path.clone());
+            let src = Source::Elf(Elf::new(path));
             let offsets: Vec<u64> = items.iter().map(|&(_, o)| o).collect();
             let results = self
                 .symbolizer
@@ -176,6 +209,28 @@ mod tests {
         // Now served from the cache, with the same answer.
         assert_eq!(s.cached(), 1);
         assert_eq!(s.symbolize(std::process::id(), &[addr]), frames);
+    }
+
+    #[test]
+    fn binaries_held_by_blazesym_are_bounded() {
+        let mut s = NativeSymbolizer::new(1000);
+        for i in 0..1000 {
+            s.bound_sources();
+            s.sources.insert(PathBuf::from(format!("/proc/{i}/root/usr/lib/libc.so.6")));
+            assert!(s.sources.len() <= MAX_SOURCES);
+        }
+        // Made afresh, it still symbolizes.
+        let addr = marker_function() + 1;
+        let frames = s.symbolize(std::process::id(), &[addr]);
+        assert!(
+            frames[0]
+                .last()
+                .unwrap()
+                .function
+                .as_deref()
+                .unwrap_or("")
+                .contains("marker_function")
+        );
     }
 
     #[test]

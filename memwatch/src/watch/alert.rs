@@ -9,8 +9,9 @@ use serde::Serialize;
 pub enum Alert {
     /// No leak seen.
     Inactive,
-    /// A leak is seen since `since` (Unix seconds), not yet for long enough.
-    Pending { since: f64 },
+    /// A leak is seen since `since` (Unix seconds), not yet for long enough;
+    /// `last_seen` is the last evaluation that saw it.
+    Pending { since: f64, last_seen: f64 },
     /// Fired at `fired_at`; `last_seen` is the last evaluation that saw the leak.
     Firing { since: f64, fired_at: f64, last_seen: f64 },
     /// The episode ended; kept to be shown for a while.
@@ -33,6 +34,22 @@ pub struct Timing {
     pub firing_after: f64,
     /// Seconds without a leak before a firing alert resolves.
     pub resolve_after: f64,
+    /// Seconds without a leak before a pending alert is dropped: one noisy
+    /// evaluation does not restart the episode.
+    pub pending_grace: f64,
+}
+
+impl Timing {
+    /// A pending alert's grace is a quarter of the time it takes to fire,
+    /// and at least two and a half sampling intervals (two evaluations that
+    /// miss the leak), never more than a firing alert takes to resolve.
+    pub fn new(firing_after: f64, resolve_after: f64, sample_interval: f64) -> Timing {
+        Timing {
+            firing_after,
+            resolve_after,
+            pending_grace: (firing_after / 4.0).max(2.5 * sample_interval).min(resolve_after),
+        }
+    }
 }
 
 impl Alert {
@@ -52,8 +69,14 @@ impl Alert {
     /// The next state after an evaluation at `now` that did (or did not) see a leak.
     pub fn step(self, leaking: bool, now: f64, t: &Timing) -> (Alert, Option<Transition>) {
         match (self, leaking) {
-            (Alert::Inactive | Alert::Resolved { .. }, true) => (Alert::Pending { since: now }, None),
-            (Alert::Pending { since }, true) if now - since >= t.firing_after => (
+            (Alert::Inactive | Alert::Resolved { .. }, true) => (
+                Alert::Pending {
+                    since: now,
+                    last_seen: now,
+                },
+                None,
+            ),
+            (Alert::Pending { since, .. }, true) if now - since >= t.firing_after => (
                 Alert::Firing {
                     since,
                     fired_at: now,
@@ -61,7 +84,8 @@ impl Alert {
                 },
                 Some(Transition::Fired),
             ),
-            (Alert::Pending { .. }, false) => (Alert::Inactive, None),
+            (Alert::Pending { since, .. }, true) => (Alert::Pending { since, last_seen: now }, None),
+            (Alert::Pending { last_seen, .. }, false) if now - last_seen >= t.pending_grace => (Alert::Inactive, None),
             (Alert::Firing { since, fired_at, .. }, true) => (
                 Alert::Firing {
                     since,
@@ -97,6 +121,7 @@ mod tests {
     const T: Timing = Timing {
         firing_after: 60.0,
         resolve_after: 30.0,
+        pending_grace: 5.0,
     };
 
     fn run(start: Alert, seen: &[(f64, bool)]) -> (Alert, Vec<(f64, Transition)>) {
@@ -134,7 +159,13 @@ mod tests {
             &[(0.0, true), (20.0, true), (40.0, false), (60.0, true)],
         );
         assert!(tr.is_empty());
-        assert_eq!(a, Alert::Pending { since: 60.0 });
+        assert_eq!(
+            a,
+            Alert::Pending {
+                since: 60.0,
+                last_seen: 60.0
+            }
+        );
     }
 
     #[test]
@@ -164,6 +195,21 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_alert_survives_one_noisy_evaluation() {
+        // Evaluations every 2 s; one misses the leak at 20 s.
+        let seen: Vec<(f64, bool)> = (0..40).map(|i| (i as f64 * 2.0, i != 10)).collect();
+        let (a, tr) = run(Alert::Inactive, &seen);
+        assert_eq!(tr, vec![(60.0, Transition::Fired)]);
+        assert!(matches!(a, Alert::Firing { since: 0.0, .. }));
+        // Gone for longer than the grace: the episode is over.
+        let (a, _) = run(
+            Alert::Inactive,
+            &[(0.0, true), (2.0, false), (4.0, false), (6.0, false)],
+        );
+        assert_eq!(a, Alert::Inactive);
+    }
+
+    #[test]
     fn a_new_episode_after_resolution_starts_pending() {
         let resolved = Alert::Resolved {
             since: 0.0,
@@ -171,7 +217,13 @@ mod tests {
             resolved_at: 131.0,
         };
         let (a, _) = resolved.step(true, 200.0, &T);
-        assert_eq!(a, Alert::Pending { since: 200.0 });
+        assert_eq!(
+            a,
+            Alert::Pending {
+                since: 200.0,
+                last_seen: 200.0
+            }
+        );
         assert!(a.is_suspect());
         assert!(!resolved.is_suspect());
     }

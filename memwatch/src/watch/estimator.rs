@@ -267,6 +267,8 @@ mod tests {
     const STEP: f64 = 2.0; // sampling interval, seconds
     const RUN: f64 = 300.0; // seconds simulated
 
+    use crate::watch::alert::{Alert, Timing, Transition};
+
     fn params() -> Params {
         Params {
             window: 30.0,
@@ -347,6 +349,65 @@ mod tests {
     }
     fn leak_with_sawtooth(t: f64) -> f64 {
         t * 200.0 * KB + (t % 10.0) * 100.0 * KB
+    }
+
+    /// Pending alerts that went back to nothing, and whether the alert
+    /// fired, over a run of `shape` with alerts timed by `t`.
+    fn alert_run(shape: Shape, noise: f64, seed: u64, t: &Timing) -> (usize, bool) {
+        let mut rng = Rng(seed * 2_654_435_761 + 1);
+        let (mut samples, mut alert, mut dropped, mut fired) = (Vec::new(), Alert::Inactive, 0, false);
+        let mut now = 0.0;
+        while now <= RUN {
+            samples.push(Sample {
+                t: now,
+                bytes: 50.0 * MB + shape(now) + noise * rng.next(),
+            });
+            let leaking = estimate(&samples, &params()).verdict == Verdict::Leak;
+            let (next, tr) = alert.step(leaking, now, t);
+            dropped += usize::from(matches!(alert, Alert::Pending { .. }) && next == Alert::Inactive);
+            fired |= tr == Some(Transition::Fired);
+            alert = next;
+            now += STEP;
+        }
+        (dropped, fired)
+    }
+
+    #[test]
+    fn a_noisy_leak_stays_pending_until_it_fires() {
+        // A slow leak (40 KiB/s) under 1 MiB of noise: some evaluations miss it.
+        let (noise, shape) = (1.0 * MB, slow_leak as Shape);
+        let with_grace = Timing::new(60.0, 60.0, STEP);
+        let without = Timing {
+            pending_grace: 0.0,
+            ..with_grace
+        };
+        let runs = |t: &Timing| (1..=SEEDS).map(|s| alert_run(shape, noise, s, t)).collect::<Vec<_>>();
+        let dropped = |r: &[(usize, bool)]| r.iter().map(|x| x.0).sum::<usize>();
+        let fired = |r: &[(usize, bool)]| r.iter().filter(|x| x.1).count();
+        let (a, b) = (runs(&without), runs(&with_grace));
+        println!(
+            "noisy slow leak, {SEEDS} seeds: pending alerts dropped {} without a grace, {} with {} s; fired {} and {}",
+            dropped(&a),
+            dropped(&b),
+            with_grace.pending_grace,
+            fired(&a),
+            fired(&b)
+        );
+        assert!(
+            dropped(&a) >= 100,
+            "the series is noisy enough to flicker: {}",
+            dropped(&a)
+        );
+        assert!(dropped(&b) * 4 <= dropped(&a), "{} vs {}", dropped(&b), dropped(&a));
+        assert!(fired(&b) >= 30, "fired in {} of {SEEDS} runs", fired(&b));
+        // The grace chains no false alarms out of quiet series.
+        for quiet in [flat as Shape, plateau, sawtooth, step, too_slow] {
+            assert!(runs_fired(quiet, 64.0 * KB, &with_grace) == 0);
+        }
+    }
+
+    fn runs_fired(shape: Shape, noise: f64, t: &Timing) -> usize {
+        (1..=SEEDS).filter(|&s| alert_run(shape, noise, s, t).1).count()
     }
 
     #[test]

@@ -80,6 +80,8 @@ pub struct Watcher {
     /// Exited processes whose alert had fired, kept for display.
     gone: VecDeque<Watched>,
     me: u32,
+    /// Command-line arguments kept for reports.
+    cmdline_arguments: usize,
 }
 
 const GONE_KEPT: usize = 100;
@@ -87,7 +89,7 @@ const GONE_KEPT: usize = 100;
 const RESOLVED_SHOWN: f64 = 3600.0;
 
 impl Watcher {
-    pub fn new(d: &Detect) -> Self {
+    pub fn new(d: &Detect, cmdline_arguments: usize) -> Self {
         Watcher {
             procs: HashMap::new(),
             params: Params {
@@ -95,13 +97,15 @@ impl Watcher {
                 min_rate: d.min_rate,
                 min_confidence: d.min_confidence,
             },
-            timing: Timing {
-                firing_after: d.firing_after_seconds,
-                resolve_after: d.resolve_after_seconds,
-            },
+            timing: Timing::new(
+                d.firing_after_seconds,
+                d.resolve_after_seconds,
+                d.sample_interval.as_secs_f64(),
+            ),
             keep_seconds: 4.0 * d.window_seconds + 2.0 * d.sample_interval.as_secs_f64(),
             gone: VecDeque::new(),
             me: std::process::id(),
+            cmdline_arguments,
         }
     }
 
@@ -157,20 +161,23 @@ impl Watcher {
                 Some(w) if w.start_time == stat.start_time => w,
                 _ => {
                     // New, or the pid was reused: start afresh.
-                    self.procs
-                        .insert(pid, new_watched(pid, stat.start_time, stat.comm.clone()));
+                    self.procs.insert(
+                        pid,
+                        new_watched(pid, stat.start_time, stat.comm.clone(), self.cmdline_arguments),
+                    );
                     self.procs.get_mut(&pid).expect("just inserted")
                 }
             };
             w.memory = memory;
             w.comm = stat.comm;
-            w.series.push_back(Sample {
-                t: mono,
-                bytes: memory.heap() as f64,
-            });
-            while w.series.front().is_some_and(|s| mono - s.t > self.keep_seconds) {
-                w.series.pop_front();
-            }
+            keep_sample(
+                &mut w.series,
+                Sample {
+                    t: mono,
+                    bytes: memory.heap() as f64,
+                },
+                self.keep_seconds,
+            );
             w.estimate = judge(&mut w.series, &self.params);
             let leaking = w.estimate.verdict == Verdict::Leak;
             if leaking && w.leaking_since.is_none() {
@@ -239,13 +246,13 @@ impl Watcher {
     }
 }
 
-fn new_watched(pid: u32, start_time: u64, comm: String) -> Watched {
+fn new_watched(pid: u32, start_time: u64, comm: String, cmdline_arguments: usize) -> Watched {
     Watched {
         pid,
         start_time,
         comm,
         exe: procfs::read_exe(pid).unwrap_or_default(),
-        cmdline: procfs::read_cmdline(pid).unwrap_or_default(),
+        cmdline: procfs::read_cmdline(pid, cmdline_arguments).unwrap_or_default(),
         cgroup: std::fs::read_to_string(procfs::proc_path(pid, "cgroup"))
             .map(|t| cgroup::parse(&t))
             .unwrap_or_default(),
@@ -264,6 +271,29 @@ fn new_watched(pid: u32, start_time: u64, comm: String) -> Watched {
         evidence: Vec::new(),
         growth: Vec::new(),
         exited: false,
+    }
+}
+
+/// Samples kept per process, whatever the window: the estimator's pairwise
+/// statistics cost the square of it (~10,600 pairs over the three windows
+/// at most, each for two statistics), and
+/// the default config (124 s at 2 s) keeps 63.
+const MAX_SAMPLES: usize = 128;
+
+/// Appends `s` and drops samples older than `keep_seconds`, keeping at most
+/// [`MAX_SAMPLES`] spaced evenly enough to cover the span: the newest
+/// sample replaces the last kept one until it is a spacing past the one
+/// before.
+fn keep_sample(series: &mut VecDeque<Sample>, s: Sample, keep_seconds: f64) {
+    let spacing = keep_seconds / (MAX_SAMPLES - 1) as f64;
+    let n = series.len();
+    if n >= 2 && s.t - series[n - 2].t < spacing {
+        series[n - 1] = s;
+    } else {
+        series.push_back(s);
+    }
+    while series.front().is_some_and(|x| s.t - x.t > keep_seconds) || series.len() > MAX_SAMPLES {
+        series.pop_front();
     }
 }
 
@@ -288,10 +318,47 @@ fn judge(series: &mut VecDeque<Sample>, p: &Params) -> Estimate {
 mod tests {
     use super::*;
 
+    /// Samples kept and the verdict at the end of `seconds` of a series
+    /// sampled every `interval` s, judged over `window` s.
+    fn run_series(window: f64, interval: f64, seconds: f64, bytes: impl Fn(f64) -> f64) -> (usize, Estimate) {
+        let keep = 4.0 * window + 2.0 * interval;
+        let mut series = VecDeque::new();
+        let mut t = 0.0;
+        while t <= seconds {
+            keep_sample(&mut series, Sample { t, bytes: bytes(t) }, keep);
+            assert!(series.len() <= MAX_SAMPLES);
+            t += interval;
+        }
+        let p = Params {
+            window,
+            min_rate: 32_768.0,
+            min_confidence: 0.6,
+        };
+        (series.len(), judge(&mut series, &p))
+    }
+
+    #[test]
+    fn the_series_is_bounded_for_any_accepted_window() {
+        // The longest window accepted, sampled every second for four and a
+        // half days (the four windows' span and more): 128 samples, and the
+        // leak is still told.
+        let leak = |t: f64| 1e8 + 50_000.0 * t;
+        let (n, e) = run_series(86_400.0, 1.0, 4.5 * 86_400.0, leak);
+        assert_eq!(n, MAX_SAMPLES);
+        assert_eq!(e.verdict, Verdict::Leak, "{e:?}");
+        let (_, e) = run_series(3_600.0, 2.0, 4.0 * 3_600.0, leak);
+        assert_eq!(e.verdict, Verdict::Leak, "{e:?}");
+        let (_, e) = run_series(3_600.0, 2.0, 4.0 * 3_600.0, |t| 1e8 + 5e6 * (t / 600.0).sin());
+        assert_ne!(e.verdict, Verdict::Leak, "{e:?}");
+        // The default config keeps every sample, as before: 124 s at 2 s.
+        let (n, _) = run_series(30.0, 2.0, 600.0, leak);
+        assert_eq!(n, 63);
+    }
+
     #[test]
     fn sampling_this_host_finds_this_process_family() {
         let cfg = crate::config::Config::build(Default::default(), &Default::default()).unwrap();
-        let mut w = Watcher::new(&cfg.detect);
+        let mut w = Watcher::new(&cfg.detect, 0);
         assert!(w.sample(0.0, 1000.0).transitions.is_empty());
         // The test runner is watched (the watcher skips only its own process,
         // which in tests is the runner itself: look at the parent instead).

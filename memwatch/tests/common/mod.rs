@@ -33,13 +33,18 @@ pub fn fixture_copy(fixture: &str, name: &str) -> PathBuf {
 
 /// [`fixture_copy`] of the fixture in `build`.
 pub fn fixture_copy_as(fixture: &str, build: Build, name: &str) -> PathBuf {
+    binary_as(&fixture_binary_as(fixture, build), name)
+}
+
+/// `binary` under the file name `name` (a hard link, as [`fixture_copy`]).
+pub fn binary_as(binary: &std::path::Path, name: &str) -> PathBuf {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let copy = dir.join(name);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{n}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    std::fs::hard_link(fixture_binary_as(fixture, build), &tmp).unwrap();
+    std::fs::hard_link(binary, &tmp).unwrap();
     // Renamed over: the name may be running already.
     std::fs::rename(&tmp, &copy).unwrap();
     copy
@@ -467,4 +472,41 @@ macro_rules! in_both_builds {
             }
         }
     };
+}
+
+// The Python service fixture (tests/fixtures/service.py).
+
+pub fn service_py() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/service.py")
+}
+
+/// The line of service.py marked `# MARK`.
+pub fn service_line(mark: &str) -> u64 {
+    let text = std::fs::read_to_string(service_py()).unwrap();
+    text.lines()
+        .position(|l| l.trim_end().ends_with(&format!("# {mark}")))
+        .unwrap_or_else(|| panic!("no line marked {mark}")) as u64
+        + 1
+}
+
+/// The Python frames of a stack, as (function, line).
+pub fn python_frames(stack: &serde_json::Value) -> Vec<(String, u64)> {
+    stack["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "python")
+        .map(|f| {
+            assert!(
+                f["file"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with(".py") || p.starts_with("<frozen ")),
+                "a Python frame names its file: {f}"
+            );
+            (
+                f["function"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
 }
