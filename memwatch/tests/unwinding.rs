@@ -468,3 +468,52 @@ fn growth_stacks_are_whole(tracked: bool) {
     }
     drop(fx);
 }
+
+/// memwatch's own binary, linked by lld (Rust's default linker): its text
+/// segment starts in the page its read-only segment ends in, a page further
+/// on in memory. A second daemon tracking the first walks every stack to
+/// the root of its thread (the rules are placed through the right segment).
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn an_lld_linked_binary_is_walked_to_its_roots() {
+    require_root();
+    let out = std::process::Command::new("readelf")
+        .args(["-lW", env!("CARGO_BIN_EXE_memwatch")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The layout this test is about: a LOAD whose vaddr and offset differ by a page.
+    let shifted = text.lines().filter(|l| l.trim_start().starts_with("LOAD")).any(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .skip(1)
+            .take(2)
+            .map(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        f[1] != f[0]
+    });
+    assert!(shifted, "memwatch is no longer linked with shifted segments:\n{text}");
+    let observed = Daemon::start(FAST, &[]);
+    let pid = observed.pid();
+    let d = Daemon::start(FAST, &["--pid", &pid.to_string()]);
+    d.wait_tracked(pid);
+    // Its collector allocates on every scan.
+    d.wait_for("stacks of the observed daemon", Duration::from_secs(30), || {
+        d.json(&format!("/leaks?pid={pid}&limit=500"))["processes"][0]["stacks"]
+            .as_array()
+            .is_some_and(|s| s.len() >= 5)
+    });
+    let leaks = d.json(&format!("/leaks?pid={pid}&limit=500"));
+    let stacks = leaks["processes"][0]["stacks"].as_array().unwrap().clone();
+    for s in &stacks {
+        assert_eq!(s["unwind"], "cfi", "{s:#}");
+        assert!(s["truncation"].is_null(), "{s:#}");
+        let outermost = s["frames"].as_array().unwrap().last().unwrap()["function"].clone();
+        assert!(
+            ["clone3", "_start"].iter().any(|f| outermost == *f),
+            "a stack ends at its thread's root: {s:#}"
+        );
+    }
+    drop(d);
+    drop(observed);
+}

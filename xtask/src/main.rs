@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask setup | run | test`.
+//! Developer tasks: `cargo xtask setup | run | test | bench | soak | dist`.
 
 mod setup;
+mod soak;
 
 use std::process::Command;
 
@@ -26,6 +27,12 @@ enum Task {
     /// Measure memwatch's overhead against untraced runs and bare uprobes (as root). MWBENCH_PAIRS,
     /// MWBENCH_ROUNDS and MWBENCH_MODES narrow it down for quick comparisons.
     Bench,
+    /// Run the release daemon under process churn (fork, exec, exit; leaks escalated) and print its
+    /// RSS, open files, threads and map fill every 10 s, with their slope (as root).
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Build the release tarball: binary, systemd unit, default config, Prometheus rules, Grafana
     /// dashboard, Kubernetes manifests, README and install.sh, in target/dist/.
     Dist,
@@ -43,6 +50,12 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
         Task::Bench => bench(),
+        Task::Soak { minutes } => {
+            if !is_root() {
+                bail!("the soak attaches uprobes: run `cargo xtask soak` as root");
+            }
+            soak::run(minutes)
+        }
         Task::Dist => dist().map(|path| println!("{}", path.display())),
     }
 }

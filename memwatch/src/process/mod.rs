@@ -436,6 +436,9 @@ impl ProcessTable {
             match self.attempt(kernel, pid, Selection::Exe(pattern)) {
                 Ok(()) => self.backoff.forget(pid),
                 Err(TrackError::NoProcess(_)) => {}
+                // Just exec'd: only the executable and ld.so are mapped yet.
+                Err(TrackError::Target(target::TargetError::NoAllocator { .. }))
+                    if procfs::age_seconds(stat.start_time).is_some_and(|a| a < PENDING_FOR.as_secs_f64()) => {}
                 Err(e) => {
                     if self.backoff.failed(pid, stat.start_time, &e.to_string(), now) {
                         tracing::warn!(pid, error = %e, "cannot track a process matching --exe (retried less and less often)");

@@ -146,6 +146,20 @@ pub fn read_exe(pid: u32) -> io::Result<PathBuf> {
     })
 }
 
+/// Seconds since a process with `start_time` (clock ticks since boot)
+/// started, or None when the clock cannot be read.
+pub fn age_seconds(start_time: u64) -> Option<f64> {
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: plain libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| uptime - start_time as f64 / hz as f64)
+}
+
 /// The command line of `pid` as reports show it: the executable and at most
 /// `arguments` leading arguments (see [`shown_cmdline`]).
 pub fn read_cmdline(pid: u32, arguments: usize) -> io::Result<String> {

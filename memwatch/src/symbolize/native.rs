@@ -216,7 +216,8 @@ mod tests {
         let mut s = NativeSymbolizer::new(1000);
         for i in 0..1000 {
             s.bound_sources();
-            s.sources.insert(PathBuf::from(format!("/proc/{i}/root/usr/lib/libc.so.6")));
+            s.sources
+                .insert(PathBuf::from(format!("/proc/{i}/root/usr/lib/libc.so.6")));
             assert!(s.sources.len() <= MAX_SOURCES);
         }
         // Made afresh, it still symbolizes.

@@ -245,12 +245,21 @@ fn rows_of(spans: Vec<Span>) -> Result<Vec<UnwindRow>, TableError> {
     Ok(rows)
 }
 
+const PAGE: u64 = 0xfff;
+
 /// The bias of a mapping of this object at `start`, from file offset
 /// `offset`: what a pc there minus the object's virtual address is.
+///
+/// Segments are mapped from their page-aligned file offset, and linkers
+/// like lld (Rust's default) start one segment in the page another ends in:
+/// a mapping at that page belongs to the later segment, whose virtual
+/// address is then a page off the earlier one's.
 pub fn bias(segments: &[(u64, u64, u64)], start: u64, offset: u64) -> Option<u64> {
     let &(vaddr, off, _) = segments
         .iter()
-        .find(|&&(_, off, size)| offset >= off && offset < off + size.max(1))?;
+        .filter(|&&(_, off, size)| off & !PAGE <= offset && offset < off + size.max(1))
+        .max_by_key(|&&(_, off, _)| off)?;
+    let (vaddr, off) = (vaddr - (off & PAGE), off & !PAGE);
     Some(start.wrapping_sub(vaddr + (offset - off)))
 }
 
@@ -375,6 +384,22 @@ mod tests {
         let segs = [(0x40_0000, 0, 0x1000), (0x40_1000, 0x1000, 0x2000)];
         assert_eq!(bias(&segs, 0x40_1000, 0x1000), Some(0));
         assert_eq!(bias(&segs, 0x40_1000, 0x9000), None);
+        // lld: text starts in the page the read-only segment ends in, a page
+        // further on in memory (memwatch's own build).
+        let lld = [
+            (0, 0, 0x28_d1dc),
+            (0x28_e1e0, 0x28_d1e0, 0x5b_4270),
+            (0x84_3450, 0x84_1450, 0x3_80e0),
+        ];
+        assert_eq!(
+            bias(&lld, 0x55af_ce5c_c000, 0x28_d000),
+            Some(0x55af_ce5c_c000 - 0x28_e000)
+        );
+        assert_eq!(bias(&lld, 0x55af_ce33_f000, 0), Some(0x55af_ce33_f000));
+        assert_eq!(
+            bias(&lld, 0x55af_ceb8_2000, 0x84_1000),
+            Some(0x55af_ceb8_2000 - 0x84_3000)
+        );
     }
 
     #[test]
