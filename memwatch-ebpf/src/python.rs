@@ -12,7 +12,7 @@ use aya_ebpf::helpers::{
 };
 use memwatch_common::{
     python::{FrameLayout, MAX_PY_FRAMES, NO_OFFSET, OWNED_BY_CSTACK, PY_ENTRY, PyFrame, PyProc, TsdSlot, tsd_slot},
-    stack::{PY_FRAME_WORDS, StackScratch},
+    stack::{PY_FRAME_BYTES, PY_WINDOW, PY_WINDOW_WORDS, StackScratch},
 };
 
 use crate::unwind::KERNEL_OFFSETS;
@@ -66,6 +66,7 @@ pub fn walk(scratch: *mut StackScratch, py: &PyProc, callback: extern "C" fn(u64
     }
     s.py_frame = frame;
     s.py = *py;
+    s.py_len = 0;
     // SAFETY: the callback is a static function of this program; no context.
     unsafe {
         generated::bpf_loop(
@@ -79,15 +80,44 @@ pub fn walk(scratch: *mut StackScratch, py: &PyProc, callback: extern "C" fn(u64
     (s.py_n, s.py_truncated != 0)
 }
 
-/// The byte at `offset` of the frame last read.
+/// The byte at `offset` of the window (the frame's own offset added).
 #[inline(always)]
-fn byte(buf: &[u64; PY_FRAME_WORDS], offset: u32) -> u8 {
-    (buf[(offset as usize / 8) & (PY_FRAME_WORDS - 1)] >> ((offset % 8) * 8)) as u8
+fn byte(buf: &[u64; PY_WINDOW_WORDS], offset: u64) -> u8 {
+    (buf[(offset as usize / 8) & (PY_WINDOW_WORDS - 1)] >> ((offset % 8) * 8)) as u8
 }
 
 #[inline(always)]
-fn word(buf: &[u64; PY_FRAME_WORDS], offset: u32) -> u64 {
-    buf[(offset as usize / 8) & (PY_FRAME_WORDS - 1)]
+fn word(buf: &[u64; PY_WINDOW_WORDS], offset: u64) -> u64 {
+    buf[(offset as usize / 8) & (PY_WINDOW_WORDS - 1)]
+}
+
+/// Where `frame` starts in the window, reading a new window when the last
+/// one does not hold its first [`PY_FRAME_BYTES`]: the frame at its top,
+/// as much as fits below it without leaving the frame's page (the page
+/// below may be unmapped). 3.10's frames are separate heap objects: only
+/// the frame is read.
+#[inline(always)]
+fn window_at(s: &mut StackScratch, frame: u64) -> Option<u64> {
+    let end = frame.checked_add(PY_FRAME_BYTES)?;
+    if frame >= s.py_base && end <= s.py_base + s.py_len {
+        return Some(frame - s.py_base);
+    }
+    let base = if s.py.layout == FrameLayout::Objects as u32 {
+        frame
+    } else {
+        end.saturating_sub(PY_WINDOW).max(frame & !0xfff)
+    };
+    // 1 to the window's size, for the verifier.
+    let len = ((end - base).wrapping_sub(1) & (PY_WINDOW - 1)) + 1;
+    // SAFETY: the helper checks the user address and writes at most the buffer.
+    let rc = unsafe { generated::bpf_probe_read_user(s.py_buf.as_mut_ptr().cast(), len as u32, base as *const c_void) };
+    if rc != 0 {
+        s.py_len = 0;
+        return None;
+    }
+    s.py_base = base;
+    s.py_len = len;
+    Some(frame - base)
 }
 
 /// One interpreter frame of the walk in `scratch`. Returns 1 when it is over.
@@ -104,23 +134,16 @@ pub fn step(scratch: *mut StackScratch) -> i64 {
         s.py_truncated = 1;
         return 1;
     }
-    // SAFETY: the helper checks the user address and writes the buffer's size.
-    let rc = unsafe {
-        generated::bpf_probe_read_user(
-            s.py_buf.as_mut_ptr().cast(),
-            (PY_FRAME_WORDS * 8) as u32,
-            frame as *const c_void,
-        )
-    };
-    if rc != 0 {
+    let Some(at) = window_at(s, frame) else {
         return 1;
-    }
+    };
     let py = s.py;
-    s.py_frame = word(&s.py_buf, py.frame_previous);
+    let field = |off: u32| at + u64::from(off);
+    s.py_frame = word(&s.py_buf, field(py.frame_previous));
     let flag = if py.frame_flag == NO_OFFSET {
         0
     } else {
-        byte(&s.py_buf, py.frame_flag)
+        byte(&s.py_buf, field(py.frame_flag))
     };
     let entry = match py.layout {
         l if l == FrameLayout::Shims as u32 => {
@@ -138,12 +161,12 @@ pub fn step(scratch: *mut StackScratch) -> i64 {
     };
     let instr = if py.layout == FrameLayout::Objects as u32 {
         // f_lasti, an int.
-        word(&s.py_buf, py.frame_instr) & 0xffff_ffff
+        word(&s.py_buf, field(py.frame_instr)) & 0xffff_ffff
     } else {
-        word(&s.py_buf, py.frame_instr)
+        word(&s.py_buf, field(py.frame_instr))
     };
     s.frames.py[n & (MAX_PY_FRAMES - 1)] = PyFrame {
-        code: word(&s.py_buf, py.frame_code),
+        code: word(&s.py_buf, field(py.frame_code)),
         instr: instr | if entry { PY_ENTRY } else { 0 },
     };
     s.py_n += 1;

@@ -872,17 +872,8 @@ fn python_bench() {
             }
             _ => Command::new(python),
         };
-        let mut child = cmd
-            .arg(&script)
-            .arg(requests.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python");
-        let mut stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (mut child, mut stdin, mut out) = spawn_ready(cmd.arg(&script).arg(requests.to_string()));
         let mut line = String::new();
-        out.read_line(&mut line).unwrap();
         // A daemon of its own per run, tracking it by pid (memwatch adds
         // pids at startup only), stopped afterwards.
         let pid = child.id().to_string();
@@ -958,22 +949,29 @@ fn python_bench() {
     python_walk_time(python);
 }
 
+/// Starts a Python workload and reads its "ready" line.
+fn spawn_ready(cmd: &mut Command) -> (Child, ChildStdin, BufReader<ChildStdout>) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready"), "{line:?}");
+    (child, stdin, out)
+}
+
 /// eBPF time of the walk of the interpreter's frames: alloc_exit's time per
 /// hit under 3 and under 32 Python frames (the most kept), same native
 /// stack (3.11 calls Python functions without recursing in C).
 fn python_walk_time(python: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pydepth.py");
     let n = env_or("MWBENCH_PAIRS", PAIRS_DEFAULT).min(200_000);
-    let mut child = Command::new(python)
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, mut stdin, mut out) = spawn_ready(Command::new(python).arg(&script));
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
     let stats_before = set_bpf_stats(true);
     let pid = child.id();
     let d = Daemon::start_args(&["--pid", &pid.to_string()], true, "[detect]\nenabled = false\n");
