@@ -225,12 +225,13 @@ pub enum NotWalked {
 
 /// The CPython interpreter `pid` maps, if any. `Ok(None)`: no CPython.
 ///
-/// Looked for in libpython and in the main executable whatever its name (a
-/// static interpreter may be renamed or embedded); other objects are not
-/// opened.
-pub fn detect(pid: u32, entries: &[MapEntry]) -> Result<Option<Runtime>, NotWalked> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
+/// Looked for in libpython and, with `main`, in the main executable
+/// whatever its name (a static interpreter may be renamed or embedded);
+/// other objects are not opened.
+pub fn detect(pid: u32, entries: &[MapEntry], main: bool) -> Result<Option<Runtime>, NotWalked> {
+    let exe = main
+        .then(|| std::fs::read_link(format!("/proc/{pid}/exe")).ok())
+        .flatten()
         .map(|e| e.to_string_lossy().trim_end_matches(" (deleted)").to_string());
     for f in procfs::mapped_files(entries).into_iter().filter(|f| f.executable) {
         let name = Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned());

@@ -189,18 +189,26 @@ impl Unwinder {
         let (mappings, objects) = self.mappings_of(&mut maps.rows, pid, &entries);
         let r = self.procs.get_mut(&pid).expect("present");
         let changed = r.mappings != mappings;
+        let in_kernel = maps.has_proc(pid);
+        if r.version != 0 && !in_kernel {
+            // Dropped by the kernel at exec: a new image, looked at afresh.
+            r.python = Python::Unknown;
+        }
         // Looked for again while it may still appear (a library loaded
         // later, an interpreter still starting); a runtime found stays put.
         let python_pending = matches!(
             r.python,
             Python::Unknown | Python::NotWalked(crate::python::NotWalked::NotYet)
         ) || (changed && r.python == Python::Absent);
-        if r.version != 0 && !changed && !python_pending && maps.has_proc(pid) {
+        if r.version != 0 && !changed && !python_pending && in_kernel {
             self.release(&objects);
             return Ok(());
         }
         if python_pending {
-            r.python = match crate::python::detect(pid, &entries) {
+            // Once the executable was seen without CPython, only a library
+            // loaded since can bring it.
+            let main = r.python != Python::Absent;
+            r.python = match crate::python::detect(pid, &entries, main) {
                 Ok(Some(rt)) => {
                     tracing::info!(pid, version = %rt.version, module = %rt.module, "CPython found: its frames are walked");
                     Python::Walked(rt)
