@@ -36,10 +36,16 @@ pub enum Drop {
     GrowthMapFull = 11,
     /// A syscall tracepoint's record could not be read.
     SyscallRecordUnreadable = 12,
+    /// A process tracepoint's field could not be read (exit's group_dead,
+    /// fork's clone flags or child pid): the event is not acted on.
+    TaskRecordUnreadable = 13,
+    /// The last brk of a process could not be remembered: its next growth
+    /// by brk goes unmeasured.
+    BrkStateFull = 14,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 15;
 
     pub const ALL: [Drop; Drop::COUNT as usize] = [
         Drop::LiveMapFull,
@@ -55,6 +61,8 @@ impl Drop {
         Drop::MissedFree,
         Drop::GrowthMapFull,
         Drop::SyscallRecordUnreadable,
+        Drop::TaskRecordUnreadable,
+        Drop::BrkStateFull,
     ];
 
     /// The `reason` label value.
@@ -73,6 +81,8 @@ impl Drop {
             Drop::MissedFree => "missed_free",
             Drop::GrowthMapFull => "growth_map_full",
             Drop::SyscallRecordUnreadable => "syscall_record_unreadable",
+            Drop::TaskRecordUnreadable => "task_record_unreadable",
+            Drop::BrkStateFull => "brk_state_full",
         }
     }
 }

@@ -210,8 +210,8 @@ fn unmap(p: &Proc, addr: u64, len: u64) -> Result<(), Drop> {
             count_freed(p, 0, freed);
             let moved = AllocRecord { size: rest, ..rec };
             if LIVE.insert(alloc_key(p, addr + freed), moved, BPF_ANY as u64).is_err() {
-                // The rest could not be kept: account it as released.
-                count_freed(p, 1, rest);
+                // The rest could not be kept: it is mapped still, but lost.
+                count_lost(p, rest);
                 return Err(Drop::LiveMapFull);
             }
             Ok(())
@@ -261,15 +261,25 @@ fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u
             let old = unsafe { LIVE.get(k) }.map(|r| r.size).unwrap_or(0);
             count_freed(p, 1, old);
             count_drop(Drop::MissedFree);
-            LIVE.insert(k, rec, BPF_ANY as u64).map_err(|_| Drop::LiveMapFull)
+            LIVE.insert(k, rec, BPF_ANY as u64).map_err(|_| {
+                count_lost(p, size);
+                Drop::LiveMapFull
+            })
         }
         Err(_) => {
-            // SAFETY: as above.
-            unsafe {
-                add(&raw mut (*p.counters).lost_allocations, 1);
-                add(&raw mut (*p.counters).lost_bytes, size);
-            }
+            count_lost(p, size);
             Err(Drop::LiveMapFull)
         }
+    }
+}
+
+/// Counts a block that is live in the process but has no record: the
+/// identity allocated - freed - lost = live holds with it.
+#[inline(always)]
+fn count_lost(p: &Proc, bytes: u64) {
+    // SAFETY: `p.counters` points to this CPU's counters map value.
+    unsafe {
+        add(&raw mut (*p.counters).lost_allocations, 1);
+        add(&raw mut (*p.counters).lost_bytes, bytes);
     }
 }

@@ -6,7 +6,7 @@
 //! `growth_record`, which walks the stack and records it: the walk is
 //! verified once, not once per tracepoint.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_current_pid_tgid, programs::TracePointContext};
 use memwatch_common::{
     alloc::MAP_ANONYMOUS,
     drop::Drop,
@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    maps::{BRK_LAST, GROWTH, add_shared, settings},
+    maps::{BRK_LAST, EEXIST, GROWTH, add_shared, settings},
     stack,
 };
 
@@ -64,18 +64,30 @@ pub fn try_record(_ctx: &TracePointContext) -> Result<(), Drop> {
         _pad: 0,
         stack_id,
     };
-    if let Some(v) = GROWTH.get_ptr_mut(key) {
-        // SAFETY: a map value.
-        unsafe {
-            add_shared(&raw mut (*v).bytes, bytes);
-            add_shared(&raw mut (*v).calls, 1);
-        }
+    if add_growth(key, bytes) {
         return Ok(());
     }
-    // LRU: a full map evicts the least recently grown stack.
-    GROWTH
-        .insert(key, GrowthValue { bytes, calls: 1 }, 0)
-        .map_err(|_| Drop::GrowthMapFull)
+    // LRU: a full map evicts the least recently grown stack. NOEXIST: a
+    // record another CPU created meanwhile is added to, not overwritten.
+    match GROWTH.insert(key, GrowthValue { bytes, calls: 1 }, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        Err(EEXIST) if add_growth(key, bytes) => Ok(()),
+        Err(_) => Err(Drop::GrowthMapFull),
+    }
+}
+
+/// Adds to the stack's growth record, if there is one.
+#[inline(always)]
+fn add_growth(key: GrowthKey, bytes: u64) -> bool {
+    let Some(v) = GROWTH.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: a map value.
+    unsafe {
+        add_shared(&raw mut (*v).bytes, bytes);
+        add_shared(&raw mut (*v).calls, 1);
+    }
+    true
 }
 
 #[inline(always)]
@@ -95,7 +107,9 @@ pub fn try_brk(ctx: &TracePointContext) -> Result<(), Drop> {
     let tgid = tgid();
     // SAFETY: copied out.
     let last = unsafe { BRK_LAST.get(tgid) }.copied();
-    let _ = BRK_LAST.insert(tgid, now, 0);
+    if BRK_LAST.insert(tgid, now, 0).is_err() {
+        crate::maps::count_drop(Drop::BrkStateFull);
+    }
     match last {
         Some(last) if now > last => record(ctx, tgid, now - last),
         _ => Ok(()),

@@ -67,7 +67,7 @@ pub fn try_exit(ctx: &TracePointContext) -> Result<(), Drop> {
     let offset = settings().exit_group_dead_offset as usize;
     let group_dead = if offset != 0 {
         // SAFETY: reads the tracepoint record at an offset from its format.
-        unsafe { ctx.read_at::<u8>(offset) }.map_err(|_| Drop::EventsFull)? != 0
+        unsafe { ctx.read_at::<u8>(offset) }.map_err(|_| Drop::TaskRecordUnreadable)? != 0
     } else {
         pid_tgid as u32 == tgid
     };
@@ -88,13 +88,13 @@ pub fn try_newtask(ctx: &TracePointContext) -> Result<(), Drop> {
         return Ok(());
     }
     // SAFETY: reads the tracepoint record at offsets from its format.
-    let flags: u64 = unsafe { ctx.read_at(offset) }.unwrap_or(CLONE_THREAD);
+    let flags: u64 = unsafe { ctx.read_at(offset) }.map_err(|_| Drop::TaskRecordUnreadable)?;
     if flags & CLONE_THREAD != 0 {
         return Ok(());
     }
-    let child: i32 = unsafe { ctx.read_at(NEWTASK_PID_OFFSET) }.unwrap_or(0);
+    let child: i32 = unsafe { ctx.read_at(NEWTASK_PID_OFFSET) }.map_err(|_| Drop::TaskRecordUnreadable)?;
     if child <= 0 {
-        return Ok(());
+        return Err(Drop::TaskRecordUnreadable);
     }
     // A reused pid must not be walked with an earlier process's mappings.
     let _ = UNWIND_PROCS.remove(child as u32);

@@ -448,3 +448,100 @@ fn a_process_that_cannot_be_tracked_is_said_once_and_retried_less_often() {
     assert_eq!(d.metric("memwatch_attach_failures_total"), Some(1.0));
     drop(fx);
 }
+
+/// Per process, allocated - freed - lost = live, in count and in bytes, when
+/// the live table, the `LIVE` map and the stacks map all overflow under two
+/// threads' churn; and nothing vanishes: what was lost and is still live,
+/// plus what is recorded, is what the fixture holds.
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn accounting_adds_up_when_every_store_overflows() {
+    require_root();
+    let mut fx = Fixture::start_other_as("overflow", Build::FramePointers, &[]);
+    let tiny = "[maps]\nlive_table_slots = 1024\nlive_allocations = 1024\nstacks = 256\n";
+    let d = Daemon::start(&format!("{FAST}{tiny}"), &["--pid", &fx.pid.to_string()]);
+    d.wait_tracked(fx.pid);
+    d.wait_for_fresh_scan();
+    let pid = fx.pid;
+    let totals = |d: &Daemon| {
+        let leaks = d.json(&format!("/leaks?pid={pid}"));
+        let p = process(&leaks, pid).clone();
+        let n = |k: &str| p["totals"][k].as_u64().unwrap() as i64;
+        let live = (
+            p["live_allocations"].as_i64().unwrap(),
+            p["live_bytes"].as_i64().unwrap(),
+        );
+        let t = (
+            n("allocations"),
+            n("frees"),
+            n("allocated_bytes"),
+            n("freed_bytes"),
+            n("lost_allocations"),
+            n("lost_bytes"),
+            n("untracked_frees"),
+        );
+        // The identity, at every reading.
+        assert_eq!(
+            t.0 - t.1 - t.4,
+            live.0,
+            "allocations - frees - lost = live: {:#}",
+            p["totals"]
+        );
+        assert_eq!(
+            t.2 - t.3 - t.5,
+            live.1,
+            "bytes: allocated - freed - lost = live: {:#}",
+            p["totals"]
+        );
+        (t, live)
+    };
+    let (before, live_before) = totals(&d);
+    let counts = fx.go();
+    d.wait_for_fresh_scan();
+    let (after, live_after) = totals(&d);
+
+    assert_eq!(
+        after.0 - before.0,
+        counts.allocations as i64,
+        "every allocation counted"
+    );
+    assert_eq!(after.2 - before.2, counts.allocated_bytes as i64);
+    // A lost block's free finds no record: it is an untracked free.
+    let untracked = after.6 - before.6;
+    assert_eq!(
+        after.1 - before.1 + untracked,
+        counts.frees as i64,
+        "every free counted"
+    );
+    let lost = after.4 - before.4;
+    assert!(lost > 0, "the fixture overflows the maps");
+    assert_eq!(
+        live_after.0 - live_before.0 + lost - untracked,
+        counts.leaked_allocations as i64,
+        "recorded + lost and still live = what the fixture holds"
+    );
+    let drop = |reason: &str| {
+        d.metric(&format!("memwatch_kernel_events_lost_total{{reason=\"{reason}\"}}"))
+            .unwrap_or(0.0)
+    };
+    assert!(drop("live_map_full") > 0.0 && drop("stacks_map_full") > 0.0);
+    for reason in [
+        "missed_free",
+        "return_without_entry",
+        "stale_call",
+        "call_state_unavailable",
+    ] {
+        assert_eq!(drop(reason), 0.0, "{reason}");
+    }
+    let status = d.json("/status");
+    assert!(
+        status["live_map"]["entries"].as_u64().unwrap() > 1000,
+        "{:#}",
+        status["live_map"]
+    );
+    assert!(status["live_table"]["entries"].as_u64().unwrap() > 512);
+    // /metrics totals carry the losses too.
+    let lost_bytes = d.metric("memwatch_lost_bytes_total{allocator=\"libc\"}").unwrap();
+    assert_eq!(lost_bytes as i64, after.5, "only this process is tracked");
+    assert!(fx.exit().success());
+}

@@ -108,7 +108,10 @@ pub struct Totals {
     pub allocated_bytes: u64,
     pub freed_bytes: u64,
     pub untracked_frees: u64,
+    /// Allocations live in the process that no store had room for:
+    /// allocated - freed - lost = live, in count and in bytes.
     pub lost_allocations: u64,
+    pub lost_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,6 +238,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
                     freed_bytes: c.freed_bytes,
                     untracked_frees: c.untracked_frees,
                     lost_allocations: c.lost_allocations,
+                    lost_bytes: c.lost_bytes,
                 },
                 stack_count: agg.stacks.len(),
                 stacks,

@@ -44,6 +44,7 @@ pub struct AllocatorMetrics {
     freed_bytes: IntCounterVec,
     untracked_frees: IntCounterVec,
     lost_allocations: IntCounterVec,
+    lost_bytes: IntCounterVec,
     live_bytes: IntGaugeVec,
     live_allocations: IntGaugeVec,
 }
@@ -80,7 +81,13 @@ impl AllocatorMetrics {
             lost_allocations: counter_vec(
                 r,
                 "memwatch_lost_allocations_total",
-                "Allocations that could not be recorded (live map full).",
+                "Allocations that could not be recorded (live map full): live but not in live_allocations.",
+                l,
+            ),
+            lost_bytes: counter_vec(
+                r,
+                "memwatch_lost_bytes_total",
+                "Bytes of allocations that could not be recorded: allocated - freed - lost = live.",
                 l,
             ),
             live_bytes: gauge_vec(r, "memwatch_live_bytes", "Bytes in live tracked allocations.", l),
@@ -97,6 +104,7 @@ impl AllocatorMetrics {
                 &m.freed_bytes,
                 &m.untracked_frees,
                 &m.lost_allocations,
+                &m.lost_bytes,
             ] {
                 c.with_label_values(&l);
             }
@@ -115,6 +123,7 @@ impl AllocatorMetrics {
             advance(&self.freed_bytes.with_label_values(&l), c.freed_bytes);
             advance(&self.untracked_frees.with_label_values(&l), c.untracked_frees);
             advance(&self.lost_allocations.with_label_values(&l), c.lost_allocations);
+            advance(&self.lost_bytes.with_label_values(&l), c.lost_bytes);
             let (mut bytes, mut count) = (0u64, 0u64);
             for p in &s.processes {
                 for a in p.allocations.iter().filter(|a| a.family == *family as u8) {
