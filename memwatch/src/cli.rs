@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// Log filter, e.g. "debug" or "memwatch=debug" (overrides `log`).
     #[arg(long)]
     pub log: Option<String>,
+    /// Prometheus exporters' web configuration file: TLS and basic auth
+    /// (overrides `web_config_file`).
+    #[arg(long, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -112,6 +116,7 @@ fn client_call(c: &ClientArgs, f: impl FnOnce(&str) -> anyhow::Result<()>) -> Ex
 fn run(args: RunArgs) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
+        web_config_file: args.web_config_file,
         pids: args.pids,
         exe: args.exe,
         log: args.log,
@@ -123,8 +128,21 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let web = match crate::http::Web::load(config.web_config_file.as_deref()) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("memwatch: web_config_file: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(&config.log);
-    match crate::daemon::run(config) {
+    if !config.listen.ip().is_loopback() && !web.authenticates() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving /leaks beyond loopback with no authentication: set web_config_file (TLS, basic auth)"
+        );
+    }
+    match crate::daemon::run(config, web) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

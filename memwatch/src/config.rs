@@ -3,7 +3,11 @@
 //! validated here, before anything is bound or attached, and every error names
 //! the key at fault.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use globset::GlobMatcher;
 use serde::Deserialize;
@@ -30,6 +34,8 @@ fn value_error(key: impl Into<String>, message: impl Into<String>) -> ConfigErro
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// Prometheus exporters' web configuration file (TLS, basic auth).
+    pub web_config_file: Option<PathBuf>,
     pub log: Option<String>,
     #[serde(default)]
     pub track: TrackFile,
@@ -147,6 +153,7 @@ pub struct SymbolizeFile {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    pub web_config_file: Option<PathBuf>,
     pub pids: Vec<u32>,
     pub exe: Vec<String>,
     pub log: Option<String>,
@@ -183,6 +190,7 @@ impl ExeGlob {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub web_config_file: Option<PathBuf>,
     pub log: String,
     pub pids: Vec<u32>,
     pub exe: Vec<ExeGlob>,
@@ -348,6 +356,7 @@ impl Config {
 
         Ok(Config {
             listen,
+            web_config_file: o.web_config_file.clone().or(file.web_config_file),
             log,
             pids,
             exe,
@@ -617,15 +626,20 @@ mod tests {
 
     #[test]
     fn flags_override_and_extend_the_file() {
-        let file = parse_file("listen = \"127.0.0.1:1\"\n[track]\npids = [5]\nexe = [\"a\"]\n").unwrap();
+        let file = parse_file(
+            "listen = \"127.0.0.1:1\"\nweb_config_file = \"/etc/w.yml\"\n[track]\npids = [5]\nexe = [\"a\"]\n",
+        )
+        .unwrap();
         let o = Overrides {
             listen: Some("127.0.0.1:2".into()),
+            web_config_file: Some("/tmp/web.yml".into()),
             pids: vec![7, 5],
             exe: vec!["b".into()],
             log: None,
         };
         let c = Config::build(file, &o).unwrap();
         assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.web_config_file, Some(PathBuf::from("/tmp/web.yml")));
         assert_eq!(c.pids, vec![5, 7]);
         assert_eq!(c.exe.iter().map(|g| g.pattern.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         let bad = Overrides {

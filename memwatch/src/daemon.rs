@@ -14,13 +14,13 @@ use anyhow::Context;
 use crate::{
     collect::{Collector, snapshot::SharedSnapshot},
     config::Config,
-    http::{AppState, router},
+    http::{AppState, Web, router, tls::TlsListener},
     kernel::Kernel,
     metrics::Metrics,
     symbolize::native::NativeSymbolizer,
 };
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
     // Bind first: a port in use fails before anything is attached.
     let listener =
         std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -73,10 +73,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     notify(&[sd_notify::NotifyState::Ready]);
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        tracing::info!(address = %local, "serving /metrics, /leaks and /healthz");
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(signal())
-            .await
+        let app = web.wrap(router(state));
+        tracing::info!(
+            address = %local,
+            tls = web.tls.is_some(),
+            basic_auth = web.authenticates(),
+            "serving /metrics, /leaks and /healthz"
+        );
+        match web.tls {
+            Some(tls) => {
+                let listener = TlsListener::new(listener, tls)?;
+                axum::serve(listener, app).with_graceful_shutdown(signal()).await
+            }
+            None => axum::serve(listener, app).with_graceful_shutdown(signal()).await,
+        }
     });
     notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.store(true, Ordering::Relaxed);

@@ -35,6 +35,41 @@ fn malformed_config_is_refused_naming_the_key() {
 }
 
 #[test]
+fn a_bad_web_config_is_refused_before_anything_is_attached() {
+    let cases = [
+        ("web-missing.yml", None, "cannot read"),
+        (
+            "web-plain-password.yml",
+            Some("basic_auth_users:\n  prom: secret\n"),
+            "not a bcrypt hash",
+        ),
+        (
+            "web-no-cert.yml",
+            Some("tls_server_config:\n  cert_file: /nonexistent/c.pem\n  key_file: /nonexistent/k.pem\n"),
+            "/nonexistent/c.pem",
+        ),
+        (
+            "web-mtls.yml",
+            Some("tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: RequireAndVerifyClientCert\n"),
+            "client_auth_type: not supported",
+        ),
+    ];
+    for (name, text, needle) in cases {
+        let path = match text {
+            Some(t) => config(name, t),
+            None => "/nonexistent/web.yml".to_string(),
+        };
+        let (code, stderr, _) = memwatch(&["run", "--web-config-file", &path]);
+        assert_eq!(code, 2, "{name}: {stderr}");
+        assert!(
+            stderr.contains("web_config_file") && stderr.contains(needle),
+            "{name}: {stderr}"
+        );
+        assert!(!stderr.contains("tracking process"), "{name}: nothing may be attached");
+    }
+}
+
+#[test]
 fn missing_config_file_and_bad_flags_are_refused() {
     let (code, stderr, _) = memwatch(&["run", "--config", "/nonexistent/memwatch.toml"]);
     assert_eq!(code, 2);

@@ -445,6 +445,147 @@ fn prometheus_scrapes_memwatch_and_the_dashboard_queries_work() {
     assert!(fx.exit().success());
 }
 
+/// `curl` over HTTPS trusting `ca`: the status code and the body.
+fn curl(url: &str, ca: &Path, user: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca);
+    if let Some(u) = user {
+        cmd.args(["-u", u]);
+    }
+    let out = cmd.arg(url).output().expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The exporters' web config: a Prometheus `scrape_config` with `tls_config`
+/// and `basic_auth` scrapes memwatch unchanged; a wrong password gets 401.
+#[test]
+#[ignore = "needs Prometheus and eBPF; run with `cargo xtask test`"]
+fn prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_gets_401() {
+    require_root();
+    let dir = tmp("tls");
+    let (cert, key) = (dir.join("memwatch.crt"), dir.join("memwatch.key"));
+    let (ok, out) = run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert!(ok, "openssl: {out}");
+    let hash = bcrypt::hash("scrape-secret", 8).unwrap();
+    let web = dir.join("web.yml");
+    // Relative paths: resolved against the web config's directory.
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: memwatch.crt\n  key_file: memwatch.key\nbasic_auth_users:\n  prometheus: {hash}\n"
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::spawn(FAST, &["--web-config-file", web.to_str().unwrap()], &[], &[]);
+    let port = d.addr.rsplit(':').next().unwrap().to_string();
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&url("/healthz"), &cert, None).0 != 200 {
+        d.assert_running();
+        assert!(Instant::now() < deadline, "memwatch never served /healthz over TLS");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Liveness probes need no password; everything else does.
+    assert_eq!(curl(&url("/metrics"), &cert, None).0, 401);
+    let (code, body) = curl(&url("/leaks"), &cert, Some("prometheus:wrong"));
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("wrong user name or password"), "{body}");
+    assert_eq!(curl(&url("/metrics"), &cert, Some("intruder:scrape-secret")).0, 401);
+    let (code, body) = curl(&url("/metrics"), &cert, Some("prometheus:scrape-secret"));
+    assert_eq!(code, 200);
+    assert!(body.contains("memwatch_build_info"), "{body}");
+    // Plain HTTP on the TLS port gets nothing.
+    assert_ne!(d.get("/healthz").0, 200);
+
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n\
+         \x20 - job_name: memwatch\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n\
+         \x20   basic_auth:\n      username: prometheus\n      password: scrape-secret\n\
+         \x20   static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n\
+         \x20 - job_name: memwatch_wrong_password\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n\
+         \x20   basic_auth:\n      username: prometheus\n      password: guessed\n\
+         \x20   static_configs:\n      - targets: [\"127.0.0.1:{port}\"]\n",
+        ca = cert.display()
+    );
+    std::fs::write(dir.join("prometheus.yml"), &config).unwrap();
+    let (ok, out) = run(Command::new("promtool")
+        .arg("check")
+        .arg("config")
+        .arg(dir.join("prometheus.yml")));
+    assert!(ok, "{out}\n{config}");
+    let prom = format!("127.0.0.1:{}", free_port());
+    let server = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={prom}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting prometheus");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(server);
+    wait_ready(&prom);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let targets: serde_json::Value = serde_json::from_str(
+            &agent
+                .get(format!("http://{prom}/api/v1/targets"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let active = targets["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+        let job = |name: &str| active.iter().find(|t| t["labels"]["job"] == name).cloned();
+        if let (Some(good), Some(bad)) = (job("memwatch"), job("memwatch_wrong_password"))
+            && good["health"] == "up"
+            && bad["health"] == "down"
+        {
+            let error = bad["lastError"].as_str().unwrap_or_default();
+            assert!(error.contains("401"), "{bad}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "targets never settled: {targets}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = query(&prom, "memwatch_build_info");
+    let jobs: Vec<&str> = r["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["metric"]["job"].as_str())
+        .collect();
+    assert_eq!(jobs, ["memwatch"], "{r}");
+    assert!(d.stop().success());
+}
+
 #[test]
 #[ignore = "needs root and eBPF; run with `cargo xtask test`"]
 fn the_cli_reports_from_a_running_daemon_with_pictures() {
@@ -639,6 +780,28 @@ fn the_kubernetes_manifest_fits_the_daemon() {
         !config.listen.ip().is_loopback(),
         "Prometheus must reach it from the pod network"
     );
+    // Beyond loopback: TLS and basic auth, from a Secret mounted where the
+    // config looks, and probes that speak HTTPS.
+    let web = config
+        .web_config_file
+        .expect("a web config for a non-loopback listener");
+    let web_dir = web.parent().unwrap().to_str().unwrap();
+    let web_mount = c["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == Some(web_dir))
+        .expect("the web config's directory is mounted");
+    let volume = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == web_mount["name"])
+        .unwrap();
+    assert!(volume["secret"]["secretName"].as_str().is_some(), "{volume:?}");
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["scheme"].as_str(), Some("HTTPS"), "{probe}");
+    }
     assert_eq!(kind("Service")["spec"]["ports"][0]["port"].as_i64(), Some(port));
     // Grafana's provisioning files are valid YAML pointing at a dashboard folder.
     let prov = YamlLoader::load_from_str(

@@ -13,9 +13,9 @@ const BPF_LINKER_VERSION: &str = "=0.13.0";
 const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
 /// Tools the tests use: C and C++ compilers for the fixtures, the real tools
 /// the operations tests check memwatch against — systemd-analyze, promtool
-/// and a Prometheus server, `go tool pprof` — and real programs memwatch is
-/// tried on: Debian's redis-server (built without frame pointers) and its
-/// python3.11 (static, PGO+LTO).
+/// and a Prometheus server, `go tool pprof`, curl and openssl for TLS — and
+/// real programs memwatch is tried on: Debian's redis-server (built without
+/// frame pointers) and its python3.11 (static, PGO+LTO).
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
@@ -25,6 +25,8 @@ const TEST_PACKAGES: &[&str] = &[
     "golang-go",
     "redis-server",
     "python3.11",
+    "curl",
+    "openssl",
 ];
 
 fn succeeds(cmd: &mut Command) -> bool {

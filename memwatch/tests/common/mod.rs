@@ -290,6 +290,29 @@ impl Daemon {
 
     /// As [`Daemon::start`], run through `wrapper` (e.g. setpriv) with `env`.
     pub fn start_as(config: &str, args: &[&str], wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::spawn(config, args, wrapper, env);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while d.get("/healthz").0 != 200 {
+            d.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for memwatch to become healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    /// Panics if the daemon has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("memwatch exited while starting: {status}");
+        }
+    }
+
+    /// Starts `memwatch run` without waiting for it (for a daemon this
+    /// harness cannot reach over plain HTTP).
+    pub fn spawn(config: &str, args: &[&str], wrapper: &[&str], env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("memwatch-{port}.toml"));
@@ -313,23 +336,11 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .spawn()
             .expect("starting memwatch");
-        let mut d = Daemon {
+        Daemon {
             child: Some(child),
             addr,
             config: config_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while d.get("/healthz").0 != 200 {
-            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("memwatch exited while starting: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for memwatch to become healthy"
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
-        d
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

@@ -1,5 +1,11 @@
 //! The HTTP API: `/metrics`, `/leaks`, `/healthz`. Handlers only read the
 //! latest snapshot; errors are plain-text messages with a fitting status.
+//! TLS and basic authentication, when the web config asks for them, wrap
+//! the router (`auth`) and the listener (`tls`).
+
+pub mod auth;
+pub mod tls;
+pub mod web_config;
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,6 +32,36 @@ pub struct AppState {
     pub default_limit: usize,
     /// /healthz fails when the last scan is older than this.
     pub stale_after: Duration,
+}
+
+/// How the API is exposed: from the web config file, checked at startup.
+#[derive(Default)]
+pub struct Web {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub users: Option<Arc<auth::Users>>,
+}
+
+impl Web {
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Web> {
+        let Some(path) = path else { return Ok(Web::default()) };
+        let c = web_config::load(path).map_err(anyhow::Error::msg)?;
+        Ok(Web {
+            tls: c.tls.as_ref().map(tls::server_config).transpose()?,
+            users: (!c.users.is_empty()).then(|| Arc::new(auth::Users::new(&c.users))),
+        })
+    }
+
+    pub fn authenticates(&self) -> bool {
+        self.users.is_some()
+    }
+
+    /// `router` behind basic auth when users are configured.
+    pub fn wrap(&self, router: Router) -> Router {
+        match &self.users {
+            Some(users) => router.layer(axum::middleware::from_fn_with_state(users.clone(), auth::require)),
+            None => router,
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
