@@ -143,11 +143,18 @@ pub struct ProbeCookie {
     /// Words pushed between the function's entry and the probe site, so that
     /// `sp + 8 * sp_words` is the stack pointer at entry. Zero at entry.
     pub sp_words: u8,
+    /// The function takes its allocator's context first, as the functions of
+    /// CPython's allocator table do (`free(ctx, ptr)`): the call's arguments
+    /// start at the second argument register.
+    pub ctx_arg: bool,
 }
 
 impl ProbeCookie {
     pub const fn encode(self) -> u64 {
-        (self.kind as u64) | ((self.family as u64) << 8) | ((self.sp_words as u64) << 16)
+        (self.kind as u64)
+            | ((self.family as u64) << 8)
+            | ((self.sp_words as u64) << 16)
+            | ((self.ctx_arg as u64) << 24)
     }
 
     pub const fn decode(cookie: u64) -> Option<Self> {
@@ -163,6 +170,7 @@ impl ProbeCookie {
             kind,
             family,
             sp_words: (cookie >> 16) as u8,
+            ctx_arg: (cookie >> 24) & 1 != 0,
         })
     }
 

@@ -44,11 +44,25 @@ fn regs(ptr: *mut pt_regs) -> &'static pt_regs {
 pub fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     let cookie = cookie(ctx)?;
     let r = regs(ctx.regs);
-    let args = Args {
-        a0: r.rdi,
-        a1: r.rsi,
-        a2: r.rdx,
-        a3: r.rcx,
+    // Each register read at its own fixed offset: the verifier refuses a
+    // context pointer moved by a computed shift.
+    // SAFETY: fields of the context.
+    let [rdi, rsi, rdx, rcx, r8] =
+        unsafe { [&r.rdi, &r.rsi, &r.rdx, &r.rcx, &r.r8].map(|f| core::ptr::read_volatile(f)) };
+    let args = if cookie.ctx_arg {
+        Args {
+            a0: rsi,
+            a1: rdx,
+            a2: rcx,
+            a3: r8,
+        }
+    } else {
+        Args {
+            a0: rdi,
+            a1: rsi,
+            a2: rdx,
+            a3: rcx,
+        }
     };
     let (size, aux) = call_request(cookie.kind, args);
     let entry = CallEntry {
@@ -128,7 +142,10 @@ pub fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), Drop> {
 pub fn try_free_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     let cookie = cookie(ctx)?;
     let r = regs(ctx.regs);
-    let addr = r.rdi;
+    // SAFETY: fields of the context, both read at their fixed offsets (see
+    // above), then chosen.
+    let [rdi, rsi] = unsafe { [&r.rdi, &r.rsi].map(|f| core::ptr::read_volatile(f)) };
+    let addr = if cookie.ctx_arg { rsi } else { rdi };
     if addr == 0 {
         return Ok(());
     }

@@ -401,7 +401,10 @@ struct Site {
 
 impl Site {
     fn needs_return(&self) -> bool {
-        !matches!(self.function.as_str(), "free" | "munmap")
+        !matches!(
+            self.function.as_str(),
+            "free" | "munmap" | "PyObject_Free" | "PyMem_Free" | "_PyObject_Free"
+        )
     }
 }
 
@@ -856,6 +859,23 @@ fn python_bench() {
         .args(["-c", "import memray"])
         .status()
         .is_ok_and(|s| s.success());
+    // The kernel's floor under per-object tracking: counting uprobes (no
+    // program) at the sites memwatch uses for it, libc's and CPython's.
+    let object_sites = {
+        let (mut child, mut stdin, _out) = spawn_ready(Command::new(python).arg(&script).arg("1"));
+        let pid = child.id().to_string();
+        let d = Daemon::start_args(
+            &["--pid", &pid],
+            true,
+            "[detect]\nenabled = false\n[python]\nobjects = true\n",
+        );
+        d.wait_tracked(child.id());
+        let sites = d.sites();
+        let _ = writeln!(stdin, "go");
+        let _ = writeln!(stdin, "exit");
+        let _ = child.wait();
+        sites
+    };
     let run = |mode: &str| -> f64 {
         let mut cmd = match mode {
             "memray" => {
@@ -893,6 +913,7 @@ fn python_bench() {
         if let Some(d) = &daemon {
             d.wait_tracked(child.id());
         }
+        let bare = (mode == "bare").then(|| bare_probes(child.id(), &object_sites));
         writeln!(stdin, "go").unwrap();
         line.clear();
         out.read_line(&mut line).unwrap();
@@ -901,9 +922,10 @@ fn python_bench() {
         let _ = writeln!(stdin, "exit");
         let _ = child.wait();
         drop(daemon);
+        drop(bare);
         ns / n
     };
-    let mut modes = vec!["untraced", "frames", "objects", "tracemalloc"];
+    let mut modes = vec!["untraced", "frames", "objects", "tracemalloc", "bare"];
     if has_memray {
         modes.push("memray");
     }
@@ -927,6 +949,7 @@ fn python_bench() {
             "frames" => "memwatch, Python frames on the libc path",
             "objects" => "memwatch, per-object ([python] objects = true)",
             "tracemalloc" => "python -X tracemalloc=25",
+            "bare" => "bare counting uprobes at per-object sites",
             _ => "memray run",
         };
         println!("  {label:<48} {ns:>9.0} ns/request {:>7.2}x", ns / untraced);
@@ -943,6 +966,23 @@ fn python_bench() {
         objects / tracemalloc,
         verdict(objects < tracemalloc)
     );
+    let bare = med[4].1;
+    println!(
+        "  per-object tracking vs bare uprobes at its sites {:>6.2}x   (the kernel's traps are the rest)",
+        objects / bare
+    );
+    let sites: Vec<String> = object_sites
+        .iter()
+        .filter(|s| s.module.contains("python"))
+        .map(|s| {
+            format!(
+                "{} {}",
+                s.function,
+                if s.emulated { "emulated" } else { "single-stepped" }
+            )
+        })
+        .collect();
+    println!("  CPython sites: {}", sites.join(", "));
     if !has_memray {
         println!("  memray: could not be installed from PyPI here");
     }

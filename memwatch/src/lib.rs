@@ -19,6 +19,8 @@ pub mod collect;
 pub mod config;
 pub mod daemon;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod kernel;
 pub mod leaks;

@@ -215,6 +215,17 @@ fn python_objects_are_counted(python: &str, out_of_line: bool, required: bool) {
     let sites = d.json("/probes")["sites"].as_array().unwrap().clone();
     let probed = sites.iter().any(|s| s["function"] == "PyObject_Malloc");
     assert_eq!(probed, out_of_line, "{python}: {sites:#?}");
+    if out_of_line {
+        // Frees in pymalloc itself, on an emulated instruction, not at the
+        // single-stepped dispatchers.
+        let free = |f: &str| sites.iter().find(|s| s["function"] == f);
+        let inner = free("_PyObject_Free").unwrap_or_else(|| panic!("{python}: {sites:#?}"));
+        assert_eq!(inner["emulated"], true, "{inner:#}");
+        assert!(
+            free("PyObject_Free").is_none() && free("PyMem_Free").is_none(),
+            "{sites:#?}"
+        );
+    }
     let line = fx.ask("objects 5000");
     let kept = serde_json::from_str::<serde_json::Value>(&line).unwrap()["objects"]
         .as_u64()

@@ -1,5 +1,6 @@
-//! Developer tasks: `cargo xtask setup | run | test | bench | soak | dist`.
+//! Developer tasks: `cargo xtask setup | run | test | bench | soak | fuzz | dist`.
 
+mod fuzz;
 mod setup;
 mod soak;
 
@@ -33,6 +34,14 @@ enum Task {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
     },
+    /// Fuzz the parsers of untrusted input (ELF and CFI, /proc text, CPython line tables, probe
+    /// placement) with cargo-fuzz, each target for N minutes; prints runs, coverage and crashes.
+    Fuzz {
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// Targets to run (default: all): elf, procfs, linetable, placement.
+        targets: Vec<String>,
+    },
     /// Build the release tarball: binary, systemd unit, default config, Prometheus rules, Grafana
     /// dashboard, Kubernetes manifests, README and install.sh, in target/dist/.
     Dist,
@@ -56,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             }
             soak::run(minutes)
         }
+        Task::Fuzz { minutes, targets } => fuzz::run(minutes, &targets),
         Task::Dist => dist().map(|path| println!("{}", path.display())),
     }
 }

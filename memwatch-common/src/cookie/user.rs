@@ -22,12 +22,15 @@ mod tests {
     fn cookie_round_trips_every_kind_and_offset() {
         for kind in CallKind::ALL {
             for sp_words in [0u8, 1, 3, 255] {
-                let c = ProbeCookie {
-                    kind,
-                    family: Family::Libc,
-                    sp_words,
-                };
-                assert_eq!(ProbeCookie::decode(c.encode()), Some(c));
+                for ctx_arg in [false, true] {
+                    let c = ProbeCookie {
+                        kind,
+                        family: Family::Python,
+                        sp_words,
+                        ctx_arg,
+                    };
+                    assert_eq!(ProbeCookie::decode(c.encode()), Some(c));
+                }
             }
         }
     }
@@ -45,6 +48,7 @@ mod tests {
             kind: CallKind::Free,
             family: Family::Libc,
             sp_words: 2,
+            ctx_arg: false,
         };
         assert_eq!(c.entry_sp(0x1000), 0x1010);
     }

@@ -46,6 +46,7 @@ fn attach_one(
         kind: site.kind,
         family: target.family,
         sp_words: 0,
+        ctx_arg: site.ctx_arg,
     };
     let point = UProbeAttachPoint {
         location: UProbeAttachLocation::AbsoluteOffset(site.file_offset()),

@@ -48,14 +48,15 @@ fn line_311(table: &[u8], first_line: u32, index: u64) -> Option<u32> {
         let has_line = match code {
             15 => false,
             14 => {
-                line += signed_varint(table, &mut i)?;
+                // Checked: a corrupted table's deltas may sum past i64.
+                line = line.checked_add(signed_varint(table, &mut i)?)?;
                 for _ in 0..3 {
                     varint(table, &mut i)?;
                 }
                 true
             }
             13 => {
-                line += signed_varint(table, &mut i)?;
+                line = line.checked_add(signed_varint(table, &mut i)?)?;
                 true
             }
             10..=12 => {

@@ -300,7 +300,7 @@ pub fn detect(pid: u32, entries: &[MapEntry], main: bool) -> Result<Option<Runti
 
 /// The version: `Py_Version` (3.11+, in the dynamic symbols even of
 /// stripped builds), else the file name (`libpython3.10.so`).
-fn version_of(elf: &object::File<'_>, data: &[u8], name: &str) -> Option<(u8, u8)> {
+pub fn version_of(elf: &object::File<'_>, data: &[u8], name: &str) -> Option<(u8, u8)> {
     let sym = elf
         .dynamic_symbols()
         .chain(elf.symbols())
@@ -308,10 +308,13 @@ fn version_of(elf: &object::File<'_>, data: &[u8], name: &str) -> Option<(u8, u8
     if let Some(s) = sym {
         let off = elf.segments().find_map(|seg| {
             let (off, size) = seg.file_range();
-            (s.address() >= seg.address() && s.address() + 4 <= seg.address() + size)
-                .then(|| off + s.address() - seg.address())
-        })? as usize;
-        let v = u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?);
+            let within = s.address().checked_sub(seg.address())?;
+            (within.checked_add(4)? <= size)
+                .then(|| off.checked_add(within))
+                .flatten()
+        })?;
+        let off = usize::try_from(off).ok()?;
+        let v = u32::from_le_bytes(data.get(off..off.checked_add(4)?)?.try_into().ok()?);
         return Some(((v >> 24) as u8, (v >> 16) as u8));
     }
     let rest = name.trim_start_matches("lib").strip_prefix("python3.")?;

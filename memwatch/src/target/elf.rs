@@ -53,13 +53,15 @@ impl ElfInfo {
     pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.segments
             .iter()
-            .find(|&&(start, size, _)| vaddr >= start && vaddr < start + size)
-            .map(|&(start, _, off)| vaddr - start + off)
+            .find(|&&(start, size, _)| vaddr >= start && vaddr - start < size)
+            .and_then(|&(start, _, off)| off.checked_add(vaddr - start))
     }
 
     pub fn parse(data: &[u8]) -> Result<ElfInfo, object::Error> {
         let file = object::File::parse(data)?;
-        let wanted = |n: &str| LIBC_FUNCTIONS.iter().chain(PYTHON_FUNCTIONS).any(|(f, _)| *f == n);
+        let wanted = |n: &str| {
+            LIBC_FUNCTIONS.iter().chain(PYTHON_FUNCTIONS).any(|(f, _)| *f == n) || n == super::python::INNER_FREE
+        };
         let mut functions = HashMap::new();
         // Dynamic symbols first (what the linker binds), then the static
         // table of unstripped or static executables.

@@ -8,6 +8,7 @@
 
 pub mod elf;
 pub mod placement;
+pub mod python;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,9 @@ pub struct Site {
     pub entry_offset: u64,
     /// Where in the function the probes go, and why.
     pub placement: Placement,
+    /// The function takes its allocator's context first (see
+    /// `ProbeCookie::ctx_arg`).
+    pub ctx_arg: bool,
 }
 
 impl Site {
@@ -142,7 +146,7 @@ pub fn find_targets(pid: u32, cache: &mut elf::ElfCache, wanted: Wanted) -> Resu
     })?;
     let mut targets = Vec::new();
     for file in procfs::mapped_files(&entries).into_iter().filter(|f| f.executable) {
-        match targets_of(pid, &file, cache, wanted) {
+        match targets_of(pid, &entries, &file, cache, wanted) {
             Ok(t) => targets.extend(t),
             Err(e) => {
                 tracing::warn!(pid, path = %file.path, error = %e, "cannot read a mapped object; its allocator calls (if any) are not tracked")
@@ -160,6 +164,7 @@ pub fn find_targets(pid: u32, cache: &mut elf::ElfCache, wanted: Wanted) -> Resu
 /// called out of line.
 fn targets_of(
     pid: u32,
+    entries: &[procfs::MapEntry],
     file: &MappedFile,
     cache: &mut elf::ElfCache,
     wanted: Wanted,
@@ -188,20 +193,52 @@ fn targets_of(
     }
     if wanted.python_objects && info.defines("PyObject_Malloc") {
         if info.python_calls_out_of_line {
-            out.push(target(
-                pid,
-                file,
-                &open_path,
-                &info,
-                Family::Python,
-                PYTHON_FUNCTIONS,
-                wanted.place,
-            ));
+            out.push(python_target(pid, entries, file, &open_path, &info, wanted.place));
         } else {
             tracing::info!(pid, path = %file.path, "this interpreter inlines its object allocator (PGO/LTO): its objects are not tracked one by one");
         }
     }
     Ok(out)
+}
+
+/// CPython's allocator functions, with its frees probed in `_PyObject_Free`
+/// where that is safe (see [`python`]).
+fn python_target(
+    pid: u32,
+    entries: &[procfs::MapEntry],
+    file: &MappedFile,
+    open_path: &std::path::Path,
+    info: &elf::ElfInfo,
+    place: bool,
+) -> AllocatorTarget {
+    let inner = python::inner_free(pid, entries, file, info);
+    let Ok(inner) = inner.inspect_err(|why| {
+        tracing::info!(pid, path = %file.path, why, "probing CPython's free dispatchers (single-stepped)");
+    }) else {
+        return target(pid, file, open_path, info, Family::Python, PYTHON_FUNCTIONS, place);
+    };
+    let table: Vec<(&'static str, CallKind)> = PYTHON_FUNCTIONS
+        .iter()
+        .copied()
+        .filter(|(name, _)| !python::FREE_DISPATCHERS.contains(name))
+        .collect();
+    let mut t = target(pid, file, open_path, info, Family::Python, &table, place);
+    if let Some(entry_offset) = info.file_offset(inner) {
+        let code = info.prologue(inner);
+        t.sites.push(Site {
+            kind: CallKind::Free,
+            symbol: python::INNER_FREE,
+            vaddr: inner,
+            entry_offset,
+            placement: if place {
+                placement::place_args(code, inner, CallKind::Free, true)
+            } else {
+                placement::at_entry(code, inner)
+            },
+            ctx_arg: true,
+        });
+    }
+    t
 }
 
 fn target(
@@ -230,6 +267,7 @@ fn target(
                     vaddr,
                     entry_offset,
                     placement,
+                    ctx_arg: false,
                 });
             }
             None => tracing::warn!(pid, path = %file.path, symbol, "symbol outside any loadable segment; not probed"),

@@ -10,7 +10,7 @@
 
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter, GasFormatter, Instruction, InstructionInfoFactory, Mnemonic,
-    OpAccess, Register,
+    OpAccess, OpKind, Register,
 };
 use memwatch_common::cookie::CallKind;
 use serde::Serialize;
@@ -61,7 +61,7 @@ pub fn kernel_emulates(bytes: &[u8]) -> bool {
     }
 }
 
-const ARG_REGISTERS: [Register; 4] = [Register::RDI, Register::RSI, Register::RDX, Register::RCX];
+const ARG_REGISTERS: [Register; 5] = [Register::RDI, Register::RSI, Register::RDX, Register::RCX, Register::R8];
 
 fn format(insn: &Instruction) -> String {
     let mut out = String::new();
@@ -83,10 +83,22 @@ fn is_null_check(prev: Option<&Instruction>, insn: &Instruction, pointer: Regist
     let tests_pointer = match p.mnemonic() {
         Mnemonic::Test => {
             p.op_count() == 2
+                && p.op0_kind() == OpKind::Register
+                && p.op1_kind() == OpKind::Register
                 && p.op0_register().full_register() == pointer
                 && p.op1_register().full_register() == pointer
         }
-        Mnemonic::Cmp => p.op0_register().full_register() == pointer && p.immediate(1) == 0,
+        // iced panics on immediate() of an operand that is not one.
+        Mnemonic::Cmp => {
+            p.op_count() == 2
+                && p.op0_kind() == OpKind::Register
+                && p.op0_register().full_register() == pointer
+                && matches!(
+                    p.op1_kind(),
+                    OpKind::Immediate8 | OpKind::Immediate32 | OpKind::Immediate8to64 | OpKind::Immediate32to64
+                )
+                && p.immediate(1) == 0
+        }
         _ => false,
     };
     tests_pointer && matches!(insn.code(), Code::Je_rel8_64 | Code::Je_rel32_64)
@@ -95,9 +107,16 @@ fn is_null_check(prev: Option<&Instruction>, insn: &Instruction, pointer: Regist
 /// Chooses the probe site for a function of `kind` whose first bytes are
 /// `code`, located at `vaddr`.
 pub fn place(code: &[u8], vaddr: u64, kind: CallKind) -> Placement {
+    place_args(code, vaddr, kind, false)
+}
+
+/// As [`place`], for a function that takes its allocator's context before
+/// the call's arguments when `ctx_arg` (see `ProbeCookie::ctx_arg`).
+pub fn place_args(code: &[u8], vaddr: u64, kind: CallKind, ctx_arg: bool) -> Placement {
+    let shift = usize::from(ctx_arg);
     let reads: Vec<Register> = (0..4)
         .filter(|i| kind.arguments_read() & (1 << i) != 0)
-        .map(|i| ARG_REGISTERS[i])
+        .map(|i| ARG_REGISTERS[i + shift])
         .collect();
     let needs_return = !kind.is_release();
     let mut decoder = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE);
@@ -120,7 +139,7 @@ pub fn place(code: &[u8], vaddr: u64, kind: CallKind) -> Placement {
         let bytes = &code[offset as usize..offset as usize + insn.len()];
         let text = format(&insn);
         let emulated = kernel_emulates(bytes);
-        let null_check = kind.is_release() && is_null_check(prev.as_ref(), &insn, Register::RDI);
+        let null_check = kind.is_release() && is_null_check(prev.as_ref(), &insn, ARG_REGISTERS[shift]);
 
         if emulated && (sp_words == 0 || !needs_return) {
             let site = Placement {

@@ -257,10 +257,11 @@ const PAGE: u64 = 0xfff;
 pub fn bias(segments: &[(u64, u64, u64)], start: u64, offset: u64) -> Option<u64> {
     let &(vaddr, off, _) = segments
         .iter()
-        .filter(|&&(_, off, size)| off & !PAGE <= offset && offset < off + size.max(1))
+        .filter(|&&(_, off, size)| off & !PAGE <= offset && offset < off.saturating_add(size.max(1)))
         .max_by_key(|&&(_, off, _)| off)?;
-    let (vaddr, off) = (vaddr - (off & PAGE), off & !PAGE);
-    Some(start.wrapping_sub(vaddr + (offset - off)))
+    // A segment whose address is below its page offset is malformed.
+    let (vaddr, off) = (vaddr.checked_sub(off & PAGE)?, off & !PAGE);
+    Some(start.wrapping_sub(vaddr.wrapping_add(offset - off)))
 }
 
 #[cfg(test)]

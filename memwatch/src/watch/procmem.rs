@@ -36,7 +36,7 @@ pub fn parse_status(text: &str) -> Option<Memory> {
             _ => continue,
         };
         let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
-        *field = kb * 1024;
+        *field = kb.saturating_mul(1024);
         seen = true;
     }
     seen.then_some(m)
