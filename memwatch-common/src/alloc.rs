@@ -242,9 +242,16 @@ pub enum EntryDecision {
 ///
 /// The stack grows down: a call made from inside the one in flight has a
 /// lower entry stack pointer; a tail call (`jmp realloc`) has the same one but
-/// is a different function.
+/// is a different function — or the same kind of another family
+/// (`PyObject_Malloc` → `jmp malloc` under PYTHONMALLOC=malloc).
 #[inline(always)]
-pub fn classify_entry(in_flight: Option<&CallEntry>, entry_sp: u64, kind: CallKind, now_ns: u64) -> EntryDecision {
+pub fn classify_entry(
+    in_flight: Option<&CallEntry>,
+    entry_sp: u64,
+    kind: CallKind,
+    family: u8,
+    now_ns: u64,
+) -> EntryDecision {
     let Some(prev) = in_flight else {
         return EntryDecision::Record;
     };
@@ -253,19 +260,19 @@ pub fn classify_entry(in_flight: Option<&CallEntry>, entry_sp: u64, kind: CallKi
     if now_ns.saturating_sub(prev.timestamp_ns) > STALE_CALL_NS {
         return EntryDecision::ReplaceStale;
     }
-    if prev.entry_sp > entry_sp || (prev.entry_sp == entry_sp && prev.kind != kind as u8) {
+    if prev.entry_sp > entry_sp || (prev.entry_sp == entry_sp && (prev.kind != kind as u8 || prev.family != family)) {
         EntryDecision::Nested
     } else {
         EntryDecision::ReplaceStale
     }
 }
 
-/// Whether a return probe belongs to the call in flight: the same function,
-/// returning above the frame it entered with. Returns of nested calls (and
-/// of the inner function of a tail call) do not match.
+/// Whether a return probe belongs to the call in flight: the same function
+/// of the same family, returning above the frame it entered with. Returns of
+/// nested calls (and of the inner function of a tail call) do not match.
 #[inline(always)]
-pub fn return_matches(in_flight: &CallEntry, kind: CallKind, sp: u64) -> bool {
-    in_flight.kind == kind as u8 && sp > in_flight.entry_sp
+pub fn return_matches(in_flight: &CallEntry, kind: CallKind, family: u8, sp: u64) -> bool {
+    in_flight.kind == kind as u8 && in_flight.family == family && sp > in_flight.entry_sp
 }
 
 /// How `munmap(addr, len)` changes a mapping recorded at `addr` with `size`.

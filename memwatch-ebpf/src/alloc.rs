@@ -84,7 +84,13 @@ pub fn try_alloc_enter(ctx: &ProbeContext) -> Result<(), Drop> {
     // SAFETY: the map value of this thread, which only this thread writes.
     let prev = unsafe { *slot };
     let in_flight = (prev.kind != IDLE).then_some(&prev);
-    match classify_entry(in_flight, entry.entry_sp, cookie.kind, entry.timestamp_ns) {
+    match classify_entry(
+        in_flight,
+        entry.entry_sp,
+        cookie.kind,
+        cookie.family as u8,
+        entry.timestamp_ns,
+    ) {
         EntryDecision::Nested => return Ok(()),
         EntryDecision::ReplaceStale => count_drop(Drop::StaleCall),
         EntryDecision::Record => {}
@@ -103,7 +109,7 @@ pub fn try_alloc_exit(ctx: &RetProbeContext) -> Result<(), Drop> {
     if entry.kind == IDLE {
         return Err(Drop::ReturnWithoutEntry);
     }
-    if !return_matches(&entry, cookie.kind, r.rsp) {
+    if !return_matches(&entry, cookie.kind, cookie.family as u8, r.rsp) {
         // The return of a nested call; the outer call's return accounts.
         return Ok(());
     }

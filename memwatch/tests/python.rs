@@ -203,7 +203,24 @@ fn python_3_13_shared() {
 /// keeps them; where PGO+LTO inlined it (Debian's), nothing pretends to be
 /// counted per object.
 fn python_objects_are_counted(python: &str, out_of_line: bool, required: bool) {
-    let Some(mut fx) = start_service(python, required) else {
+    python_objects_are_counted_with(python, out_of_line, required, None)
+}
+
+/// As above, with `PYTHONMALLOC` set to `pythonmalloc` when given: pymalloc
+/// off, so the frees go through libc and `_PyObject_Free` must not be
+/// probed in place of the dispatchers.
+fn python_objects_are_counted_with(python: &str, out_of_line: bool, required: bool, pythonmalloc: Option<&str>) {
+    let Some(mut fx) = (match pythonmalloc {
+        None => start_service(python, required),
+        Some(m) if std::path::Path::new(python).exists() => Some(Fixture::start_from(
+            std::path::Path::new("/usr/bin/env"),
+            &[&format!("PYTHONMALLOC={m}"), python, service_py().to_str().unwrap()],
+        )),
+        Some(_) => {
+            eprintln!("MISSING INTERPRETER: {python} is not on this machine; its test did not run");
+            None
+        }
+    }) else {
         return;
     };
     let d = Daemon::start(
@@ -215,14 +232,20 @@ fn python_objects_are_counted(python: &str, out_of_line: bool, required: bool) {
     let sites = d.json("/probes")["sites"].as_array().unwrap().clone();
     let probed = sites.iter().any(|s| s["function"] == "PyObject_Malloc");
     assert_eq!(probed, out_of_line, "{python}: {sites:#?}");
-    if out_of_line {
+    let free = |f: &str| sites.iter().find(|s| s["function"] == f);
+    if out_of_line && pythonmalloc.is_none() {
         // Frees in pymalloc itself, on an emulated instruction, not at the
         // single-stepped dispatchers.
-        let free = |f: &str| sites.iter().find(|s| s["function"] == f);
         let inner = free("_PyObject_Free").unwrap_or_else(|| panic!("{python}: {sites:#?}"));
         assert_eq!(inner["emulated"], true, "{inner:#}");
         assert!(
             free("PyObject_Free").is_none() && free("PyMem_Free").is_none(),
+            "{sites:#?}"
+        );
+    } else if out_of_line {
+        assert!(free("_PyObject_Free").is_none(), "pymalloc is off: {sites:#?}");
+        assert!(
+            free("PyObject_Free").is_some() && free("PyMem_Free").is_some(),
             "{sites:#?}"
         );
     }
@@ -255,6 +278,17 @@ fn python_objects_are_counted(python: &str, out_of_line: bool, required: bool) {
 #[ignore = "needs root, eBPF and CPython; run with `cargo xtask test`"]
 fn python_objects_counted_exactly_3_11_shared() {
     python_objects_are_counted("/root/.pyenv/versions/3.11.7/bin/python3.11", true, false);
+}
+
+#[test]
+#[ignore = "needs root, eBPF and CPython; run with `cargo xtask test`"]
+fn python_objects_counted_exactly_3_11_shared_without_pymalloc() {
+    python_objects_are_counted_with(
+        "/root/.pyenv/versions/3.11.7/bin/python3.11",
+        true,
+        false,
+        Some("malloc"),
+    );
 }
 
 #[test]

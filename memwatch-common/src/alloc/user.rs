@@ -194,32 +194,47 @@ mod tests {
         let outer = entry(Realloc, 40, 0);
         // realloc(NULL, n) → malloc: deeper frame.
         assert_eq!(
-            classify_entry(Some(&outer), 0x6f00, Malloc, 2_000),
+            classify_entry(Some(&outer), 0x6f00, Malloc, 1, 2_000),
             EntryDecision::Nested
         );
         // reallocarray → jmp realloc: same frame, other function.
         let ra = entry(ReallocArray, 40, 0);
-        assert_eq!(classify_entry(Some(&ra), 0x7000, Realloc, 2_000), EntryDecision::Nested);
+        assert_eq!(
+            classify_entry(Some(&ra), 0x7000, Realloc, 1, 2_000),
+            EntryDecision::Nested
+        );
+        // PyObject_Malloc → jmp malloc (PYTHONMALLOC=malloc): same frame and
+        // kind, other family; its return is left to the outer call's.
+        let py = CallEntry {
+            family: 2,
+            ..entry(Malloc, 40, 0)
+        };
+        assert_eq!(
+            classify_entry(Some(&py), 0x7000, Malloc, 1, 2_000),
+            EntryDecision::Nested
+        );
+        assert!(!return_matches(&py, Malloc, 1, 0x7008));
+        assert!(return_matches(&py, Malloc, 2, 0x7008));
     }
 
     #[test]
     fn stale_calls_are_replaced() {
         let prev = entry(Malloc, 24, 0);
-        assert_eq!(classify_entry(None, 0x7000, Malloc, 2_000), EntryDecision::Record);
+        assert_eq!(classify_entry(None, 0x7000, Malloc, 1, 2_000), EntryDecision::Record);
         // Same function from the same frame again: the first returned unseen.
         assert_eq!(
-            classify_entry(Some(&prev), 0x7000, Malloc, 2_000),
+            classify_entry(Some(&prev), 0x7000, Malloc, 1, 2_000),
             EntryDecision::ReplaceStale
         );
         // A shallower frame: the call in flight cannot be its caller.
         assert_eq!(
-            classify_entry(Some(&prev), 0x7100, Calloc, 2_000),
+            classify_entry(Some(&prev), 0x7100, Calloc, 1, 2_000),
             EntryDecision::ReplaceStale
         );
         // Too old to be the caller of anything now.
         let late = 1_000 + crate::time::STALE_CALL_NS + 1;
         assert_eq!(
-            classify_entry(Some(&prev), 0x6000, Malloc, late),
+            classify_entry(Some(&prev), 0x6000, Malloc, 1, late),
             EntryDecision::ReplaceStale
         );
     }
@@ -227,10 +242,10 @@ mod tests {
     #[test]
     fn returns_match_their_own_call_only() {
         let e = entry(ReallocArray, 40, 0);
-        assert!(return_matches(&e, ReallocArray, 0x7008));
-        assert!(!return_matches(&e, Realloc, 0x7008)); // the tail-called realloc
+        assert!(return_matches(&e, ReallocArray, 1, 0x7008));
+        assert!(!return_matches(&e, Realloc, 1, 0x7008)); // the tail-called realloc
         let e = entry(Realloc, 40, 0);
-        assert!(!return_matches(&e, Malloc, 0x6f08)); // the nested malloc
+        assert!(!return_matches(&e, Malloc, 1, 0x6f08)); // the nested malloc
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Watcher {
 }
 
 const GONE_KEPT: usize = 100;
+/// Stacks of each kind kept with a gone process: its report shows the
+/// largest, and a churn of leakers exiting must not grow the daemon.
+const GONE_STACKS: usize = 5;
 /// Resolved alerts stay visible this long (seconds).
 const RESOLVED_SHOWN: f64 = 3600.0;
 
@@ -215,7 +218,11 @@ impl Watcher {
             if matches!(w.alert, Alert::Resolved { .. })
                 || matches!(w.escalation, Some(escalation::Status::Done { .. }))
             {
-                w.series.clear();
+                w.series = VecDeque::new();
+                w.evidence.truncate(GONE_STACKS);
+                w.evidence.shrink_to_fit();
+                w.growth.truncate(GONE_STACKS);
+                w.growth.shrink_to_fit();
                 self.gone.push_back(w);
                 if self.gone.len() > GONE_KEPT {
                     self.gone.pop_front();
@@ -353,6 +360,50 @@ mod tests {
         // The default config keeps every sample, as before: 124 s at 2 s.
         let (n, _) = run_series(30.0, 2.0, 600.0, leak);
         assert_eq!(n, 63);
+    }
+
+    #[test]
+    fn a_gone_suspect_keeps_only_its_largest_stacks() {
+        let cfg = crate::config::Config::build(Default::default(), &Default::default()).unwrap();
+        let mut w = Watcher::new(&cfg.detect, 0);
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        w.sample(0.0, 1000.0);
+        let report = |i: u64| StackReport {
+            live_bytes: 1000 - i,
+            live_allocations: 1,
+            oldest_age_seconds: 0.0,
+            call: "malloc",
+            allocator: "libc",
+            frames: vec![],
+            walk: Default::default(),
+        };
+        let p = w.get_mut(pid).expect("the child is watched");
+        p.alert = Alert::Firing {
+            since: 0.0,
+            fired_at: 1.0,
+            last_seen: 1.0,
+        };
+        p.evidence = (0..10).map(report).collect();
+        p.growth = (0..20)
+            .map(|i| GrowthStack {
+                stack_id: i,
+                bytes: 100 - i,
+                calls: 1,
+                frames: None,
+            })
+            .collect();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        w.sample(2.0, 1002.0);
+        let gone = w.gone().find(|g| g.pid == pid).expect("kept as gone");
+        assert!(matches!(gone.alert, Alert::Resolved { .. }));
+        assert_eq!(gone.evidence.len(), GONE_STACKS);
+        assert_eq!(gone.evidence[0].live_bytes, 1000);
+        assert_eq!(
+            gone.growth.iter().map(|g| g.stack_id).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4]
+        );
     }
 
     #[test]
