@@ -25,6 +25,22 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// Show the state of a running daemon.
     Status(StatusArgs),
+    /// Take a census of a Python process's live objects by type, through a running daemon.
+    Objects(ObjectsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ObjectsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The Python process.
+    pub pid: u32,
+    /// Types shown.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also show each type's growth since a census the daemon took this many seconds ago (or its oldest).
+    #[arg(long, value_name = "SECONDS")]
+    pub growth: Option<f64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +115,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Leaks(a) => client_call(&a.client, |addr| crate::client::leaks(addr, &a)),
         Command::Status(a) => client_call(&a.client, |addr| crate::client::status(addr, a.client.json)),
+        Command::Objects(a) => client_call(&a.client, |addr| crate::client::objects(addr, &a)),
     }
 }
 

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, io::Read, time::Duration};
 use anyhow::{Context, bail};
 
 use crate::{
-    cli::LeaksArgs,
+    cli::{LeaksArgs, ObjectsArgs},
     leaks::text::{bytes, duration},
 };
 
@@ -81,6 +81,18 @@ pub fn leaks(addr: &str, r: &LeaksArgs) -> anyhow::Result<()> {
             String::from_utf8_lossy(&get(addr, &format!("/leaks?{q}{sep}format={format}"))?)
         );
     }
+    Ok(())
+}
+
+pub fn objects(addr: &str, a: &ObjectsArgs) -> anyhow::Result<()> {
+    let mut q = format!("pid={}&format={}", a.pid, if a.client.json { "json" } else { "text" });
+    if let Some(l) = a.limit {
+        q += &format!("&limit={l}");
+    }
+    if let Some(g) = a.growth {
+        q += &format!("&since={g}");
+    }
+    print!("{}", String::from_utf8_lossy(&get(addr, &format!("/objects?{q}"))?));
     Ok(())
 }
 

@@ -60,6 +60,7 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
 
     let state = AppState {
         snapshot: shared,
+        censuses: Default::default(),
         metrics,
         default_limit: config.stacks_per_process,
         stale_after: (config.collect_interval * 3).max(Duration::from_secs(30)),

@@ -25,6 +25,7 @@ pub mod http;
 pub mod kernel;
 pub mod leaks;
 pub mod metrics;
+pub mod objects;
 pub mod process;
 pub mod python;
 pub mod symbolize;

@@ -28,6 +28,8 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub snapshot: SharedSnapshot,
+    /// Python censuses kept for `/objects?since=`.
+    pub censuses: Arc<std::sync::Mutex<crate::objects::Histories>>,
     pub metrics: Arc<Metrics>,
     pub default_limit: usize,
     /// /healthz fails when the last scan is older than this.
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/probes", get(probes))
         .route("/status", get(status))
+        .route("/objects", get(objects))
         .fallback(not_found)
         .with_state(state)
 }
@@ -115,6 +118,45 @@ async fn leaks(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: Head
             )
                 .into_response(),
         },
+    }
+}
+
+/// A census of a Python process's objects, taken now (see `objects`).
+async fn objects(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+    use crate::objects::{self, ObjectsError};
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let wants_text = accept.is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/plain")));
+    let q = match objects::parse_query(raw.as_deref(), wants_text) {
+        Ok(q) => q,
+        Err(message) => return text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+    };
+    let pid = q.pid;
+    let taken = tokio::task::spawn_blocking(move || objects::take(pid, unix_now())).await;
+    let taken = match taken {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            let status = match e {
+                ObjectsError::NoProcess(_) => StatusCode::NOT_FOUND,
+                ObjectsError::NotPython(_) | ObjectsError::Unsupported(..) => StatusCode::UNPROCESSABLE_ENTITY,
+                ObjectsError::Unreadable(..) => StatusCode::FORBIDDEN,
+            };
+            return text(status, format!("{e}\n"));
+        }
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("the census failed: {e}\n")),
+    };
+    let report = {
+        let mut h = s.censuses.lock().expect("not poisoned");
+        objects::report(taken, &mut h, q.limit, q.since)
+    };
+    if q.text {
+        text(StatusCode::OK, objects::render_text(&report))
+    } else {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string_pretty(&report).expect("report serializes"),
+        )
+            .into_response()
     }
 }
 
@@ -285,7 +327,7 @@ async fn healthz(State(s): State<AppState>) -> Response {
 async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "no such endpoint; memwatch serves /leaks, /probes, /status, /metrics and /healthz\n".into(),
+        "no such endpoint; memwatch serves /leaks, /objects, /probes, /status, /metrics and /healthz\n".into(),
     )
 }
 
@@ -307,6 +349,7 @@ mod tests {
         metrics.update(&shared.get());
         router(AppState {
             snapshot: shared,
+            censuses: Default::default(),
             metrics,
             default_limit: 20,
             stale_after: Duration::from_secs(60),
@@ -396,6 +439,7 @@ mod tests {
         });
         let r = router(AppState {
             snapshot: shared,
+            censuses: Default::default(),
             metrics: Arc::new(Metrics::new(1)),
             default_limit: 1,
             stale_after: Duration::from_secs(60),

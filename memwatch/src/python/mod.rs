@@ -8,6 +8,7 @@
 //! development machines; on 3.13 the interpreter publishes them itself
 //! (`_Py_DebugOffsets`), and memwatch compares.
 
+pub mod census;
 pub mod code;
 pub mod linetable;
 
@@ -37,6 +38,8 @@ pub struct Layout {
     pub ascii_data: u64,
     /// Compact non-ASCII strings' data.
     pub compact_data: u64,
+    /// Where the collector's state is, for a census (3.11 on).
+    pub gc: Option<census::GcLayout>,
 }
 
 /// Offsets in code objects.
@@ -74,6 +77,7 @@ pub const LAYOUTS: [Layout; 4] = [
         },
         ascii_data: 48,
         compact_data: 72,
+        gc: None,
     },
     Layout {
         minor: 11,
@@ -95,6 +99,11 @@ pub const LAYOUTS: [Layout; 4] = [
         },
         ascii_data: 48,
         compact_data: 72,
+        gc: Some(census::GcLayout {
+            interpreters_head: 40,
+            interp_gc: 648,
+            ascii_data: 48,
+        }),
     },
     Layout {
         minor: 12,
@@ -116,6 +125,11 @@ pub const LAYOUTS: [Layout; 4] = [
         },
         ascii_data: 40,
         compact_data: 56,
+        gc: Some(census::GcLayout {
+            interpreters_head: 40,
+            interp_gc: 112,
+            ascii_data: 40,
+        }),
     },
     Layout {
         minor: 13,
@@ -137,6 +151,11 @@ pub const LAYOUTS: [Layout; 4] = [
         },
         ascii_data: 40,
         compact_data: 56,
+        gc: Some(census::GcLayout {
+            interpreters_head: 632,
+            interp_gc: 7400,
+            ascii_data: 40,
+        }),
     },
 ];
 

@@ -1,0 +1,181 @@
+//! `/objects`: a census of a running Python process's objects, read from
+//! outside, against the interpreter's own `gc.get_objects()`. Real
+//! interpreters: Debian's static python3.11 (required; `cargo xtask setup`
+//! installs it) and pyenv's shared 3.11, 3.12 and 3.13 when present (a
+//! missing one is reported in the output).
+
+mod common;
+
+use std::{collections::HashMap, path::Path, time::Duration};
+
+use common::*;
+
+const INTERPRETERS: [(&str, bool); 4] = [
+    ("/usr/bin/python3.11", true),
+    ("/root/.pyenv/versions/3.11.7/bin/python3.11", false),
+    ("/root/.pyenv/versions/3.12.1/bin/python3.12", false),
+    ("/root/.pyenv/versions/3.13.0/bin/python3.13", false),
+];
+
+fn census_py() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/census.py")
+}
+
+/// The fixture in `mode` under `python`, and the counts of its own types
+/// that `gc.get_objects()` gave it.
+fn start(python: &str, mode: &str, required: bool) -> Option<(Fixture, HashMap<String, u64>)> {
+    if !Path::new(python).exists() {
+        assert!(!required, "{python} is missing (cargo xtask setup installs it)");
+        eprintln!("MISSING INTERPRETER: {python} is not on this machine; its census was not checked");
+        return None;
+    }
+    let mut fx = Fixture::start_from(Path::new(python), &[census_py().to_str().unwrap(), mode]);
+    let counts: HashMap<String, u64> = serde_json::from_str(&fx.read_line()).unwrap();
+    Some((fx, counts))
+}
+
+fn own_types(census: &serde_json::Value) -> HashMap<String, u64> {
+    census["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["module"] == "__main__")
+        .map(|t| (t["type"].as_str().unwrap().to_string(), t["count"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root and CPython; run with `cargo xtask test`"]
+fn a_census_equals_gc_get_objects_on_every_interpreter() {
+    require_root();
+    let d = Daemon::start(FAST, &[]);
+    for (python, required) in INTERPRETERS {
+        let Some((fx, expected)) = start(python, "population", required) else {
+            continue;
+        };
+        assert_eq!(expected["Order"], 3000, "{expected:?}");
+        let census = d.json(&format!("/objects?pid={}&limit=100000", fx.pid));
+        assert_eq!(census["consistent"], true, "{python}: {census:#}");
+        assert_eq!(own_types(&census), expected, "{python}");
+        // The collector was disabled by the fixture; the rest are its figures.
+        assert_eq!(census["gc"]["enabled"], false, "{python}");
+        let generations = census["gc"]["generations"].as_array().unwrap();
+        assert_eq!(generations.len(), 3);
+        assert!(
+            generations[0]["threshold"].as_i64().unwrap() >= 700,
+            "{python}: {generations:?}"
+        );
+        assert_eq!(
+            census["python"]["version"],
+            "3.1".to_string() + &python[python.len() - 1..]
+        );
+        // Largest first, and a text form.
+        let bytes: Vec<u64> = census["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["bytes"].as_u64().unwrap())
+            .collect();
+        assert!(bytes.windows(2).all(|w| w[0] >= w[1]));
+        let (status, text) = d.get(&format!("/objects?pid={}&format=text&limit=500", fx.pid));
+        assert_eq!(status, 200);
+        assert!(
+            text.contains("__main__.Order") && text.contains("gc DISABLED"),
+            "{text}"
+        );
+        assert!(fx.exit().success());
+    }
+}
+
+#[test]
+#[ignore = "needs root and CPython; run with `cargo xtask test`"]
+fn growth_between_censuses_is_the_growing_type_alone() {
+    require_root();
+    let d = Daemon::start(FAST, &[]);
+    let (fx, _) = start(INTERPRETERS[0].0, "grow", true).unwrap();
+    let first = d.json(&format!("/objects?pid={}", fx.pid));
+    assert!(first.get("growth").is_none(), "no earlier census: {first:#}");
+    std::thread::sleep(Duration::from_secs(3));
+    let census = d.json(&format!("/objects?pid={}&since=2&limit=100000", fx.pid));
+    let growth = &census["growth"];
+    assert!(growth["window_seconds"].as_f64().unwrap() >= 2.0, "{growth:#}");
+    let own: Vec<&serde_json::Value> = growth["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["module"] == "__main__")
+        .collect();
+    assert_eq!(own.len(), 1, "only Growing grows among the fixture's types: {own:#?}");
+    assert_eq!(own[0]["type"], "Growing");
+    // 200 a second for about 3 s.
+    let added = own[0]["count_change"].as_i64().unwrap();
+    assert!((300..=1200).contains(&added), "{added}");
+    assert_eq!(own[0]["peak_count"], own[0]["count"]);
+    // The command line, as objgraph.show_growth prints it.
+    let pid = fx.pid.to_string();
+    let (code, err, out) = memwatch(&["objects", &pid, "--addr", &d.addr, "--growth", "1", "--limit", "200"]);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("growth over the last") && out.contains("__main__.Growing"),
+        "{out}"
+    );
+    let (code, _, out) = memwatch(&["objects", &pid, "--addr", &d.addr, "--json"]);
+    assert_eq!(code, 0);
+    assert!(serde_json::from_slice::<serde_json::Value>(&out).unwrap()["types"].is_array());
+    let (code, err, _) = memwatch(&["objects", "4194300", "--addr", &d.addr]);
+    assert_ne!(code, 0);
+    assert!(err.contains("404"), "{err}");
+    assert!(fx.exit().success());
+}
+
+#[test]
+#[ignore = "needs root and CPython; run with `cargo xtask test`"]
+fn a_census_of_a_busy_process_never_hangs_or_fails() {
+    require_root();
+    let d = Daemon::start(FAST, &[]);
+    let (fx, expected) = start(INTERPRETERS[0].0, "busy", true).unwrap();
+    let mut consistent = 0;
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        let census = d.json(&format!("/objects?pid={}&limit=100000", fx.pid));
+        assert!(started.elapsed() < Duration::from_secs(15));
+        if census["consistent"] == true {
+            consistent += 1;
+            // A consistent census is exact for what did not change.
+            let own = own_types(&census);
+            assert_eq!(own["Order"], expected["Order"]);
+        } else {
+            assert!(
+                census["inconsistency"].as_str().is_some_and(|r| !r.is_empty()),
+                "{census:#}"
+            );
+        }
+    }
+    eprintln!("busy process: {consistent} of 10 censuses consistent");
+    assert_eq!(d.get("/healthz").0, 200);
+    assert!(fx.exit().success());
+}
+
+#[test]
+#[ignore = "needs root; run with `cargo xtask test`"]
+fn censuses_of_the_wrong_processes_are_refused_with_reasons() {
+    require_root();
+    let d = Daemon::start(FAST, &[]);
+    let (status, body) = d.get("/objects?pid=4194300");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = d.get(&format!("/objects?pid={}", d.pid()));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("runs no CPython"), "{body}");
+    let (status, body) = d.get("/objects");
+    assert_eq!(status, 400, "{body}");
+    let py310 = "/root/.pyenv/versions/3.10.13/bin/python3.10";
+    if Path::new(py310).exists() {
+        let (fx, _) = start(py310, "population", false).unwrap();
+        let (status, body) = d.get(&format!("/objects?pid={}", fx.pid));
+        assert_eq!(status, 422, "{body}");
+        assert!(body.contains("3.10"), "{body}");
+        assert!(fx.exit().success());
+    }
+    assert_eq!(d.get("/healthz").0, 200);
+}
