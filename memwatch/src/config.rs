@@ -65,6 +65,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct PythonFile {
     pub objects: Option<bool>,
+    pub census_interval_seconds: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +210,9 @@ pub struct Config {
     /// Track CPython's object allocator per object in processes tracked
     /// exactly (where its functions are real calls).
     pub python_objects: bool,
+    /// How often tracked Python processes get a census for the metrics
+    /// (None: never).
+    pub python_census_interval: Option<Duration>,
 }
 
 /// Stack walking by call-frame information.
@@ -375,6 +379,15 @@ impl Config {
             detect: detect(&file.detect)?,
             escalation: escalation(&file.escalation)?,
             python_objects: file.python.objects.unwrap_or(false),
+            python_census_interval: Some(seconds(
+                "python.census_interval_seconds",
+                file.python.census_interval_seconds,
+                60.0,
+                0.0,
+                86_400.0,
+            )?)
+            .filter(|&s| s > 0.0)
+            .map(|s| Duration::from_secs_f64(s.max(1.0))),
             unwind: Unwind {
                 enabled: file.unwind.enabled.unwrap_or(true),
                 rows: ranged("unwind.rows", file.unwind.rows, 1 << 20, 1 << 12, 1 << 26)?,
@@ -600,6 +613,17 @@ mod tests {
         assert!(e.contains("track.exe[1]"), "{e}");
         let e = build("log = \"=[\"\n").unwrap_err().to_string();
         assert!(e.contains("`log`"), "{e}");
+        let e = build("[python]\ncensus_interval_seconds = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("python.census_interval_seconds"), "{e}");
+        assert_eq!(
+            build("[python]\ncensus_interval_seconds = 0\n")
+                .unwrap()
+                .python_census_interval,
+            None
+        );
+        assert_eq!(build("").unwrap().python_census_interval, Some(Duration::from_secs(60)));
     }
 
     #[test]

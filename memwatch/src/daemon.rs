@@ -58,6 +58,7 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
         .recv()
         .context("the collector thread died while starting")??;
 
+    let (shared_for_census, metrics_for_census) = (shared.clone(), metrics.clone());
     let state = AppState {
         snapshot: shared,
         censuses: Default::default(),
@@ -72,6 +73,9 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
     // Probes for the configured processes are attached and the API is bound:
     // tell systemd (Type=notify) we are ready.
     notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(every) = config.python_census_interval {
+        runtime.spawn(census_metrics(shared_for_census, metrics_for_census, every));
+    }
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let app = web.wrap(router(state));
@@ -97,6 +101,37 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
     served.context("HTTP server")?;
     tracing::info!("memwatch stopped");
     Ok(())
+}
+
+/// Takes a census of every tracked Python process every `every`, for the
+/// `memwatch_python_*` metrics (off the async workers; one at a time).
+async fn census_metrics(shared: SharedSnapshot, metrics: Arc<Metrics>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let pythons: Vec<(u32, String)> = shared
+            .get()
+            .processes
+            .iter()
+            .filter(|p| p.python.is_some())
+            .map(|p| (p.pid, p.exe_name.clone()))
+            .collect();
+        let taken = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for (pid, exe) in pythons {
+                match crate::objects::take(pid, crate::process::unix_now()) {
+                    Ok(t) => out.push((exe, t)),
+                    Err(e) => tracing::debug!(pid, error = %e, "no census for the metrics"),
+                }
+            }
+            out
+        })
+        .await;
+        if let Ok(censuses) = taken {
+            metrics.update_python(&censuses);
+        }
+    }
 }
 
 /// Tells systemd, when run under it; a no-op otherwise.

@@ -179,3 +179,30 @@ fn censuses_of_the_wrong_processes_are_refused_with_reasons() {
     }
     assert_eq!(d.get("/healthz").0, 200);
 }
+
+#[test]
+#[ignore = "needs root, eBPF and CPython; run with `cargo xtask test`"]
+fn tracked_python_processes_get_object_metrics_by_executable() {
+    require_root();
+    let (fx, expected) = start(INTERPRETERS[0].0, "population", true).unwrap();
+    let d = Daemon::start(
+        &format!("{FAST}[python]\ncensus_interval_seconds = 1\n"),
+        &["--pid", &fx.pid.to_string()],
+    );
+    d.wait_tracked(fx.pid);
+    let series = "memwatch_python_objects{exe=\"python3.11\",type=\"__main__.Order\"}";
+    d.wait_for("a census in the metrics", Duration::from_secs(30), || {
+        d.metric(series).is_some()
+    });
+    assert_eq!(d.metric(series), Some(expected["Order"] as f64));
+    // At most the top types and `other` per executable; the collector's totals.
+    let (_, body) = d.get("/metrics");
+    let types = body
+        .lines()
+        .filter(|l| l.starts_with("memwatch_python_objects{exe=\"python3.11\""))
+        .count();
+    assert!((2..=11).contains(&types), "{types} series");
+    assert!(body.contains("memwatch_python_objects{exe=\"python3.11\",type=\"other\"}"));
+    assert!(d.metric("memwatch_python_gc_collections{exe=\"python3.11\"}").is_some());
+    assert!(fx.exit().success());
+}

@@ -4,6 +4,7 @@
 //! Labels are bounded: `allocator` (a handful), `reason` (fixed), `exe` for
 //! the top-N executables only. No pid, address or stack labels.
 
+pub mod python;
 mod unwind;
 
 use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -606,6 +607,7 @@ pub struct Metrics {
     daemon: DaemonMetrics,
     probes: ProbeMetrics,
     unwind: unwind::UnwindMetrics,
+    python: python::PythonMetrics,
 }
 
 impl Metrics {
@@ -619,8 +621,14 @@ impl Metrics {
             probes: ProbeMetrics::register(&registry),
             watch: WatchMetrics::register(&registry, top_processes),
             unwind: unwind::UnwindMetrics::register(&registry),
+            python: python::PythonMetrics::register(&registry, top_processes),
             registry,
         }
+    }
+
+    /// The latest object censuses of tracked Python processes, by executable.
+    pub fn update_python(&self, censuses: &[(String, crate::objects::Taken)]) {
+        self.python.update(censuses);
     }
 
     pub fn update(&self, s: &Snapshot) {
