@@ -418,10 +418,50 @@ pub fn parse_query(raw: Option<&str>, wants_text: bool) -> Result<ObjectsQuery, 
     Ok(q)
 }
 
+/// A census of `types` (name, count; 64 bytes each) in `module`, for tests.
+#[cfg(test)]
+pub(crate) fn fake_taken(at: f64, module: &str, types: &[(&str, u64)]) -> Taken {
+    use crate::python::census::{GcStats, Generation};
+    Taken {
+        pid: 7,
+        start_time: 1,
+        version: "3.11".into(),
+        build: "shared",
+        taken_unix: at,
+        duration_seconds: 0.1,
+        census: Census {
+            objects: types.iter().map(|t| t.1).sum(),
+            types: types
+                .iter()
+                .map(|&(n, c)| TypeCount {
+                    name: n.into(),
+                    module: module.into(),
+                    count: c,
+                    bytes: c * 64,
+                })
+                .collect(),
+            gc: GcStats {
+                enabled: true,
+                generations: vec![
+                    Generation {
+                        count: 1,
+                        threshold: 700
+                    };
+                    3
+                ],
+                collections: vec![5, 1, 0],
+                collected: vec![0; 3],
+                uncollectable: vec![0, 0, 2],
+            },
+            consistent: true,
+            inconsistency: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::census::{GcStats, Generation};
 
     #[test]
     fn queries_are_checked() {
@@ -440,41 +480,7 @@ mod tests {
     }
 
     fn taken(at: f64, types: &[(&str, u64)]) -> Taken {
-        Taken {
-            pid: 7,
-            start_time: 1,
-            version: "3.11".into(),
-            build: "shared",
-            taken_unix: at,
-            duration_seconds: 0.1,
-            census: Census {
-                objects: types.iter().map(|t| t.1).sum(),
-                types: types
-                    .iter()
-                    .map(|&(n, c)| TypeCount {
-                        name: n.into(),
-                        module: "shop".into(),
-                        count: c,
-                        bytes: c * 64,
-                    })
-                    .collect(),
-                gc: GcStats {
-                    enabled: true,
-                    generations: vec![
-                        Generation {
-                            count: 1,
-                            threshold: 700
-                        };
-                        3
-                    ],
-                    collections: vec![5, 1, 0],
-                    collected: vec![0; 3],
-                    uncollectable: vec![0, 0, 2],
-                },
-                consistent: true,
-                inconsistency: None,
-            },
-        }
+        fake_taken(at, "shop", types)
     }
 
     #[test]

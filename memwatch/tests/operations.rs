@@ -336,6 +336,37 @@ fn wait_ready(prom: &str) {
     }
 }
 
+/// A real Prometheus on loopback with `dir/prometheus.yml`, ready; killed
+/// when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Prometheus {
+    fn start(dir: &Path) -> Prometheus {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus");
+        let p = Prometheus { child, addr };
+        wait_ready(&p.addr);
+        p
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 #[ignore = "needs Prometheus and eBPF; run with `cargo xtask test`"]
 fn prometheus_scrapes_memwatch_and_the_dashboard_queries_work() {
@@ -362,24 +393,8 @@ fn prometheus_scrapes_memwatch_and_the_dashboard_queries_work() {
         d.addr
     );
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let prom = format!("127.0.0.1:{}", free_port());
-    let mut server = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={prom}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting prometheus");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(std::mem::replace(&mut server, Command::new("true").spawn().unwrap()));
-    wait_ready(&prom);
+    let server = Prometheus::start(&dir);
+    let prom = server.addr.clone();
 
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -531,24 +546,8 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_gets_401() {
         .arg("config")
         .arg(dir.join("prometheus.yml")));
     assert!(ok, "{out}\n{config}");
-    let prom = format!("127.0.0.1:{}", free_port());
-    let server = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={prom}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting prometheus");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(server);
-    wait_ready(&prom);
+    let server = Prometheus::start(&dir);
+    let prom = server.addr.clone();
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

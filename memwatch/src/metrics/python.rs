@@ -117,44 +117,9 @@ impl PythonMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::census::{Census, GcStats, Generation, TypeCount};
 
     fn taken(types: &[(&str, u64)]) -> Taken {
-        Taken {
-            pid: 1,
-            start_time: 1,
-            version: "3.11".into(),
-            build: "static",
-            taken_unix: 0.0,
-            duration_seconds: 0.0,
-            census: Census {
-                objects: 0,
-                types: types
-                    .iter()
-                    .map(|&(n, c)| TypeCount {
-                        name: n.into(),
-                        module: "m".into(),
-                        count: c,
-                        bytes: 0,
-                    })
-                    .collect(),
-                gc: GcStats {
-                    enabled: true,
-                    generations: vec![
-                        Generation {
-                            count: 0,
-                            threshold: 700
-                        };
-                        3
-                    ],
-                    collections: vec![3, 2, 1],
-                    collected: vec![0; 3],
-                    uncollectable: vec![0, 0, 1],
-                },
-                consistent: true,
-                inconsistency: None,
-            },
-        }
+        crate::objects::fake_taken(0.0, "m", types)
     }
 
     #[test]
@@ -175,7 +140,7 @@ mod tests {
             web.types[TOP_TYPES],
             ("other".to_string(), (10..15).map(|i| 100 - i).sum())
         );
-        assert_eq!((web.collections, web.uncollectable), (12, 2));
+        assert_eq!((web.collections, web.uncollectable), (12, 4));
         assert!(m.contains_key("worker"));
         assert_eq!(m["other"].types, [("m.Task".to_string(), 2)]);
         assert_eq!(m.len(), 3);
