@@ -51,11 +51,18 @@ pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
     let gone = || ObjectsError::NoProcess(pid);
     let stat = std::fs::read_to_string(procfs::proc_path(pid, "stat")).map_err(|_| gone())?;
     let start_time = procfs::parse_stat(&stat).map(|s| s.start_time).unwrap_or(0);
-    let entries = procfs::read_maps(pid).map_err(|_| gone())?;
+    let entries = procfs::read_maps(pid).map_err(|e| {
+        if procfs::exists(pid) {
+            ObjectsError::Unreadable(pid, format!("cannot read its memory map: {e}"))
+        } else {
+            gone()
+        }
+    })?;
     let rt = match python::detect(pid, &entries, true) {
         Ok(Some(rt)) => rt,
         Ok(None) => return Err(ObjectsError::NotPython(pid)),
-        Err(e) if !procfs::exists(pid) => return Err(ObjectsError::Unreadable(pid, e.to_string())),
+        Err(_) if !procfs::exists(pid) => return Err(gone()),
+        Err(e @ python::NotWalked::Unreadable(..)) => return Err(ObjectsError::Unreadable(pid, e.to_string())),
         Err(e) => return Err(ObjectsError::Unsupported(pid, e.to_string())),
     };
     let layout = rt.layout.gc.ok_or_else(|| {
@@ -64,7 +71,13 @@ pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
             format!("a census of CPython {} is not supported (3.11 to 3.13)", rt.version),
         )
     })?;
-    let mut mem = census::ChunkedMemory::open(pid).map_err(|_| gone())?;
+    let mut mem = census::ChunkedMemory::open(pid).map_err(|e| {
+        if procfs::exists(pid) {
+            ObjectsError::Unreadable(pid, format!("cannot read its memory: {e}"))
+        } else {
+            gone()
+        }
+    })?;
     let census = census::take(&mut mem, rt.runtime, &layout, &rt.version, Limits::default()).map_err(|e| {
         if procfs::exists(pid) {
             ObjectsError::Unsupported(pid, e.to_string())
