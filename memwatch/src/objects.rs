@@ -49,8 +49,7 @@ pub struct Taken {
 pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
     let started = std::time::Instant::now();
     let gone = || ObjectsError::NoProcess(pid);
-    let stat = std::fs::read_to_string(procfs::proc_path(pid, "stat")).map_err(|_| gone())?;
-    let start_time = procfs::parse_stat(&stat).map(|s| s.start_time).unwrap_or(0);
+    let start_time = procfs::read_stat(pid).map_err(|_| gone())?.start_time;
     let entries = procfs::read_maps(pid).map_err(|e| {
         if procfs::exists(pid) {
             ObjectsError::Unreadable(pid, format!("cannot read its memory map: {e}"))

@@ -81,6 +81,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+fn json(body: &impl serde::Serialize) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string_pretty(body).expect("serializes"),
+    )
+        .into_response()
+}
+
 fn text(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
@@ -111,12 +120,7 @@ async fn leaks(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: Head
         Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
         Ok(report) => match q.format {
             Format::Text => text(StatusCode::OK, leaks::text::render(&report)),
-            Format::Json => (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                serde_json::to_string_pretty(&report).expect("report serializes"),
-            )
-                .into_response(),
+            Format::Json => json(&report),
         },
     }
 }
@@ -125,8 +129,7 @@ async fn leaks(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: Head
 async fn objects(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
     use crate::objects::{self, ObjectsError};
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let wants_text = accept.is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/plain")));
-    let q = match objects::parse_query(raw.as_deref(), wants_text) {
+    let q = match objects::parse_query(raw.as_deref(), query::accepts_text(accept)) {
         Ok(q) => q,
         Err(message) => return text(StatusCode::BAD_REQUEST, format!("{message}\n")),
     };
@@ -151,12 +154,7 @@ async fn objects(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: He
     if q.text {
         text(StatusCode::OK, objects::render_text(&report))
     } else {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::to_string_pretty(&report).expect("report serializes"),
-        )
-            .into_response()
+        json(&report)
     }
 }
 
@@ -202,12 +200,7 @@ async fn status(State(s): State<AppState>) -> Response {
             "escalations_running": snap.watch.escalations_running,
         },
     });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_string_pretty(&body).expect("json"),
-    )
-        .into_response()
+    json(&body)
 }
 
 /// Where every allocator function is probed, per binary, and why.
@@ -227,12 +220,7 @@ async fn probes(State(s): State<AppState>) -> Response {
         .map(|p| serde_json::json!({ "pid": p.pid, "comm": p.comm, "modules": p.unwind, "python": p.python }))
         .collect();
     let body = serde_json::json!({ "placement": snapshot.placement, "sites": sites, "unwind": unwind });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_string_pretty(&body).expect("json"),
-    )
-        .into_response()
+    json(&body)
 }
 
 /// The live stacks a picture shows, or the status and message to send.

@@ -18,10 +18,15 @@ pub struct LeaksQuery {
     pub format: Format,
 }
 
+/// Whether an Accept header asks for plain text (as curl users do).
+pub fn accepts_text(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/plain")))
+}
+
 /// Parses the raw query string. `accept` is the request's Accept header:
 /// `text/plain` asks for the text format unless `format=` says otherwise.
 pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> Result<LeaksQuery, String> {
-    let wants_text = accept.is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/plain")));
+    let wants_text = accepts_text(accept);
     let mut q = LeaksQuery {
         pid: None,
         min_age: Duration::ZERO,
