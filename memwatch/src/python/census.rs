@@ -30,8 +30,9 @@ pub struct GcLayout {
     pub interpreters_head: u64,
     /// `PyInterpreterState.gc`.
     pub interp_gc: u64,
-    /// Compact ASCII strings' data, after their header.
+    /// Compact strings' data, after their header: ASCII, and other.
     pub ascii_data: u64,
+    pub compact_data: u64,
 }
 
 /// Within `struct _gc_runtime_state`, the same from 3.10 to 3.13.
@@ -205,7 +206,7 @@ pub fn take(
             let (ty, ob_size) = (word(3), word(4) as i64);
             let entry = types.entry(ty).or_insert_with(|| (None, 0, 0));
             if entry.0.is_none() {
-                match type_info(mem, ty, layout.ascii_data) {
+                match type_info(mem, ty, (layout.ascii_data, layout.compact_data)) {
                     Some(info) => entry.0 = Some(info),
                     None => {
                         inconsistency = Some(format!("generation {g}: an object whose type is unreadable"));
@@ -295,7 +296,7 @@ fn c_string(mem: &mut impl Read, addr: u64, max: usize) -> Option<String> {
 
 /// The type at `ty`, checked to be one: its own type must be `type` or a
 /// subclass of it.
-fn type_info(mem: &mut impl Read, ty: u64, ascii_data: u64) -> Option<TypeInfo> {
+fn type_info(mem: &mut impl Read, ty: u64, strings: (u64, u64)) -> Option<TypeInfo> {
     if ty == 0 || !ty.is_multiple_of(8) {
         return None;
     }
@@ -310,7 +311,7 @@ fn type_info(mem: &mut impl Read, ty: u64, ascii_data: u64) -> Option<TypeInfo> 
         let module = mem
             .u64(ty + TP_DICT)
             .ok()
-            .and_then(|d| dict_str_item(mem, d, "__module__", ascii_data))
+            .and_then(|d| dict_str_item(mem, d, "__module__", strings))
             .unwrap_or_else(|| "builtins".to_string());
         (tp_name, module)
     } else {
@@ -337,7 +338,7 @@ fn type_info(mem: &mut impl Read, ty: u64, ascii_data: u64) -> Option<TypeInfo> 
 
 /// The value of `dict[key]` when it is a str, for a combined dict with str
 /// keys (a class's namespace).
-fn dict_str_item(mem: &mut impl Read, dict: u64, key: &str, ascii_data: u64) -> Option<String> {
+fn dict_str_item(mem: &mut impl Read, dict: u64, key: &str, strings: (u64, u64)) -> Option<String> {
     let keys = mem.u64(dict + MA_KEYS).ok()?;
     let mut head = [0u8; 32];
     mem.read(keys, &mut head).ok()?;
@@ -352,29 +353,17 @@ fn dict_str_item(mem: &mut impl Read, dict: u64, key: &str, ascii_data: u64) -> 
     for i in 0..entries {
         let e = base + i * entry_size;
         let k = mem.u64(e + key_at).ok()?;
-        if k != 0 && py_ascii(mem, k, ascii_data).as_deref() == Some(key) {
+        if k != 0 && py_str(mem, k, strings).as_deref() == Some(key) {
             let value = mem.u64(e + key_at + 8).ok()?;
-            return py_ascii(mem, value, ascii_data);
+            return py_str(mem, value, strings);
         }
     }
     None
 }
 
-/// A compact ASCII `str`'s text (what names are): its length at +16, its
-/// state bits at +32 (kind, compact, ascii), its data at `data`.
-fn py_ascii(mem: &mut impl Read, s: u64, data: u64) -> Option<String> {
-    let len = mem.u64(s + 16).ok()?;
-    if len > 1024 {
-        return None;
-    }
-    let state = mem.i32(s + 32).ok()? as u32;
-    let (kind, compact, ascii) = ((state >> 2) & 7, state & (1 << 5) != 0, state & (1 << 6) != 0);
-    if kind != 1 || !compact || !ascii {
-        return None;
-    }
-    let mut b = vec![0u8; len as usize];
-    mem.read(s + data, &mut b).ok()?;
-    String::from_utf8(b).ok()
+/// A `str` object's text, as frames' names are read.
+fn py_str(mem: &mut impl Read, s: u64, (ascii_data, compact_data): (u64, u64)) -> Option<String> {
+    super::code::read_str(&mut |a, b| mem.read(a, b), s, ascii_data, compact_data).ok()
 }
 
 /// A live process's memory through `/proc/PID/mem`, read in 64 KiB chunks
@@ -462,6 +451,7 @@ mod tests {
         interpreters_head: 40,
         interp_gc: 648,
         ascii_data: 48,
+        compact_data: 72,
     };
     const RUNTIME: u64 = 0x1000;
     const INTERP: u64 = 0x2000;

@@ -41,30 +41,14 @@ impl Memory {
         Ok(u32::from_le_bytes(b))
     }
 
-    /// A `str` object's text (compact strings: what names and file names are).
+    /// A `str` object's text (see [`read_str`]).
     pub fn string(&self, obj: u64, layout: &Layout) -> io::Result<String> {
-        let length = self.u64(obj + 16)?;
-        let state = self.u32(obj + 32)?;
-        let kind = (state >> 2) & 7;
-        let (compact, ascii) = (state & (1 << 5) != 0, state & (1 << 6) != 0);
-        if !compact || !(1..=4).contains(&kind) || kind == 3 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a compact string"));
-        }
-        let data = obj + if ascii { layout.ascii_data } else { layout.compact_data };
-        let bytes = self.bytes(data, length * u64::from(kind))?;
-        Ok(match kind {
-            1 => bytes.iter().map(|&b| b as char).collect(),
-            2 => String::from_utf16_lossy(
-                &bytes
-                    .chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                    .collect::<Vec<_>>(),
-            ),
-            _ => bytes
-                .chunks_exact(4)
-                .filter_map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-                .collect(),
-        })
+        read_str(
+            &mut |a, b| self.0.read_exact_at(b, a),
+            obj,
+            layout.ascii_data,
+            layout.compact_data,
+        )
     }
 
     /// A `bytes` object's contents.
@@ -72,6 +56,47 @@ impl Memory {
         let size = self.u64(obj + 16)?;
         self.bytes(obj + 32, size)
     }
+}
+
+/// A compact `str`'s text (what names, file names and module names are),
+/// through `read` (address, buffer): its length at +16, its state bits at
+/// +32, its data after the header (`ascii_data` or `compact_data` bytes).
+pub fn read_str(
+    read: &mut dyn FnMut(u64, &mut [u8]) -> io::Result<()>,
+    obj: u64,
+    ascii_data: u64,
+    compact_data: u64,
+) -> io::Result<String> {
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    let mut head = [0u8; 8];
+    read(obj + 16, &mut head)?;
+    let length = u64::from_le_bytes(head);
+    read(obj + 32, &mut head[..4])?;
+    let state = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let kind = (state >> 2) & 7;
+    let (compact, ascii) = (state & (1 << 5) != 0, state & (1 << 6) != 0);
+    if !compact || !(1..=4).contains(&kind) || kind == 3 {
+        return Err(invalid("not a compact string"));
+    }
+    let len = length
+        .checked_mul(u64::from(kind))
+        .filter(|&n| n <= MAX_BYTES)
+        .ok_or_else(|| invalid("a string too long"))?;
+    let mut bytes = vec![0; len as usize];
+    read(obj + if ascii { ascii_data } else { compact_data }, &mut bytes)?;
+    Ok(match kind {
+        1 => bytes.iter().map(|&b| b as char).collect(),
+        2 => String::from_utf16_lossy(
+            &bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>(),
+        ),
+        _ => bytes
+            .chunks_exact(4)
+            .filter_map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+    })
 }
 
 /// What memwatch reads of a code object.

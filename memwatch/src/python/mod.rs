@@ -103,6 +103,7 @@ pub const LAYOUTS: [Layout; 4] = [
             interpreters_head: 40,
             interp_gc: 648,
             ascii_data: 48,
+            compact_data: 72,
         }),
     },
     Layout {
@@ -129,6 +130,7 @@ pub const LAYOUTS: [Layout; 4] = [
             interpreters_head: 40,
             interp_gc: 112,
             ascii_data: 40,
+            compact_data: 56,
         }),
     },
     Layout {
@@ -155,6 +157,7 @@ pub const LAYOUTS: [Layout; 4] = [
             interpreters_head: 632,
             interp_gc: 7400,
             ascii_data: 40,
+            compact_data: 56,
         }),
     },
 ];
