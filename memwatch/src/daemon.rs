@@ -18,6 +18,7 @@ use crate::{
     kernel::Kernel,
     metrics::Metrics,
     symbolize::native::NativeSymbolizer,
+    watch::{Watcher, sampler::SharedWatcher},
 };
 
 pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
@@ -37,15 +38,27 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(config.top_processes));
     let shutdown = Arc::new(AtomicBool::new(false));
 
+    // Host-wide detection samples /proc on its own thread: it never waits on
+    // the collector's attaching and detaching.
+    let watcher = config
+        .detect
+        .enabled
+        .then(|| SharedWatcher::new(Watcher::new(&config.detect, config.cmdline_arguments)));
+    let sampler_thread = match &watcher {
+        Some(w) => Some(w.spawn(config.detect.sample_interval, shutdown.clone())?),
+        None => None,
+    };
+
     // The collector owns the kernel side on its own thread (blazesym's
     // symbolizer is not Send, so it is created there). Startup errors come
     // back before the API starts serving.
     let (started_tx, started_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let collector_thread = {
         let (shutdown, shared, metrics, config) = (shutdown.clone(), shared.clone(), metrics.clone(), config.clone());
+        let watcher = watcher.clone();
         std::thread::Builder::new().name("collector".into()).spawn(move || {
             let symbolizer = Box::new(NativeSymbolizer::new(config.symbol_cache_entries));
-            let mut collector = Collector::new(kernel, config, symbolizer, shared, metrics);
+            let mut collector = Collector::new(kernel, config, symbolizer, shared, metrics, watcher);
             let started = collector.start();
             let ok = started.is_ok();
             let _ = started_tx.send(started);
@@ -97,6 +110,9 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
     shutdown.store(true, Ordering::Relaxed);
     if collector_thread.join().is_err() {
         anyhow::bail!("the collector thread panicked");
+    }
+    if sampler_thread.is_some_and(|t| t.join().is_err()) {
+        anyhow::bail!("the sampling thread panicked");
     }
     served.context("HTTP server")?;
     tracing::info!("memwatch stopped");

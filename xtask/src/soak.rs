@@ -102,12 +102,13 @@ pub fn run(minutes: f64) -> anyhow::Result<()> {
     let pid = daemon.id();
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(minutes * 60.0);
-    let mut rows: Vec<[f64; 4]> = Vec::new();
+    let mut rows: Vec<[f64; 5]> = Vec::new();
     println!("memwatch pid {} (log: {})", daemon.id(), log.display());
     println!(
-        "{:>6} {:>9} {:>5} {:>7} {}",
+        "{:>6} {:>9} {:>9} {:>5} {:>7} {}",
         "min",
         "rss_KiB",
+        "anon_KiB",
         "fds",
         "threads",
         SERIES.map(|s| format!("{:>8}", s.0)).join(" ")
@@ -126,26 +127,33 @@ pub fn run(minutes: f64) -> anyhow::Result<()> {
             let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as f64;
             let metrics = get(&addr, "/metrics")?;
             let t = started.elapsed().as_secs_f64() / 60.0;
-            let row = [t, field("VmRSS:"), fds, field("Threads:")];
+            let row = [t, field("VmRSS:"), field("RssAnon:"), fds, field("Threads:")];
             println!(
-                "{:>6.1} {:>9.0} {:>5.0} {:>7.0} {}",
+                "{:>6.1} {:>9.0} {:>9.0} {:>5.0} {:>7.0} {}",
                 row[0],
                 row[1],
                 row[2],
                 row[3],
+                row[4],
                 SERIES.map(|s| format!("{:>8.0}", metric(&metrics, s.1))).join(" ")
             );
             rows.push(row);
         }
         let metrics = get(&addr, "/metrics")?;
         println!(
-            "processes exited while being attached {:.0}, attach failures {:.0}, escalations {:.0}",
+            "processes exited while being attached {:.0}, attach failures {:.0}, leak alerts fired {:.0}",
             metric(&metrics, "memwatch_exited_before_attach_total"),
             metric(&metrics, "memwatch_attach_failures_total"),
+            metric(&metrics, "memwatch_alert_transitions_total{transition=\"fired\"}"),
+        );
+        println!(
+            "escalations: {}",
             ["completed", "over_budget", "exited", "failed"]
-                .iter()
-                .map(|o| metric(&metrics, &format!("memwatch_escalations_total{{outcome=\"{o}\"}}")))
-                .sum::<f64>()
+                .map(|o| format!(
+                    "{o} {:.0}",
+                    metric(&metrics, &format!("memwatch_escalations_total{{outcome=\"{o}\"}}"))
+                ))
+                .join(", ")
         );
         Ok(())
     })();
@@ -160,15 +168,23 @@ pub fn run(minutes: f64) -> anyhow::Result<()> {
     let _ = daemon.wait();
     result?;
 
-    let half: Vec<[f64; 4]> = rows.iter().copied().skip(rows.len() / 2).collect();
+    let half: Vec<[f64; 5]> = rows.iter().copied().skip(rows.len() / 2).collect();
     if half.len() < 3 {
         bail!("too short a soak to judge: run at least 1 minute");
     }
     println!("slope over the second half (per minute), and change first → last sample:");
-    for (i, name, unit) in [(1, "RSS", "KiB"), (2, "open files", ""), (3, "threads", "")] {
+    // RSS counts pages of the debug info memwatch maps and of the kernel's
+    // mmapped live table, both bounded by their size; anonymous memory is
+    // the daemon's own heap.
+    for (i, name, unit) in [
+        (1, "RSS", "KiB"),
+        (2, "anonymous", "KiB"),
+        (3, "open files", ""),
+        (4, "threads", ""),
+    ] {
         let slope = slope(&half, i);
         println!(
-            "  {name:<10} {slope:>+9.2} {unit}/min   {:.0} → {:.0} {unit}",
+            "  {name:<11} {slope:>+9.2} {unit}/min   {:.0} → {:.0} {unit}",
             rows[0][i],
             rows[rows.len() - 1][i]
         );
@@ -177,7 +193,7 @@ pub fn run(minutes: f64) -> anyhow::Result<()> {
 }
 
 /// Least-squares slope of column `y` against column 0.
-fn slope(rows: &[[f64; 4]], y: usize) -> f64 {
+fn slope(rows: &[[f64; 5]], y: usize) -> f64 {
     let n = rows.len() as f64;
     let (mx, my) = (
         rows.iter().map(|r| r[0]).sum::<f64>() / n,

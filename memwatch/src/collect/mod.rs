@@ -36,11 +36,15 @@ use crate::{
     metrics::Metrics,
     process::{ProcessTable, Selection, unix_now},
     symbolize::{Frame, Stack, Symbolize, Walk, python::PythonSymbolizer},
+    watch::sampler::SharedWatcher,
 };
 use snapshot::{GroupTotals, LiveAlloc, ProcessSnapshot, SharedSnapshot, Snapshot};
 
 /// A stack id is dropped from the kernel after this many scans unreferenced.
 const STACK_GRACE_SCANS: u32 = 2;
+/// How long lifecycle events are handled before scans and escalations get a
+/// turn.
+const DRAIN_BUDGET: Duration = Duration::from_millis(250);
 /// Executable names with their own running totals; more are folded together.
 const MAX_GROUPS: usize = 10_000;
 
@@ -62,13 +66,9 @@ pub struct Collector {
     retired_groups: HashMap<String, ProcCounters>,
     /// The previous reading per (pid, generation), for rates.
     previous: HashMap<(u32, u32), (u64, ProcCounters)>,
-    /// Host-wide leak detection (None when turned off).
-    watcher: Option<crate::watch::Watcher>,
-    /// Alerts fired and resolved since start.
-    alert_counts: (u64, u64),
-    /// Escalations ended, by [`crate::watch::escalation::Outcome`].
-    escalation_outcomes: [u64; 4],
-    sample_seconds: f64,
+    /// Host-wide leak detection, sampled on its own thread (None when
+    /// turned off); the collector escalates its suspects.
+    watcher: Option<SharedWatcher>,
 }
 
 /// The stack with its Python frames in place of the interpreter's, in a
@@ -102,11 +102,8 @@ impl Collector {
         symbolizer: Box<dyn Symbolize>,
         shared: SharedSnapshot,
         metrics: Arc<Metrics>,
+        watcher: Option<SharedWatcher>,
     ) -> Self {
-        let watcher = config
-            .detect
-            .enabled
-            .then(|| crate::watch::Watcher::new(&config.detect, config.cmdline_arguments));
         Collector {
             kernel,
             table: ProcessTable::new(
@@ -131,9 +128,6 @@ impl Collector {
             retired_groups: HashMap::new(),
             previous: HashMap::new(),
             watcher,
-            alert_counts: (0, 0),
-            escalation_outcomes: [0; 4],
-            sample_seconds: 0.0,
         }
     }
 
@@ -147,7 +141,7 @@ impl Collector {
             }
         }
         self.table.discover(&mut self.kernel);
-        self.sample_host();
+        self.act_on_suspects();
         self.scan();
         Ok(())
     }
@@ -182,7 +176,7 @@ impl Collector {
                 self.table.retry_pending(&mut self.kernel);
             }
             if self.watcher.is_some() && Instant::now() >= next_sample {
-                self.sample_host();
+                self.act_on_suspects();
                 next_sample += sample_every;
                 if next_sample < Instant::now() {
                     next_sample = Instant::now() + sample_every;
@@ -199,7 +193,7 @@ impl Collector {
                 let status = format!(
                     "tracking {} process(es) exactly, watching {}",
                     self.table.len(),
-                    self.watcher.as_ref().map_or(0, |w| w.len())
+                    self.watcher.as_ref().map_or(0, |w| w.lock().len())
                 );
                 crate::daemon::notify(&[
                     sd_notify::NotifyState::Watchdog,
@@ -225,15 +219,19 @@ impl Collector {
         unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
     }
 
+    /// Handles lifecycle events for at most [`DRAIN_BUDGET`]; the rest wait
+    /// in the ring buffer. Under exec churn each attach can wait on the
+    /// kernel's tracing lock for a long time, and a drain without an end
+    /// would starve scans and escalations.
     fn drain_events(&mut self) {
-        let mut events = Vec::new();
-        while let Some(item) = self.kernel.events().next() {
-            if let Some(e) = ProcEvent::from_bytes(&item) {
-                events.push(e);
+        let started = Instant::now();
+        while started.elapsed() < DRAIN_BUDGET {
+            let Some(item) = self.kernel.events().next() else { break };
+            let event = ProcEvent::from_bytes(&item);
+            drop(item);
+            if let Some(e) = event {
+                self.handle(e);
             }
-        }
-        for e in events {
-            self.handle(e);
         }
         self.fold_retired();
     }
@@ -347,7 +345,7 @@ impl Collector {
         let mut referenced = self.symbolize_new_stacks(&live);
         // Growth records refer to stacks too.
         if let Some(w) = &self.watcher {
-            referenced.extend(w.iter().flat_map(|w| w.growth.iter().map(|g| g.stack_id)));
+            referenced.extend(w.lock().iter().flat_map(|w| w.growth.iter().map(|g| g.stack_id)));
         }
         let stack_entries = self.collect_stack_garbage(&referenced);
 
@@ -453,6 +451,7 @@ impl Collector {
         let Some(w) = &self.watcher else {
             return Default::default();
         };
+        let w = w.lock();
         let mut suspects: Vec<snapshot::SuspectSnapshot> = w
             .iter()
             .chain(w.gone())
@@ -465,11 +464,11 @@ impl Collector {
             watched_processes: w.len(),
             suspects,
             groups: snapshot::host_groups(w.iter()),
-            alerts_fired_total: self.alert_counts.0,
-            alerts_resolved_total: self.alert_counts.1,
-            escalations_running: self.running_escalations(),
-            escalation_outcomes: self.escalation_outcomes,
-            sample_seconds: self.sample_seconds,
+            alerts_fired_total: w.counts.alerts_fired,
+            alerts_resolved_total: w.counts.alerts_resolved,
+            escalations_running: watching::running(&w),
+            escalation_outcomes: w.counts.escalation_outcomes,
+            sample_seconds: w.counts.sample_seconds,
         }
     }
 

@@ -1,5 +1,7 @@
-//! The collector's host-wide side: sampling every process, alert
-//! transitions, and escalating suspects to exact tracking under a budget.
+//! The collector's host-wide side: growth stacks of the sampler's suspects,
+//! and escalating them to exact tracking under a budget. The watcher's lock
+//! is held only to read or write its records, never while probes are
+//! attached or detached: those can wait seconds on the kernel.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -11,8 +13,7 @@ use crate::{
     process::{Selection, TrackError, unix_now},
     unwind::Reason,
     watch::{
-        GrowthStack,
-        alert::Transition,
+        GrowthStack, Watcher,
         escalation::{self, Candidate, Outcome, Status},
     },
 };
@@ -22,58 +23,64 @@ const EVIDENCE_STACKS: usize = 10;
 /// Growth stacks symbolized per suspect.
 const GROWTH_STACKS: usize = 5;
 
+/// Escalations running now.
+pub(super) fn running(w: &Watcher) -> usize {
+    w.iter()
+        .filter(|w| matches!(w.escalation, Some(Status::Running { .. })))
+        .count()
+}
+
 impl Collector {
-    /// One host-wide sample: memory of every process, alerts, escalations.
-    pub(super) fn sample_host(&mut self) {
-        let started = std::time::Instant::now();
-        let now = unix_now();
-        let mono = monotonic_ns() as f64 / 1e9;
-        let Some(watcher) = self.watcher.as_mut() else { return };
-        let outcome = watcher.sample(mono, now);
-        self.escalation_outcomes[Outcome::Exited as usize] += outcome.exited_escalations.len() as u64;
-        for (pid, tr) in outcome.transitions {
-            let w = watcher.get(pid).or_else(|| watcher.gone().find(|w| w.pid == pid));
-            let (comm, rate) = w.map_or((String::new(), 0.0), |w| (w.comm.clone(), w.estimate.rate));
-            match tr {
-                Transition::Fired => {
-                    self.alert_counts.0 += 1;
-                    tracing::warn!(pid, comm = %comm, rate_bytes_per_second = rate as u64, "leak alert firing");
-                }
-                Transition::Resolved => {
-                    self.alert_counts.1 += 1;
-                    tracing::info!(pid, comm = %comm, "leak alert resolved");
-                }
-            }
+    /// Refreshes suspects' growth stacks and escalates or ends escalations,
+    /// from the sampler's latest verdicts.
+    pub(super) fn act_on_suspects(&mut self) {
+        if self.watcher.is_none() {
+            return;
         }
         self.refresh_growth();
-        self.escalate_suspects(now);
-        self.sample_seconds = started.elapsed().as_secs_f64();
+        self.escalate_suspects(unix_now());
     }
 
     /// Reads the kernel's growth records, forgets those of exited processes
     /// and symbolizes the top growth stacks of suspects.
     fn refresh_growth(&mut self) {
-        let Some(watcher) = self.watcher.as_mut() else { return };
+        let Some(shared) = self.watcher.clone() else { return };
+        let records = self.kernel.growth();
         let mut by_pid: HashMap<u32, Vec<GrowthStack>> = HashMap::new();
         let mut dead = Vec::new();
-        for (k, v) in self.kernel.growth() {
-            if watcher.get(k.tgid).is_some() {
-                by_pid.entry(k.tgid).or_default().push(GrowthStack {
-                    stack_id: k.stack_id,
-                    bytes: v.bytes,
-                    calls: v.calls,
-                    frames: None,
-                });
-            } else {
-                dead.push(k);
+        let (suspects, missing) = {
+            let mut watcher = shared.lock();
+            for (k, v) in records {
+                if watcher.get(k.tgid).is_some() {
+                    by_pid.entry(k.tgid).or_default().push(GrowthStack {
+                        stack_id: k.stack_id,
+                        bytes: v.bytes,
+                        calls: v.calls,
+                        frames: None,
+                    });
+                } else {
+                    dead.push(k);
+                }
             }
-        }
+            watcher.set_growth(by_pid);
+            let suspects: Vec<u32> = watcher.iter().filter(|w| w.alert.is_suspect()).map(|w| w.pid).collect();
+            let missing: Vec<(u32, u64)> = watcher
+                .iter()
+                .filter(|w| w.alert.is_suspect())
+                .flat_map(|w| {
+                    w.growth
+                        .iter()
+                        .take(GROWTH_STACKS)
+                        .filter(|g| g.frames.is_none() && g.stack_id != 0)
+                        .map(|g| (w.pid, g.stack_id))
+                })
+                .collect();
+            (suspects, missing)
+        };
         if !dead.is_empty() {
             self.kernel.delete_growth(&dead);
         }
-        watcher.set_growth(by_pid);
         // Suspects' growth stacks are walked by CFI from now on.
-        let suspects: Vec<u32> = watcher.iter().filter(|w| w.alert.is_suspect()).map(|w| w.pid).collect();
         let unwind = &mut self.table.unwind;
         for &pid in &suspects {
             if !unwind.is_registered_for(pid, Reason::Suspect)
@@ -87,46 +94,36 @@ impl Collector {
                 unwind.unregister(&mut self.kernel.unwind, pid, Reason::Suspect);
             }
         }
-        for w in watcher.iter_mut().filter(|w| w.alert.is_suspect()) {
-            let pid = w.pid;
-            let missing: Vec<u64> = w
-                .growth
-                .iter()
-                .take(GROWTH_STACKS)
-                .filter(|g| g.frames.is_none() && g.stack_id != 0)
-                .map(|g| g.stack_id)
+        let mut named = Vec::new();
+        for (pid, id) in missing {
+            let Some(stack) = self.kernel.stack(id) else { continue };
+            let native: Vec<_> = self
+                .symbolizer
+                .symbolize(pid, stack.addresses())
+                .into_iter()
+                .flatten()
                 .collect();
-            for id in missing {
-                let Some(stack) = self.kernel.stack(id) else { continue };
-                let native: Vec<_> = self
-                    .symbolizer
-                    .symbolize(pid, stack.addresses())
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                let stack = super::with_python(&self.table.unwind, &mut self.python, pid, &stack, native);
-                if let Some(g) = w.growth.iter_mut().find(|g| g.stack_id == id) {
-                    g.frames = Some(Arc::new(stack));
-                }
+            let stack = super::with_python(&self.table.unwind, &mut self.python, pid, &stack, native);
+            named.push((pid, id, Arc::new(stack)));
+        }
+        let mut watcher = shared.lock();
+        for (pid, id, stack) in named {
+            if let Some(g) = watcher
+                .get_mut(pid)
+                .and_then(|w| w.growth.iter_mut().find(|g| g.stack_id == id))
+            {
+                g.frames = Some(stack);
             }
         }
-    }
-
-    pub(super) fn running_escalations(&self) -> usize {
-        self.watcher.as_ref().map_or(0, |w| {
-            w.iter()
-                .filter(|w| matches!(w.escalation, Some(Status::Running { .. })))
-                .count()
-        })
     }
 
     /// Starts exact tracking of new suspects the policy admits, and ends
     /// escalations whose window is over.
     fn escalate_suspects(&mut self, now: f64) {
-        let Some(watcher) = self.watcher.as_ref() else { return };
+        let Some(shared) = self.watcher.clone() else { return };
         let mut due = Vec::new();
         let mut candidates = Vec::new();
-        for w in watcher.iter() {
+        for w in shared.lock().iter() {
             match &w.escalation {
                 Some(Status::Running { until, .. }) if now >= *until => due.push((w.pid, Outcome::Completed, None)),
                 Some(Status::Running { .. }) => {}
@@ -136,32 +133,34 @@ impl Collector {
         }
         self.finish_escalations(due, true);
         for pid in candidates {
-            let running = self.running_escalations();
-            let Some(w) = self.watcher.as_ref().and_then(|w| w.get(pid)) else {
-                continue;
+            let (comm, start_time, decision, done_before) = {
+                let watcher = shared.lock();
+                let Some(w) = watcher.get(pid) else { continue };
+                // A done escalation is not redone until the cooldown has passed.
+                let decision = escalation::admit(
+                    &self.config.escalation,
+                    &Candidate {
+                        exe: &w.exe,
+                        unit: w.unit(),
+                        last_ended: w.last_escalation_end,
+                        tracked: self.table.get(pid).is_some(),
+                    },
+                    running(&watcher),
+                    now,
+                );
+                (
+                    w.comm.clone(),
+                    w.start_time,
+                    decision,
+                    matches!(w.escalation, Some(Status::Done { .. })),
+                )
             };
-            // A done escalation is not redone until the cooldown has passed.
-            let decision = escalation::admit(
-                &self.config.escalation,
-                &Candidate {
-                    exe: &w.exe,
-                    unit: w.unit(),
-                    last_ended: w.last_escalation_end,
-                    tracked: self.table.get(pid).is_some(),
-                },
-                running,
-                now,
-            );
             let status = match decision {
-                Err(reason) => {
-                    if matches!(w.escalation, Some(Status::Done { .. })) {
-                        continue;
-                    }
-                    Status::Skipped { reason }
-                }
+                Err(_) if done_before => continue,
+                Err(reason) => Status::Skipped { reason },
                 Ok(()) => match self.table.track(&mut self.kernel, pid, Selection::Suspect) {
                     Ok(()) => {
-                        tracing::info!(pid, comm = %w.comm, window_seconds = self.config.escalation.window_seconds, "escalating a leak suspect to exact tracking");
+                        tracing::info!(pid, comm = %comm, window_seconds = self.config.escalation.window_seconds, "escalating a leak suspect to exact tracking");
                         Status::Running {
                             started: now,
                             until: now + self.config.escalation.window_seconds,
@@ -175,7 +174,6 @@ impl Collector {
                             tracing::warn!(pid, error = %e, "cannot escalate a suspect");
                             Outcome::Failed
                         };
-                        self.escalation_outcomes[outcome as usize] += 1;
                         Status::Done {
                             started: now,
                             ended: now,
@@ -184,7 +182,12 @@ impl Collector {
                     }
                 },
             };
-            if let Some(w) = self.watcher.as_mut().and_then(|w| w.get_mut(pid)) {
+            let mut watcher = shared.lock();
+            if let Status::Done { outcome, .. } = status {
+                watcher.counts.escalation_outcomes[outcome as usize] += 1;
+            }
+            // The sampler may have seen the process go meanwhile.
+            if let Some(w) = watcher.get_mut(pid).filter(|w| w.start_time == start_time) {
                 if matches!(status, Status::Done { .. }) {
                     w.last_escalation_end = Some(now);
                 }
@@ -197,6 +200,7 @@ impl Collector {
     /// detaches. With `rescan`, the maps are read afresh first (once for all);
     /// without, the snapshot of the scan just done is used.
     pub(super) fn finish_escalations(&mut self, ends: Vec<(u32, Outcome, Option<String>)>, rescan: bool) {
+        let Some(shared) = self.watcher.clone() else { return };
         if ends.is_empty() {
             return;
         }
@@ -218,13 +222,11 @@ impl Collector {
                 };
                 self.table.untrack(&mut self.kernel, pid, &why);
             }
-            self.escalation_outcomes[outcome as usize] += 1;
-            let Some(w) = self.watcher.as_mut().and_then(|w| w.get_mut(pid)) else {
+            let mut watcher = shared.lock();
+            // Gone meanwhile: the sampler has ended and counted it.
+            let Some(w) = watcher.get_mut(pid) else { continue };
+            let Some(Status::Running { started, .. }) = w.escalation else {
                 continue;
-            };
-            let started = match w.escalation {
-                Some(Status::Running { started, .. }) => started,
-                _ => now,
             };
             w.escalation = Some(Status::Done {
                 started,
@@ -236,14 +238,16 @@ impl Collector {
                 w.evidence = evidence;
             }
             tracing::info!(pid, comm = %w.comm, outcome = outcome.name(), stacks = w.evidence.len(), "escalation ended");
+            watcher.counts.escalation_outcomes[outcome as usize] += 1;
         }
     }
 
     /// Stops escalations over their probe-hit budget (from this scan's rates)
     /// and notes those whose process exited.
     pub(super) fn enforce_budget(&mut self) {
-        let Some(watcher) = self.watcher.as_ref() else { return };
-        let running: Vec<u32> = watcher
+        let Some(shared) = self.watcher.as_ref() else { return };
+        let running: Vec<u32> = shared
+            .lock()
             .iter()
             .filter(|w| matches!(w.escalation, Some(Status::Running { .. })))
             .map(|w| w.pid)

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod escalation;
 pub mod estimator;
 pub mod procmem;
+pub mod sampler;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -72,6 +73,52 @@ pub struct SampleOutcome {
     pub exited_escalations: Vec<u32>,
 }
 
+/// One process as /proc showed it: the I/O half of a sample, read with no
+/// lock held.
+pub struct Reading {
+    pub pid: u32,
+    pub start_time: u64,
+    pub comm: String,
+    pub memory: procmem::Memory,
+}
+
+/// Reads every process's heap, except `me`'s; kernel threads and zombies
+/// have none and are left out.
+pub fn read_host(me: u32) -> Vec<Reading> {
+    let pids = procfs::list_pids().unwrap_or_default();
+    let mut out = Vec::with_capacity(pids.len());
+    for pid in pids {
+        if pid == me {
+            continue;
+        }
+        let Ok(stat) = procfs::read_stat(pid) else { continue };
+        let Some(memory) = std::fs::read_to_string(procfs::proc_path(pid, "status"))
+            .ok()
+            .and_then(|t| procmem::parse_status(&t))
+        else {
+            continue;
+        };
+        out.push(Reading {
+            pid,
+            start_time: stat.start_time,
+            comm: stat.comm,
+            memory,
+        });
+    }
+    out
+}
+
+/// What the watcher did since start, for /metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub alerts_fired: u64,
+    pub alerts_resolved: u64,
+    /// Ended escalations by [`escalation::Outcome`].
+    pub escalation_outcomes: [u64; 4],
+    /// How long the last sample took.
+    pub sample_seconds: f64,
+}
+
 pub struct Watcher {
     procs: HashMap<u32, Watched>,
     params: Params,
@@ -82,6 +129,7 @@ pub struct Watcher {
     me: u32,
     /// Command-line arguments kept for reports.
     cmdline_arguments: usize,
+    pub counts: Counts,
 }
 
 const GONE_KEPT: usize = 100;
@@ -109,6 +157,7 @@ impl Watcher {
             gone: VecDeque::new(),
             me: std::process::id(),
             cmdline_arguments,
+            counts: Counts::default(),
         }
     }
 
@@ -144,35 +193,36 @@ impl Watcher {
     /// Samples every process once. `mono` is monotonic seconds (for the
     /// series), `now` Unix seconds (for alert times).
     pub fn sample(&mut self, mono: f64, now: f64) -> SampleOutcome {
+        let readings = read_host(self.me);
+        self.apply(readings, mono, now)
+    }
+
+    /// Takes in one reading of the host: series, verdicts, alerts, and the
+    /// processes gone since the last one. Counts alert transitions and
+    /// escalations ended by an exit.
+    pub fn apply(&mut self, readings: Vec<Reading>, mono: f64, now: f64) -> SampleOutcome {
         let mut transitions = Vec::new();
         let mut exited_escalations = Vec::new();
-        let pids = procfs::list_pids().unwrap_or_default();
-        let mut alive = std::collections::HashSet::with_capacity(pids.len());
-        for pid in pids {
-            if pid == self.me {
-                continue;
-            }
-            let Ok(stat) = procfs::read_stat(pid) else { continue };
-            let Some(memory) = std::fs::read_to_string(procfs::proc_path(pid, "status"))
-                .ok()
-                .and_then(|t| procmem::parse_status(&t))
-            else {
-                continue; // kernel threads, zombies
-            };
+        let mut alive = std::collections::HashSet::with_capacity(readings.len());
+        for Reading {
+            pid,
+            start_time,
+            comm,
+            memory,
+        } in readings
+        {
             alive.insert(pid);
             let w = match self.procs.get_mut(&pid) {
-                Some(w) if w.start_time == stat.start_time => w,
+                Some(w) if w.start_time == start_time => w,
                 _ => {
                     // New, or the pid was reused: start afresh.
-                    self.procs.insert(
-                        pid,
-                        new_watched(pid, stat.start_time, stat.comm.clone(), self.cmdline_arguments),
-                    );
+                    self.procs
+                        .insert(pid, new_watched(pid, start_time, comm.clone(), self.cmdline_arguments));
                     self.procs.get_mut(&pid).expect("just inserted")
                 }
             };
             w.memory = memory;
-            w.comm = stat.comm;
+            w.comm = comm;
             keep_sample(
                 &mut w.series,
                 Sample {
@@ -206,6 +256,7 @@ impl Watcher {
                     outcome: escalation::Outcome::Exited,
                 });
                 exited_escalations.push(pid);
+                self.counts.escalation_outcomes[escalation::Outcome::Exited as usize] += 1;
             }
             if let Alert::Firing { since, fired_at, .. } = w.alert {
                 w.alert = Alert::Resolved {
@@ -227,6 +278,12 @@ impl Watcher {
                 if self.gone.len() > GONE_KEPT {
                     self.gone.pop_front();
                 }
+            }
+        }
+        for (_, tr) in &transitions {
+            match tr {
+                Transition::Fired => self.counts.alerts_fired += 1,
+                Transition::Resolved => self.counts.alerts_resolved += 1,
             }
         }
         self.gone
