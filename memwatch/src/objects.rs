@@ -12,6 +12,7 @@ use crate::{
     process::procfs,
     python::{
         self,
+        arenas::{self, Arenas},
         census::{self, Census, Limits, TypeCount},
     },
 };
@@ -43,6 +44,8 @@ pub struct Taken {
     pub taken_unix: f64,
     pub duration_seconds: f64,
     pub census: Census,
+    /// pymalloc's blocks by size class, or why not.
+    pub arenas: Result<Arenas, String>,
 }
 
 /// Takes a census of `pid` now (blocking: run it off the async workers).
@@ -84,6 +87,7 @@ pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
             gone()
         }
     })?;
+    let arenas = blocks(pid, &rt, &layout, &mut mem);
     if !procfs::exists(pid) {
         return Err(gone());
     }
@@ -98,7 +102,27 @@ pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
         taken_unix: now_unix,
         duration_seconds: started.elapsed().as_secs_f64(),
         census,
+        arenas,
     })
+}
+
+/// The object allocator's table, read directly (pool headers are 16 KiB
+/// apart: chunks would read whole arenas).
+fn blocks(
+    pid: u32,
+    rt: &python::Runtime,
+    layout: &census::GcLayout,
+    chunked: &mut census::ChunkedMemory,
+) -> Result<Arenas, String> {
+    let roots = rt.arenas.ok_or_else(|| {
+        format!(
+            "memwatch did not find the arena table of this CPython {} build",
+            rt.version
+        )
+    })?;
+    let interp = census::interpreter(chunked, rt.runtime, layout, &rt.version).map_err(|e| e.to_string())?;
+    let mut mem = python::code::Memory::open(pid).map_err(|e| e.to_string())?;
+    arenas::take(&mut mem, roots, interp, Limits::default()).map_err(|e| e.to_string())
 }
 
 type Key = (String, String);
@@ -235,6 +259,11 @@ pub struct ObjectsReport {
     pub gc: GcReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth: Option<Growth>,
+    /// Blocks of the object allocator (pymalloc) in use, by size class:
+    /// every small object, tracked by the collector or not.
+    pub allocator: Option<Arenas>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocator_unavailable: Option<String>,
 }
 
 /// The report of census `t` (kept in `histories`), its `limit` largest
@@ -242,6 +271,10 @@ pub struct ObjectsReport {
 pub fn report(t: Taken, histories: &mut Histories, limit: usize, since: Option<f64>) -> ObjectsReport {
     let earlier = histories.keep(&t, since);
     let c = t.census;
+    let (allocator, allocator_unavailable) = match t.arenas {
+        Ok(a) => (Some(a), None),
+        Err(e) => (None, Some(e)),
+    };
     let growth = earlier.map(|(e, peaks)| {
         let mut types: Vec<TypeGrowth> = c
             .types
@@ -314,6 +347,8 @@ pub fn report(t: Taken, histories: &mut Histories, limit: usize, since: Option<f
             uncollectable: g.uncollectable.iter().sum(),
         },
         growth,
+        allocator,
+        allocator_unavailable,
     }
 }
 
@@ -351,6 +386,39 @@ pub fn render_text(r: &ObjectsReport) -> String {
     let _ = writeln!(out, "\n{:>12} {:>14}  type", "count", "bytes");
     for t in &r.types {
         let _ = writeln!(out, "{:>12} {:>14}  {}.{}", t.count, t.bytes, t.module, t.name);
+    }
+    match (&r.allocator, &r.allocator_unavailable) {
+        (Some(a), _) => {
+            let _ = writeln!(
+                out,
+                "\nobject allocator (pymalloc): {} arenas ({} KiB), {} pools in use, {} blocks in use ({} bytes){}",
+                a.arenas,
+                a.arena_bytes / 1024,
+                a.pools,
+                a.blocks,
+                a.bytes,
+                match &a.inconsistency {
+                    Some(why) => format!(" — NOT CONSISTENT: {why}"),
+                    None => String::new(),
+                }
+            );
+            let _ = writeln!(
+                out,
+                "{:>6} {:>8} {:>12} {:>14} {:>12}",
+                "size", "pools", "blocks", "bytes", "free blocks"
+            );
+            for c in &a.size_classes {
+                let _ = writeln!(
+                    out,
+                    "{:>6} {:>8} {:>12} {:>14} {:>12}",
+                    c.size, c.pools, c.blocks, c.bytes, c.free_blocks
+                );
+            }
+        }
+        (None, Some(why)) => {
+            let _ = writeln!(out, "\nobject allocator: not read ({why})");
+        }
+        (None, None) => {}
     }
     if let Some(g) = &r.growth {
         let _ = writeln!(out, "\ngrowth over the last {:.0} s:", g.window_seconds);
@@ -468,6 +536,7 @@ pub(crate) fn fake_taken(at: f64, module: &str, types: &[(&str, u64)]) -> Taken 
             consistent: true,
             inconsistency: None,
         },
+        arenas: Err("not read in tests".into()),
     }
 }
 

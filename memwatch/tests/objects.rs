@@ -87,6 +87,73 @@ fn a_census_equals_gc_get_objects_on_every_interpreter() {
     }
 }
 
+/// `sys._debugmallocstats()`'s table: size → (pools, blocks in use, free
+/// blocks), and its count of arenas.
+fn parse_mallocstats(text: &str) -> (HashMap<u64, (u64, u64, u64)>, u64) {
+    let mut classes = HashMap::new();
+    let mut arenas = None;
+    for line in text.lines() {
+        let n: Vec<u64> = line.split_whitespace().map_while(|w| w.parse().ok()).collect();
+        if n.len() == 5 && line.split_whitespace().count() == 5 {
+            classes.insert(n[1], (n[2], n[3], n[4]));
+        }
+        if line.starts_with("# arenas allocated current") {
+            arenas = line.rsplit(' ').next().and_then(|v| v.parse().ok());
+        }
+    }
+    (classes, arenas.expect("an arena count"))
+}
+
+#[test]
+#[ignore = "needs root and CPython; run with `cargo xtask test`"]
+fn the_allocator_table_equals_debugmallocstats_on_every_interpreter() {
+    require_root();
+    let d = Daemon::start(FAST, &[]);
+    for (python, required) in INTERPRETERS {
+        let Some((mut fx, _)) = start(python, "population", required) else {
+            continue;
+        };
+        // The fixture writes its own figures and stops itself, with nothing
+        // allocated since: the census must find the same blocks.
+        let path = std::env::temp_dir().join(format!("memwatch-mallocstats-{}", fx.pid));
+        fx.send(&format!("mallocstats {}", path.display()));
+        let stat = format!("/proc/{}/stat", fx.pid);
+        let stopped = || {
+            std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
+                .unwrap_or(false)
+        };
+        d.wait_for("the fixture to stop itself", Duration::from_secs(20), stopped);
+        let census = d.json(&format!("/objects?pid={}&limit=5", fx.pid));
+        let (status, text) = d.get(&format!("/objects?pid={}&format=text&limit=5", fx.pid));
+        unsafe { libc::kill(fx.pid as i32, libc::SIGCONT) };
+        assert_eq!(fx.read_line(), "done");
+        let (expected, arenas) = parse_mallocstats(&std::fs::read_to_string(&path).unwrap());
+        let _ = std::fs::remove_file(&path);
+        let a = &census["allocator"];
+        assert_eq!(a["consistent"], true, "{python}: {census:#}");
+        let found: HashMap<u64, (u64, u64, u64)> = a["size_classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let n = |k: &str| c[k].as_u64().unwrap();
+                assert_eq!(n("bytes"), n("blocks") * n("size"));
+                (n("size"), (n("pools"), n("blocks"), n("free_blocks")))
+            })
+            .collect();
+        let expected: HashMap<u64, (u64, u64, u64)> = expected.into_iter().filter(|(_, c)| c.0 > 0).collect();
+        assert!(expected.len() > 10, "{python}: {expected:?}");
+        assert_eq!(found, expected, "{python}");
+        assert_eq!(a["arenas"].as_u64(), Some(arenas), "{python}");
+        assert!(a["blocks"].as_u64().unwrap() > census["objects"].as_u64().unwrap());
+        assert_eq!(status, 200);
+        assert!(text.contains("object allocator (pymalloc)"), "{text}");
+        assert!(fx.exit().success());
+    }
+}
+
 #[test]
 #[ignore = "needs root and CPython; run with `cargo xtask test`"]
 fn growth_between_censuses_is_the_growing_type_alone() {

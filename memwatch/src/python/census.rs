@@ -164,12 +164,7 @@ pub fn take(
 ) -> Result<Census, CensusError> {
     let unreadable = |what: &str, e: io::Error| CensusError::Unreadable(format!("{what}: {e}"));
     let mismatch = |what: String| CensusError::Mismatch(version.to_string(), what);
-    let interp = mem
-        .u64(runtime + layout.interpreters_head)
-        .map_err(|e| unreadable("the interpreter list", e))?;
-    if interp == 0 || !interp.is_multiple_of(8) {
-        return Err(mismatch(format!("interpreter at {interp:#x}")));
-    }
+    let interp = interpreter(mem, runtime, layout, version)?;
     let gc = interp + layout.interp_gc;
     let stats = gc_stats(mem, gc).map_err(|e| unreadable("the collector's state", e))?;
     if stats.generations.iter().any(|g| !(0..=1 << 30).contains(&g.threshold)) {
@@ -252,6 +247,21 @@ pub fn take(
         consistent: inconsistency.is_none(),
         inconsistency,
     })
+}
+
+/// The interpreter whose state a census reads: the newest one, the main
+/// interpreter of a process that made no other.
+pub fn interpreter(mem: &mut impl Read, runtime: u64, layout: &GcLayout, version: &str) -> Result<u64, CensusError> {
+    let interp = mem
+        .u64(runtime + layout.interpreters_head)
+        .map_err(|e| CensusError::Unreadable(format!("the interpreter list: {e}")))?;
+    if interp == 0 || !interp.is_multiple_of(8) {
+        return Err(CensusError::Mismatch(
+            version.to_string(),
+            format!("interpreter at {interp:#x}"),
+        ));
+    }
+    Ok(interp)
 }
 
 fn gc_stats(mem: &mut impl Read, gc: u64) -> io::Result<GcStats> {
@@ -399,6 +409,14 @@ impl ChunkedMemory {
             self.chunks.insert(base, data);
         }
         self.chunks.get(&base).and_then(|c| c.as_deref())
+    }
+}
+
+/// Direct reads, for scattered small records (pool headers) where a chunk
+/// would read a whole arena for one header.
+impl Read for super::code::Memory {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.read_at(addr, buf)
     }
 }
 

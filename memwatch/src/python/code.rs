@@ -29,6 +29,10 @@ impl Memory {
         Ok(buf)
     }
 
+    pub fn read_at(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact_at(buf, addr)
+    }
+
     pub fn u64(&self, addr: u64) -> io::Result<u64> {
         let mut b = [0u8; 8];
         self.0.read_exact_at(&mut b, addr)?;

@@ -8,6 +8,7 @@
 //! development machines; on 3.13 the interpreter publishes them itself
 //! (`_Py_DebugOffsets`), and memwatch compares.
 
+pub mod arenas;
 pub mod census;
 pub mod code;
 pub mod linetable;
@@ -40,6 +41,9 @@ pub struct Layout {
     pub compact_data: u64,
     /// Where the collector's state is, for a census (3.11 on).
     pub gc: Option<census::GcLayout>,
+    /// Where pymalloc's arena table is: in the interpreter state (3.12+),
+    /// else (3.11) found in the binary's code by [`arenas::statics_from_code`].
+    pub arenas: Option<arenas::Roots>,
 }
 
 /// Offsets in code objects.
@@ -78,6 +82,7 @@ pub const LAYOUTS: [Layout; 4] = [
         ascii_data: 48,
         compact_data: 72,
         gc: None,
+        arenas: None,
     },
     Layout {
         minor: 11,
@@ -105,6 +110,7 @@ pub const LAYOUTS: [Layout; 4] = [
             ascii_data: 48,
             compact_data: 72,
         }),
+        arenas: None,
     },
     Layout {
         minor: 12,
@@ -132,6 +138,10 @@ pub const LAYOUTS: [Layout; 4] = [
             ascii_data: 40,
             compact_data: 56,
         }),
+        arenas: Some(arenas::Roots::Interpreter {
+            offset: 3960,
+            pointer: false,
+        }),
     },
     Layout {
         minor: 13,
@@ -158,6 +168,10 @@ pub const LAYOUTS: [Layout; 4] = [
             interp_gc: 7400,
             ascii_data: 40,
             compact_data: 56,
+        }),
+        arenas: Some(arenas::Roots::Interpreter {
+            offset: 10800,
+            pointer: true,
         }),
     },
 ];
@@ -192,6 +206,9 @@ pub struct Runtime {
     /// Its object allocator is called out of line: it can be tracked per
     /// object (`[python] objects = true`).
     pub allocator_out_of_line: bool,
+    /// Where its arena table is, if memwatch found it.
+    #[serde(skip)]
+    pub arenas: Option<arenas::Roots>,
 }
 
 impl Runtime {
@@ -274,12 +291,8 @@ pub fn detect(pid: u32, entries: &[MapEntry], main: bool) -> Result<Option<Runti
         let data =
             unsafe { memmap2::Mmap::map(&file) }.map_err(|e| NotWalked::Unreadable(f.path.clone(), e.to_string()))?;
         let Ok(elf) = object::File::parse(&*data) else { continue };
-        let symbol = |n: &str| {
-            elf.dynamic_symbols()
-                .chain(elf.symbols())
-                .find(|s| s.name() == Ok(n))
-                .map(|s| s.address())
-        };
+        let find = |n: &str| elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(n));
+        let symbol = |n: &str| find(n).map(|s| s.address());
         let Some(runtime) = symbol("_PyRuntime") else { continue };
         let version = version_of(&elf, &data, &name).ok_or_else(|| NotWalked::Version(name.clone()))?;
         let layout = LAYOUTS
@@ -313,6 +326,15 @@ pub fn detect(pid: u32, entries: &[MapEntry], main: bool) -> Result<Option<Runti
             runtime: bias.wrapping_add(runtime),
             code_type: symbol("PyCode_Type").map_or(0, |a| bias.wrapping_add(a)),
             allocator_out_of_line: allocator_out_of_line(&elf),
+            arenas: layout.arenas.or_else(|| {
+                let f = find("_Py_GetAllocatedBlocks")?;
+                let code = file_bytes(&elf, &data, f.address(), f.size().min(4096))?;
+                let (a, m) = arenas::statics_from_code(code, f.address())?;
+                Some(arenas::Roots::Statics {
+                    arenas: bias.wrapping_add(a),
+                    maxarenas: bias.wrapping_add(m),
+                })
+            }),
         };
         check(pid, &rt)?;
         return Ok(Some(rt));
@@ -328,20 +350,25 @@ pub fn version_of(elf: &object::File<'_>, data: &[u8], name: &str) -> Option<(u8
         .chain(elf.symbols())
         .find(|s| s.name() == Ok("Py_Version"));
     if let Some(s) = sym {
-        let off = elf.segments().find_map(|seg| {
-            let (off, size) = seg.file_range();
-            let within = s.address().checked_sub(seg.address())?;
-            (within.checked_add(4)? <= size)
-                .then(|| off.checked_add(within))
-                .flatten()
-        })?;
-        let off = usize::try_from(off).ok()?;
-        let v = u32::from_le_bytes(data.get(off..off.checked_add(4)?)?.try_into().ok()?);
+        let v = u32::from_le_bytes(file_bytes(elf, data, s.address(), 4)?.try_into().ok()?);
         return Some(((v >> 24) as u8, (v >> 16) as u8));
     }
     let rest = name.trim_start_matches("lib").strip_prefix("python3.")?;
     let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
     Some((3, minor.parse().ok()?))
+}
+
+/// The `len` bytes of the file at link-time address `addr`.
+fn file_bytes<'d>(elf: &object::File<'_>, data: &'d [u8], addr: u64, len: u64) -> Option<&'d [u8]> {
+    let off = elf.segments().find_map(|seg| {
+        let (off, size) = seg.file_range();
+        let within = addr.checked_sub(seg.address())?;
+        (within.checked_add(len)? <= size)
+            .then(|| off.checked_add(within))
+            .flatten()
+    })?;
+    let off = usize::try_from(off).ok()?;
+    data.get(off..off.checked_add(usize::try_from(len).ok()?)?)
 }
 
 /// Checks the layout against the process's memory: the type of code objects

@@ -70,7 +70,7 @@ pub enum Python {
     /// The process runs no CPython.
     Absent,
     /// Its frames are walked.
-    Walked(crate::python::Runtime),
+    Walked(Box<crate::python::Runtime>),
     NotWalked(crate::python::NotWalked),
 }
 
@@ -211,7 +211,7 @@ impl Unwinder {
             r.python = match crate::python::detect(pid, &entries, main) {
                 Ok(Some(rt)) => {
                     tracing::info!(pid, version = %rt.version, module = %rt.module, "CPython found: its frames are walked");
-                    Python::Walked(rt)
+                    Python::Walked(Box::new(rt))
                 }
                 Ok(None) => Python::Absent,
                 Err(e) => {

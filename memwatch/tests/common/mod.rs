@@ -202,7 +202,7 @@ impl Fixture {
         line.trim_end().to_string()
     }
 
-    fn send(&mut self, line: &str) {
+    pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
         let _ = writeln!(stdin, "{line}");
         let _ = stdin.flush();
