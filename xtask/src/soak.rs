@@ -146,6 +146,19 @@ pub fn run(minutes: f64) -> anyhow::Result<()> {
             metric(&metrics, "memwatch_attach_failures_total"),
             metric(&metrics, "memwatch_alert_transitions_total{transition=\"fired\"}"),
         );
+        let leaks: serde_json::Value = serde_json::from_str(&get(&addr, "/leaks?limit=1")?)?;
+        let suspects: Vec<&serde_json::Value> = leaks["suspects"]
+            .as_array()
+            .map(|a| a.iter().filter(|s| s["comm"] == "mw-leak-py").collect())
+            .unwrap_or_default();
+        println!(
+            "leakers in /leaks: {}, of which named with their leaking stacks: {}",
+            suspects.len(),
+            suspects
+                .iter()
+                .filter(|s| s["stacks"].as_array().is_some_and(|a| !a.is_empty()))
+                .count()
+        );
         println!(
             "escalations: {}",
             ["completed", "over_budget", "exited", "failed"]

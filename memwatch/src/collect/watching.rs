@@ -243,7 +243,10 @@ impl Collector {
     }
 
     /// Stops escalations over their probe-hit budget (from this scan's rates)
-    /// and notes those whose process exited.
+    /// and notes those whose process exited. Running escalations keep the
+    /// leaking stacks of each scan as evidence: a leaker that exits before
+    /// its window ends (the sampler may be the first to see it go) is still
+    /// named with its stacks.
     pub(super) fn enforce_budget(&mut self) {
         let Some(shared) = self.watcher.as_ref() else { return };
         let running: Vec<u32> = shared
@@ -255,14 +258,30 @@ impl Collector {
         let snapshot = self.shared.get();
         let mut hits = Vec::new();
         let mut ends = Vec::new();
+        let mut evidence = Vec::new();
         for pid in running {
             match snapshot.processes.iter().find(|p| p.pid == pid) {
-                Some(p) => hits.push((
-                    pid,
-                    escalation::hits_per_second(p.rates.allocations_per_second, p.rates.frees_per_second),
-                )),
+                Some(p) => {
+                    hits.push((
+                        pid,
+                        escalation::hits_per_second(p.rates.allocations_per_second, p.rates.frees_per_second),
+                    ));
+                    let agg = aggregate(&p.allocations, None);
+                    let stacks = leaks::stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
+                    if !stacks.is_empty() {
+                        evidence.push((pid, stacks));
+                    }
+                }
                 None if self.table.get(pid).is_none() => ends.push((pid, Outcome::Exited, None)),
                 None => {}
+            }
+        }
+        {
+            let mut watcher = shared.lock();
+            for (pid, stacks) in evidence {
+                if let Some(w) = watcher.get_mut(pid) {
+                    w.evidence = stacks;
+                }
             }
         }
         for (pid, reason) in escalation::over_budget(&self.config.escalation, &hits) {
