@@ -64,8 +64,12 @@ pub struct LeaksArgs {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Only allocations at least this many seconds old.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", conflicts_with = "since")]
     pub min_age: Option<f64>,
+    /// Each stack's growth over the last SECONDS, most grown first (the
+    /// flame graph and pprof profile show the growth only).
+    #[arg(long, value_name = "SECONDS")]
+    pub since: Option<f64>,
     /// Stacks per process.
     #[arg(long)]
     pub limit: Option<usize>,

@@ -50,6 +50,9 @@ fn query(r: &LeaksArgs) -> String {
     if let Some(a) = r.min_age {
         q.push(format!("min_age={a}"));
     }
+    if let Some(s) = r.since {
+        q.push(format!("since={s}"));
+    }
     if let Some(l) = r.limit {
         q.push(format!("limit={l}"));
     }
@@ -240,6 +243,11 @@ mod tests {
             panic!("leaks")
         };
         assert_eq!(query(&r), "pid=5&min_age=1.5&limit=3");
+        let cli = crate::cli::Cli::try_parse_from(["memwatch", "leaks", "--since", "60"]).unwrap();
+        let crate::cli::Command::Leaks(r) = cli.command else {
+            panic!("leaks")
+        };
+        assert_eq!(query(&r), "since=60");
     }
 
     #[test]

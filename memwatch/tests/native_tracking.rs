@@ -545,3 +545,82 @@ fn accounting_adds_up_when_every_store_overflows() {
     assert_eq!(lost_bytes as i64, after.5, "only this process is tracked");
     assert!(fx.exit().success());
 }
+
+/// The stack of `process` whose innermost frames include `function`.
+fn stack_of<'a>(process: &'a serde_json::Value, function: &str) -> &'a serde_json::Value {
+    stacks_at(process, function)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no stack through {function}: {process:#}"))
+}
+
+#[test]
+#[ignore = "needs root; run with `cargo xtask test`"]
+fn growth_since_a_moment_is_the_leakers_rate_and_nothing_for_a_plateau() {
+    require_root();
+    let mut leaker = Fixture::start_other("rates", &["leak"]);
+    let mut plateau = Fixture::start_other("rates", &["plateau"]);
+    let d = Daemon::start(
+        FAST,
+        &["--pid", &leaker.pid.to_string(), "--pid", &plateau.pid.to_string()],
+    );
+    d.wait_tracked(leaker.pid);
+    d.wait_tracked(plateau.pid);
+    leaker.send("go");
+    plateau.send("go");
+    assert_eq!(leaker.read_line(), "steady");
+    assert_eq!(plateau.read_line(), "steady");
+    // Past the warm-up, and with readings older than the window.
+    std::thread::sleep(Duration::from_secs(8));
+    d.wait_for_fresh_scan();
+    let report = d.json("/leaks?since=5&limit=50");
+    let process = |pid: u32| {
+        report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("{pid} in {report:#}"))
+    };
+    let (lp, pp) = (process(leaker.pid), process(plateau.pid));
+    // The leaker grew by its rate over the window actually covered.
+    let window = lp["growth"]["window_seconds"].as_f64().unwrap();
+    assert!((5.0..=7.6).contains(&window), "{:#}", lp["growth"]);
+    let leak = stack_of(lp, "steady_leak");
+    let expected = window / 0.05;
+    let grown = leak["growth_allocations"].as_i64().unwrap() as f64;
+    assert!(
+        (grown - expected).abs() <= 3.0,
+        "{grown} blocks in {window} s: {leak:#}"
+    );
+    assert_eq!(
+        leak["growth_bytes"].as_i64().unwrap(),
+        leak["growth_allocations"].as_i64().unwrap() * 1000
+    );
+    assert_eq!(lp["stacks"][0]["frames"], leak["frames"], "most grown first");
+    assert!(lp["growth"]["growth_bytes"].as_i64().unwrap() >= leak["growth_bytes"].as_i64().unwrap() - 1000);
+    // The plateau's kept blocks did not grow; its churn holds a block at most.
+    let warm = stack_of(pp, "warm_up");
+    assert_eq!(warm["live_allocations"], 400, "{warm:#}");
+    assert_eq!(warm["growth_bytes"], 0, "{warm:#}");
+    for s in pp["stacks"].as_array().unwrap() {
+        assert!(s["growth_bytes"].as_i64().unwrap().abs() <= 1000, "{s:#}");
+    }
+    // Text as tracemalloc's compare_to prints it; growth-only pictures.
+    let (status, text) = d.get(&format!("/leaks?since=5&pid={}&format=text", leaker.pid));
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("growth over the last") && text.contains("size=") && text.contains("count="),
+        "{text}"
+    );
+    let (status, folded) = d.get(&format!("/leaks/collapsed?since=5&pid={}", plateau.pid));
+    assert_eq!(status, 200);
+    assert!(!folded.contains("warm_up"), "a plateau has no growth to show: {folded}");
+    let (status, folded) = d.get(&format!("/leaks/collapsed?since=5&pid={}", leaker.pid));
+    assert_eq!(status, 200);
+    assert!(folded.contains("steady_leak"), "{folded}");
+    let (status, _) = d.get("/leaks/flamegraph.svg?since=5");
+    assert_eq!(status, 200);
+    let (status, message) = d.get("/leaks?since=5&min_age=1");
+    assert_eq!(status, 400, "{message}");
+}

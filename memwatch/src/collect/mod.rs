@@ -7,6 +7,7 @@
 //! refers to any more.
 
 pub mod aggregate;
+pub mod history;
 pub mod rates;
 pub mod snapshot;
 mod watching;
@@ -66,6 +67,8 @@ pub struct Collector {
     retired_groups: HashMap<String, ProcCounters>,
     /// The previous reading per (pid, generation), for rates.
     previous: HashMap<(u32, u32), (u64, ProcCounters)>,
+    /// Live bytes per stack at earlier scans, for growth since a moment.
+    history: history::History,
     /// Host-wide leak detection, sampled on its own thread (None when
     /// turned off); the collector escalates its suspects.
     watcher: Option<SharedWatcher>,
@@ -127,6 +130,7 @@ impl Collector {
             retired_families: BTreeMap::new(),
             retired_groups: HashMap::new(),
             previous: HashMap::new(),
+            history: Default::default(),
             watcher,
         }
     }
@@ -359,6 +363,8 @@ impl Collector {
                 None => rates::Rates::default(),
             };
             let allocations = live.remove(&key).unwrap_or_default();
+            let reading = history::Reading::of(&aggregate::aggregate(&allocations, None), read_ns, read_unix);
+            let history = self.history.record(key, reading);
             let mut stacks = HashMap::new();
             for a in &allocations {
                 if let Some(f) = self.stacks.get(&(inc.pid, inc.generation, a.stack_id)) {
@@ -389,8 +395,12 @@ impl Collector {
                 probes: inc.probes(),
                 unwind: self.table.unwind.modules(inc.pid),
                 python: self.table.unwind.python(inc.pid).and_then(crate::python::Sight::of),
+                history,
             });
         }
+        let table = &self.table;
+        self.history
+            .retain(|&(pid, generation)| table.is_current(pid, generation));
         for (name, c) in &self.retired_groups {
             let g = groups.entry(name.clone()).or_insert_with(|| GroupTotals {
                 exe_name: name.clone(),

@@ -54,6 +54,8 @@ pub struct ProcessSnapshot {
     pub unwind: Vec<crate::unwind::ModuleUnwind>,
     /// What memwatch sees of the process's CPython, if it runs one.
     pub python: Option<crate::python::Sight>,
+    /// Live bytes per stack at earlier scans, oldest first.
+    pub history: Vec<Arc<super::history::Reading>>,
 }
 
 impl ProcessSnapshot {

@@ -7,7 +7,7 @@ pub mod flamegraph;
 pub mod pprof;
 
 use crate::{
-    collect::{aggregate::aggregate, snapshot::Snapshot},
+    collect::{aggregate::aggregate, history, snapshot::Snapshot},
     symbolize::Frame,
 };
 
@@ -23,11 +23,25 @@ pub struct HeapStack {
 }
 
 /// The live stacks of the tracked processes (one, with `pid`), counting only
-/// allocations made at or before `cutoff_ns`.
-pub fn heap_stacks(snapshot: &Snapshot, pid: Option<u32>, cutoff_ns: Option<u64>) -> Vec<HeapStack> {
+/// allocations made at or before `cutoff_ns`; with `since_ns`, the stacks
+/// that grew over that window, by their growth (a growth-only profile).
+pub fn heap_stacks(
+    snapshot: &Snapshot,
+    pid: Option<u32>,
+    cutoff_ns: Option<u64>,
+    since_ns: Option<u64>,
+) -> Vec<HeapStack> {
     let mut out = Vec::new();
     for p in snapshot.processes.iter().filter(|p| pid.is_none_or(|pid| pid == p.pid)) {
+        let earlier = since_ns.and_then(|d| history::earlier(&p.history, snapshot.taken_at_ns, d));
         for s in aggregate(&p.allocations, cutoff_ns).stacks {
+            let (bytes, allocations) = match earlier {
+                Some(e) => match e.change(&s) {
+                    (b, n) if b > 0 => (b as u64, n.max(0) as u64),
+                    _ => continue,
+                },
+                None => (s.live_bytes, s.live_allocations),
+            };
             let mut frames = p.frames(s.stack_id);
             // A stack cut short says so at its root, where its callers are missing.
             if let Some(why) = p.walk(s.stack_id).truncation()
@@ -45,8 +59,8 @@ pub fn heap_stacks(snapshot: &Snapshot, pid: Option<u32>, cutoff_ns: Option<u64>
                 pid: p.pid,
                 comm: p.comm.clone(),
                 frames,
-                bytes: s.live_bytes,
-                allocations: s.live_allocations,
+                bytes,
+                allocations,
             });
         }
     }

@@ -244,7 +244,8 @@ fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Vec<crate::export::
     }
     let min_age = q.min_age.as_nanos() as u64;
     let cutoff = (min_age > 0).then(|| monotonic_ns().saturating_sub(min_age));
-    Ok(crate::export::heap_stacks(&snapshot, q.pid, cutoff))
+    let since = q.since.map(|d| d.as_nanos().min(u64::MAX as u128) as u64);
+    Ok(crate::export::heap_stacks(&snapshot, q.pid, cutoff, since))
 }
 
 /// Collapsed stacks of the live heap (`?pid=`, `?min_age=`).
@@ -261,7 +262,13 @@ async fn flamegraph(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Respo
         Ok(stacks) => stacks,
         Err((status, message)) => return text(status, message),
     };
-    match crate::export::flamegraph::render(&stacks, "memwatch: live heap by stack") {
+    let growth = query::parse(raw.as_deref(), None, 1).is_ok_and(|q| q.since.is_some());
+    let title = if growth {
+        "memwatch: growth of the live heap by stack"
+    } else {
+        "memwatch: live heap by stack"
+    };
+    match crate::export::flamegraph::render(&stacks, title) {
         Ok(svg) => (StatusCode::OK, [(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -11,6 +11,7 @@ use memwatch_common::cookie::{CallKind, Family};
 use crate::{
     collect::{
         aggregate::{Aggregated, aggregate},
+        history,
         rates::Rates,
         snapshot::{ProcessSnapshot, Snapshot, SuspectSnapshot},
     },
@@ -98,6 +99,20 @@ pub struct ProcessReport {
     /// In a CPython process: its version and what memwatch sees of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub python: Option<crate::python::Sight>,
+    /// With `?since=`: the change of the whole live heap over the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth: Option<WindowGrowth>,
+}
+
+/// Growth over a window, from the reading kept closest before its start.
+#[derive(Debug, Serialize)]
+pub struct WindowGrowth {
+    /// The reading compared with, and the window actually covered (at least
+    /// the one asked for, when memwatch has tracked the process that long).
+    pub since_unix: f64,
+    pub window_seconds: f64,
+    pub growth_bytes: i64,
+    pub growth_allocations: i64,
 }
 
 /// Counts since tracking began.
@@ -127,6 +142,11 @@ pub struct StackReport {
     pub frames: Vec<Frame>,
     #[serde(flatten)]
     pub walk: WalkReport,
+    /// With `?since=`: the change in live bytes and allocations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth_allocations: Option<i64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -196,8 +216,49 @@ pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns
             allocator: Family::from_u8(s.family).map_or("unknown", Family::name),
             frames: p.frames(s.stack_id),
             walk: p.walk(s.stack_id).into(),
+            growth_bytes: None,
+            growth_allocations: None,
         })
         .collect()
+}
+
+/// The stacks most grown since `earlier` first, with their growth; and the
+/// growth of the whole heap.
+fn growth_reports(
+    p: &ProcessSnapshot,
+    agg: &Aggregated,
+    earlier: &history::Reading,
+    now: (u64, f64),
+    limit: usize,
+) -> (Vec<StackReport>, WindowGrowth) {
+    let mut grown: Vec<_> = agg.stacks.iter().map(|s| (*s, earlier.change(s))).collect();
+    grown.sort_by(|a, b| {
+        b.1.0
+            .cmp(&a.1.0)
+            .then(b.1.1.cmp(&a.1.1))
+            .then(b.0.live_bytes.cmp(&a.0.live_bytes))
+    });
+    grown.truncate(limit);
+    let sorted = Aggregated {
+        stacks: grown.iter().map(|g| g.0).collect(),
+        ..Default::default()
+    };
+    let mut reports = stack_reports(p, &sorted, limit, now.0);
+    for (r, (_, (bytes, count))) in reports.iter_mut().zip(&grown) {
+        r.growth_bytes = Some(*bytes);
+        r.growth_allocations = Some(*count);
+    }
+    let (before_bytes, before_count) = earlier
+        .stacks
+        .values()
+        .fold((0u64, 0u64), |(b, n), &(sb, sn)| (b + sb, n + sn));
+    let window = WindowGrowth {
+        since_unix: earlier.taken_unix,
+        window_seconds: now.0.saturating_sub(earlier.taken_ns) as f64 / 1e9,
+        growth_bytes: agg.live_bytes as i64 - before_bytes as i64,
+        growth_allocations: agg.live_allocations as i64 - before_count as i64,
+    };
+    (reports, window)
 }
 
 /// Builds the report as of `now_ns` (CLOCK_MONOTONIC).
@@ -219,7 +280,16 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         .filter(|p| q.pid.is_none_or(|pid| pid == p.pid))
         .map(|p| {
             let agg = aggregate(&p.allocations, cutoff);
-            let stacks = stack_reports(p, &agg, q.limit, now_ns);
+            let since = q.since.map(|d| d.as_nanos().min(u64::MAX as u128) as u64);
+            let earlier = since.and_then(|d| history::earlier(&p.history, snapshot.taken_at_ns, d));
+            let (stacks, growth) = match earlier {
+                Some(e) => {
+                    let (stacks, g) =
+                        growth_reports(p, &agg, e, (snapshot.taken_at_ns, snapshot.taken_at_unix), q.limit);
+                    (stacks, Some(g))
+                }
+                None => (stack_reports(p, &agg, q.limit, now_ns), None),
+            };
             let c = &p.counters;
             ProcessReport {
                 pid: p.pid,
@@ -243,10 +313,17 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
                 stack_count: agg.stacks.len(),
                 stacks,
                 python: p.python.clone(),
+                growth,
             }
         })
         .collect();
-    processes.sort_by(|a, b| b.live_bytes.cmp(&a.live_bytes).then(a.pid.cmp(&b.pid)));
+    let grown = |p: &ProcessReport| p.growth.as_ref().map_or(0, |g| g.growth_bytes);
+    processes.sort_by(|a, b| {
+        grown(b)
+            .cmp(&grown(a))
+            .then(b.live_bytes.cmp(&a.live_bytes))
+            .then(a.pid.cmp(&b.pid))
+    });
     let mut suspects: Vec<SuspectReport> = snapshot
         .watch
         .suspects
@@ -363,6 +440,7 @@ pub(crate) mod tests {
             ]),
             unwind: Vec::new(),
             python: None,
+            history: Vec::new(),
             probes: vec![crate::process::ProbeSummary {
                 module: "/usr/lib/libc.so.6".into(),
                 build_id: Some("cafe".into()),
@@ -397,6 +475,7 @@ pub(crate) mod tests {
         LeaksQuery {
             pid,
             min_age: Duration::from_secs(min_age),
+            since: None,
             limit,
             format: Format::Json,
         }
@@ -532,5 +611,44 @@ pub(crate) mod tests {
         }
         assert_eq!(f["kind"], "native");
         assert_eq!(p["selection"]["by"], "pid");
+    }
+
+    #[test]
+    fn growth_since_compares_with_the_reading_before_the_window() {
+        let mut snap = fake_snapshot();
+        let s = 1_000_000_000;
+        let p42 = snap.processes.iter_mut().find(|p| p.pid == 42).unwrap();
+        // 60 s ago stack 11 held one block of 1000 bytes, and a stack since
+        // freed held 500; 1 s ago everything was as now.
+        let old = crate::collect::history::Reading {
+            taken_ns: 40 * s,
+            taken_unix: 4940.0,
+            stacks: HashMap::from([((11, 1, 1), (1000, 1)), ((99, 1, 1), (500, 2))]),
+        };
+        let agg = aggregate(&p42.allocations, None);
+        let recent = crate::collect::history::Reading::of(&agg, 99 * s, 4999.0);
+        p42.history = vec![Arc::new(old), Arc::new(recent)];
+        let mut query = q(Some(42), 0, 10);
+        query.since = Some(Duration::from_secs(30));
+        let r = build(&snap, &query, 100 * s, 5000.0).unwrap();
+        let p = &r.processes[0];
+        let g = p.growth.as_ref().unwrap();
+        assert_eq!((g.window_seconds, g.since_unix), (60.0, 4940.0));
+        assert_eq!(g.growth_bytes, 3064 - 1500);
+        assert_eq!(g.growth_allocations, 4 - 3);
+        // Most grown first: stack 11 (+2000 in +2), then the new 64 bytes.
+        let grown: Vec<(Option<i64>, Option<i64>)> = p
+            .stacks
+            .iter()
+            .map(|s| (s.growth_bytes, s.growth_allocations))
+            .collect();
+        assert_eq!(grown, [(Some(2000), Some(2)), (Some(64), Some(1))]);
+        // A window shorter than the scans kept compares with the newest.
+        query.since = Some(Duration::from_millis(500));
+        let r = build(&snap, &query, 100 * s, 5000.0).unwrap();
+        assert_eq!(r.processes[0].growth.as_ref().unwrap().growth_bytes, 0);
+        // No since: no growth fields.
+        let r = build(&snap, &q(Some(42), 0, 10), 100 * s, 5000.0).unwrap();
+        assert!(r.processes[0].growth.is_none() && r.processes[0].stacks[0].growth_bytes.is_none());
     }
 }

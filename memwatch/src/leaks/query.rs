@@ -1,4 +1,5 @@
-//! The `/leaks` query string: `?pid=N&min_age=SECONDS&limit=N&format=json|text`.
+//! The `/leaks` query string:
+//! `?pid=N&min_age=SECONDS&since=SECONDS&limit=N&format=json|text`.
 
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ pub struct LeaksQuery {
     pub pid: Option<u32>,
     /// Count only allocations at least this old.
     pub min_age: Duration,
+    /// Report each stack's growth over this window, most grown first.
+    pub since: Option<Duration>,
     /// Stacks per process.
     pub limit: usize,
     pub format: Format,
@@ -30,6 +33,7 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
     let mut q = LeaksQuery {
         pid: None,
         min_age: Duration::ZERO,
+        since: None,
         limit: default_limit,
         format: if wants_text { Format::Text } else { Format::Json },
     };
@@ -52,6 +56,14 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
                     .ok_or_else(|| format!("invalid min_age {value:?}: expected a number of seconds, 0 or more"))?;
                 q.min_age = Duration::from_secs_f64(secs);
             }
+            "since" => {
+                let secs: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s < 1e9)
+                    .ok_or_else(|| format!("invalid since {value:?}: expected a number of seconds, more than 0"))?;
+                q.since = Some(Duration::from_secs_f64(secs));
+            }
             "limit" => {
                 q.limit = value
                     .parse()
@@ -68,10 +80,13 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
             }
             _ => {
                 return Err(format!(
-                    "unknown parameter {key:?}: expected pid, min_age, limit or format"
+                    "unknown parameter {key:?}: expected pid, min_age, since, limit or format"
                 ));
             }
         }
+    }
+    if q.since.is_some() && !q.min_age.is_zero() {
+        return Err("since and min_age cannot be combined: growth compares all live allocations".into());
     }
     Ok(q)
 }
@@ -88,6 +103,7 @@ mod tests {
             LeaksQuery {
                 pid: None,
                 min_age: Duration::ZERO,
+                since: None,
                 limit: 20,
                 format: Format::Json
             }

@@ -68,6 +68,15 @@ pub fn render(r: &LeaksReport) -> String {
             p.rates.frees_per_second,
             signed_bytes(p.rates.allocated_bytes_per_second - p.rates.freed_bytes_per_second),
         );
+        if let Some(g) = &p.growth {
+            let _ = writeln!(
+                out,
+                "  growth over the last {}: {} in {:+} allocation(s)",
+                duration(g.window_seconds),
+                change(g.growth_bytes),
+                g.growth_allocations
+            );
+        }
         if p.stacks.is_empty() {
             let _ = writeln!(out, "  no live allocations");
         }
@@ -85,6 +94,21 @@ pub fn render(r: &LeaksReport) -> String {
 
 fn render_stacks(out: &mut String, stacks: &[StackReport]) {
     for (i, s) in stacks.iter().enumerate() {
+        // As tracemalloc's compare_to prints its statistics.
+        if let (Some(b), Some(n)) = (s.growth_bytes, s.growth_allocations) {
+            let _ = writeln!(
+                out,
+                "  #{:<3} size={} ({}), count={} ({:+})  [{}]",
+                i + 1,
+                bytes(s.live_bytes),
+                change(b),
+                s.live_allocations,
+                n,
+                s.call,
+            );
+            render_frames(out, &s.frames, &s.walk);
+            continue;
+        }
         let _ = writeln!(
             out,
             "  #{:<3} {:>10} in {:>7} allocation(s), oldest {:>6}  [{}]",
@@ -179,6 +203,15 @@ fn render_suspect(out: &mut String, s: &SuspectReport) {
     }
 }
 
+/// A change in bytes, always signed.
+fn change(v: i64) -> String {
+    if v < 0 {
+        format!("-{}", bytes(v.unsigned_abs()))
+    } else {
+        format!("+{}", bytes(v as u64))
+    }
+}
+
 fn signed_bytes(v: f64) -> String {
     if v < 0.0 {
         format!("-{}", bytes((-v) as u64))
@@ -207,6 +240,7 @@ mod tests {
         let q = LeaksQuery {
             pid: None,
             min_age: std::time::Duration::ZERO,
+            since: None,
             limit: 1,
             format: Format::Text,
         };

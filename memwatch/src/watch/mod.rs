@@ -434,6 +434,8 @@ mod tests {
             allocator: "libc",
             frames: vec![],
             walk: Default::default(),
+            growth_bytes: None,
+            growth_allocations: None,
         };
         let p = w.get_mut(pid).expect("the child is watched");
         p.alert = Alert::Firing {
