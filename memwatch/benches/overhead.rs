@@ -629,6 +629,10 @@ fn main() {
         python_bench();
         return;
     }
+    if std::env::var("MWBENCH_MODES").is_ok_and(|m| m == "check") {
+        check_bench();
+        return;
+    }
     // SAFETY: plain syscall.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -1233,5 +1237,88 @@ fn print_bpf_stats(pairs: u64, programs: &[&str], before: &[(f64, f64)], after: 
     println!(
         "  worst program {worst:.0} ns/hit (alloc_exit includes the stack capture)   target <= {TARGET_NS_PER_HIT:.0} ns   {}",
         verdict(worst <= TARGET_NS_PER_HIT)
+    );
+}
+
+/// valgrind's memcheck's LEAK SUMMARY figure for `kind` ("definitely
+/// lost"): (bytes, blocks).
+fn memcheck_figure(text: &str, kind: &str) -> (u64, u64) {
+    text.lines()
+        .find_map(|l| l.split_once(&format!("{kind}: ")).map(|(_, r)| r.to_string()))
+        .map(|r| {
+            let n: Vec<u64> = r
+                .split_whitespace()
+                .filter_map(|w| w.replace(',', "").parse().ok())
+                .collect();
+            (n[0], n[1])
+        })
+        .unwrap_or((0, 0))
+}
+
+/// Issue #14's figures: `memwatch check` against valgrind's memcheck on
+/// the same runs of `benches/checkload.c` — a loop that only allocates, and
+/// the same with work on each block — wall time side by side, and whether
+/// the lost and reachable figures agree.
+fn check_bench() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/checkload.c");
+    let bin = tmp().join("mwbench-checkload");
+    let ok = Command::new("cc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("cc")
+        .success();
+    assert!(ok, "compiling {}", src.display());
+    let time = |cmd: &mut Command| {
+        let t = Instant::now();
+        let out = cmd.output().expect("running");
+        (t.elapsed().as_secs_f64(), out)
+    };
+    println!("memwatch check vs valgrind memcheck (one run each, side by side)");
+    println!(
+        "{:<36} {:>9} {:>10} {:>10} {:>9}  figures (definitely lost, still reachable)",
+        "workload", "native s", "memwatch s", "valgrind s", "vg/mw"
+    );
+    for (pairs, work, name) in [
+        ("1000000", "0", "1M pairs, allocation only"),
+        ("1000000", "4", "1M pairs, 4 hashes of each block"),
+        ("300000", "32", "300k pairs, 32 hashes of each block"),
+    ] {
+        let (native, _) = time(Command::new(&bin).args([pairs, work]));
+        let (mw, out) = time(
+            Command::new(env!("CARGO_BIN_EXE_memwatch"))
+                .args(["check", "--json", "--"])
+                .arg(&bin)
+                .args([pairs, work]),
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("memwatch check: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let (vg, out) = time(
+            Command::new("valgrind")
+                .args(["--leak-check=full"])
+                .arg(&bin)
+                .args([pairs, work]),
+        );
+        let text = String::from_utf8_lossy(&out.stderr);
+        let figure = |k: &str| {
+            (
+                report[k]["bytes"].as_u64().unwrap_or(0),
+                report[k]["blocks"].as_u64().unwrap_or(0),
+            )
+        };
+        let ours = (figure("definitely_lost"), figure("reachable"));
+        let theirs = (
+            memcheck_figure(&text, "definitely lost"),
+            memcheck_figure(&text, "still reachable"),
+        );
+        println!(
+            "{name:<36} {native:>9.2} {mw:>10.2} {vg:>10.2} {:>8.1}x  {}: memwatch {ours:?}, memcheck {theirs:?}",
+            vg / mw,
+            if ours == theirs { "equal" } else { "DIFFER" }
+        );
+    }
+    println!(
+        "target (issue #14): memwatch check at least 10x faster than memcheck on an allocation-heavy program, equal figures"
     );
 }

@@ -27,6 +27,31 @@ pub enum Command {
     Status(StatusArgs),
     /// Take a census of a Python process's live objects by type, through a running daemon.
     Objects(ObjectsArgs),
+    /// Run a command under exact tracking and report what it did not free
+    /// when it exits, as valgrind --leak-check=full does (needs root).
+    Check(CheckArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Print the report as JSON on stdout (the text goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// What makes memwatch exit with 23 when the command itself succeeded.
+    #[arg(long, value_enum, default_value = "lost")]
+    pub fail_on: crate::check::FailOn,
+    /// Suppressions: lines `leak:PATTERN`, `fun:PATTERN` or `obj:PATTERN`.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Option<PathBuf>,
+    /// Stacks shown per category.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Map sizes and probe placement from this config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The command and its arguments, after `--`.
+    #[arg(required = true, last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -120,6 +145,33 @@ pub fn main() -> ExitCode {
         Command::Leaks(a) => client_call(&a.client, |addr| crate::client::leaks(addr, &a)),
         Command::Status(a) => client_call(&a.client, |addr| crate::client::status(addr, a.client.json)),
         Command::Objects(a) => client_call(&a.client, |addr| crate::client::objects(addr, &a)),
+        Command::Check(a) => check(a),
+    }
+}
+
+fn check(args: CheckArgs) -> ExitCode {
+    let own_failure = ExitCode::from(crate::check::OWN_FAILURE as u8);
+    let config = match Config::load(args.config.as_deref(), &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("memwatch: {e}");
+            return own_failure;
+        }
+    };
+    init_logging("warn");
+    let opts = crate::check::Options {
+        argv: args.command,
+        json: args.json,
+        fail_on: args.fail_on,
+        suppressions: args.suppressions,
+        limit: args.limit,
+    };
+    match crate::check::run(config, opts) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("memwatch check: {e:#}");
+            own_failure
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! 4. `http` serves it: `leaks` groups live allocations by stack for
 //!    `/leaks`, `metrics` turns it into `/metrics`.
 
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod clock;

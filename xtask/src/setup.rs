@@ -15,7 +15,8 @@ const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 /// the operations tests check memwatch against — systemd-analyze, promtool
 /// and a Prometheus server, `go tool pprof`, curl and openssl for TLS — and
 /// real programs memwatch is tried on: Debian's redis-server (built without
-/// frame pointers) and its python3.11 (static, PGO+LTO).
+/// frame pointers) and its python3.11 (static, PGO+LTO) — and valgrind,
+/// whose memcheck `memwatch check` is held to.
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
@@ -27,6 +28,7 @@ const TEST_PACKAGES: &[&str] = &[
     "python3.11",
     "curl",
     "openssl",
+    "valgrind",
 ];
 
 fn succeeds(cmd: &mut Command) -> bool {

@@ -76,7 +76,7 @@ pub struct Collector {
 
 /// The stack with its Python frames in place of the interpreter's, in a
 /// process whose CPython memwatch walks.
-fn with_python(
+pub(crate) fn with_python(
     unwind: &crate::unwind::Unwinder,
     python: &mut PythonSymbolizer,
     pid: u32,

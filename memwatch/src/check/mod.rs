@@ -1,0 +1,231 @@
+//! `memwatch check -- CMD [ARGS...]`: runs a command under exact tracking
+//! from its first allocation and, when it exits, reports the blocks it did
+//! not free — lost apart from still reachable, as valgrind's memcheck and
+//! LeakSanitizer do — with their stacks, and exits non-zero when something
+//! is lost (for CI).
+//!
+//! memwatch starts the command under ptrace, steps it through its system
+//! calls until the dynamic loader has mapped its allocator, attaches the
+//! probes and lets it run at full speed. At the exit stop (the address
+//! space still intact) it reads the live table, scans the roots
+//! ([`roots`]) and then the blocks they reach ([`scan`]), names the stacks
+//! and lets the process finish.
+
+pub mod report;
+pub mod roots;
+pub mod scan;
+mod tracee;
+
+use std::{collections::HashMap, os::unix::fs::FileExt, path::PathBuf};
+
+use anyhow::Context;
+
+use crate::{
+    config::Config,
+    kernel::Kernel,
+    process::{ProcessTable, Selection, TrackError, procfs},
+    symbolize::{Frame, Symbolize, native::NativeSymbolizer, python::PythonSymbolizer},
+    target::TargetError,
+};
+use report::{Found, Suppressions};
+use scan::Block;
+use tracee::Tracee;
+
+pub use report::FailOn;
+
+pub struct Options {
+    pub argv: Vec<String>,
+    pub json: bool,
+    pub fail_on: FailOn,
+    pub suppressions: Option<PathBuf>,
+    /// Stacks shown per category.
+    pub limit: usize,
+}
+
+/// The stopped process's memory through /proc/PID/mem.
+struct ProcMem(std::fs::File);
+
+impl scan::Memory for ProcMem {
+    fn read(&mut self, addr: u64, len: u64) -> Option<Vec<u8>> {
+        let mut buf = vec![0; usize::try_from(len).ok()?];
+        self.0.read_exact_at(&mut buf, addr).ok()?;
+        Some(buf)
+    }
+}
+
+/// Runs the check; returns the exit code (see [`report::exit_code`]).
+pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
+    let suppressions = match &opts.suppressions {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading suppressions {}", path.display()))?;
+            Suppressions::parse(&text).map_err(|e| anyhow::anyhow!("suppressions {}: {e}", path.display()))?
+        }
+        None => Suppressions::default(),
+    };
+    let started = std::time::Instant::now();
+    let mut kernel = Kernel::load(config.maps, config.unwind, false, false)?;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "eBPF programs loaded");
+    let mut table = ProcessTable::new(
+        Vec::new(),
+        crate::target::Wanted {
+            place: config.placement,
+            python_objects: config.python_objects,
+        },
+        config.maps.processes,
+        crate::unwind::Unwinder::new(config.unwind.enabled, config.unwind.rows),
+        config.cmdline_arguments,
+    );
+    let mut tracee = Tracee::spawn(&opts.argv).with_context(|| format!("starting {}", opts.argv.join(" ")))?;
+    let pid = tracee.pid;
+    // At exec only the executable and ld.so are mapped: step through the
+    // loader's system calls until the allocator is there. Nothing has run
+    // that could allocate with it yet.
+    loop {
+        match table.track(&mut kernel, pid, Selection::Pid) {
+            Ok(()) => break,
+            Err(TrackError::Target(TargetError::NoAllocator { .. })) => {
+                if let Some(end) = tracee.step_syscall()? {
+                    anyhow::bail!(
+                        "{} ended before it mapped an allocator (exit code {})",
+                        opts.argv[0],
+                        end.code()
+                    );
+                }
+            }
+            Err(e) => {
+                // SAFETY: kill(2) of our own child.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                anyhow::bail!("cannot track {}: {e}", opts.argv[0]);
+            }
+        }
+    }
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "tracking; the command runs");
+    let threads = match tracee.run_to_exit()? {
+        Ok(threads) => threads,
+        Err(end) => {
+            table.untrack_all(&mut kernel);
+            anyhow::bail!(
+                "{} ended without an exit stop (exit code {}): killed from outside?",
+                opts.argv[0],
+                end.code()
+            );
+        }
+    };
+
+    // The exec'd image's records, if the command exec'd.
+    let generation = kernel
+        .tracked_generation(pid)
+        .or_else(|| table.get(pid).map(|p| p.generation))
+        .context("the command's kernel state vanished")?;
+    let mut live: Vec<(Block, u64)> = Vec::new();
+    // Heap blocks only: anonymous mappings (thread stacks, arenas) are
+    // neither leaks nor heap, as memcheck counts.
+    let mmap = memwatch_common::cookie::CallKind::Mmap as u8;
+    kernel.for_each_live(|k, r| {
+        if k.tgid == pid && k.generation == generation && r.kind != mmap {
+            live.push((
+                Block {
+                    addr: k.addr,
+                    size: r.size,
+                },
+                r.stack_id,
+            ));
+        }
+    })?;
+    live.sort_by_key(|(b, _)| b.addr);
+    live.dedup_by_key(|(b, _)| b.addr);
+    let blocks: Vec<Block> = live.iter().map(|(b, _)| *b).collect();
+    let maps = procfs::read_maps(pid).context("reading the command's memory map")?;
+    let roots = roots::of(&maps, &threads, &blocks);
+    let mut mem = ProcMem(std::fs::File::open(format!("/proc/{pid}/mem"))?);
+    let kinds = scan::classify(&blocks, &roots, &mut mem);
+    let frames = name_stacks(&kernel, &table, pid, live.iter().map(|(_, s)| *s));
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        blocks = blocks.len(),
+        "exit stop: scanned and named"
+    );
+
+    let end = tracee.release()?;
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "the command ended");
+    let found: Vec<Found> = live
+        .iter()
+        .zip(&kinds)
+        .map(|((b, stack_id), kind)| Found {
+            size: b.size,
+            kind: *kind,
+            stack_id: *stack_id,
+        })
+        .collect();
+    let report = report::build(
+        opts.argv.clone(),
+        end.code(),
+        &found,
+        &frames,
+        &suppressions,
+        opts.limit,
+    );
+    // The report on stderr, as valgrind's; JSON for tools on stdout, after
+    // whatever the command printed there.
+    eprint!("{}", report::render_text(&report));
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    detach_in_background();
+    Ok(report::exit_code(&report, opts.fail_on))
+}
+
+/// Leaves closing the probes to a child. Each uprobe's last close waits for
+/// an RCU grace period under the kernel's tracing lock (~90 ms each here,
+/// 1.8 s for a check), whoever closes it; the command has exited, so the
+/// probes fire for nothing meanwhile. The child shares every descriptor,
+/// closes its standard streams at once (so that nobody waits for their
+/// end), and exits once memwatch has: its references are then the last,
+/// and the kernel does the slow closes in it.
+fn detach_in_background() {
+    // SAFETY: the child calls only close(2), getppid(2), nanosleep(2) and
+    // _exit(2), all async-signal-safe.
+    unsafe {
+        let parent = libc::getpid();
+        if libc::fork() == 0 {
+            for fd in 0..3 {
+                libc::close(fd);
+            }
+            while libc::getppid() == parent {
+                libc::usleep(10_000);
+            }
+            libc::_exit(0);
+        }
+    }
+}
+
+/// Symbolizes each distinct stack while the process is still there.
+fn name_stacks(
+    kernel: &Kernel,
+    table: &ProcessTable,
+    pid: u32,
+    ids: impl Iterator<Item = u64>,
+) -> HashMap<u64, Vec<Frame>> {
+    let mut symbolizer = NativeSymbolizer::new(10_000);
+    let mut python = PythonSymbolizer::new(10_000);
+    let mut out = HashMap::new();
+    for id in ids {
+        if id == 0 || out.contains_key(&id) {
+            continue;
+        }
+        let Some(stack) = kernel.stack(id) else { continue };
+        let native: Vec<Frame> = symbolizer
+            .symbolize(pid, stack.addresses())
+            .into_iter()
+            .flatten()
+            .collect();
+        let named = crate::collect::with_python(&table.unwind, &mut python, pid, &stack, native);
+        out.insert(id, named.frames);
+    }
+    out
+}
+
+/// A failure of memwatch itself (not of the command): as `env` and
+/// `timeout` do, 125.
+pub const OWN_FAILURE: i32 = 125;
