@@ -77,6 +77,21 @@ fn a_census_equals_gc_get_objects_on_every_interpreter() {
             .map(|t| t["bytes"].as_u64().unwrap())
             .collect();
         assert!(bytes.windows(2).all(|w| w[0] >= w[1]));
+        // Shallow sizes are sizes: the fixture keeps a generator, whose type
+        // has an item size but whose objects have no item count.
+        for t in census["types"].as_array().unwrap() {
+            assert!(
+                t["bytes"].as_u64().unwrap() <= t["count"].as_u64().unwrap() << 20,
+                "{python}: {t}"
+            );
+        }
+        assert!(
+            census["types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["type"] == "generator")
+        );
         let (status, text) = d.get(&format!("/objects?pid={}&format=text&limit=500", fx.pid));
         assert_eq!(status, 200);
         assert!(

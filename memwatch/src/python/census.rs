@@ -150,9 +150,15 @@ struct TypeInfo {
     name: String,
     module: String,
     basicsize: u64,
+    /// Per item, for types whose objects keep a count of items (`ob_size`)
+    /// after their header; 0 for the rest.
     itemsize: u64,
     pre_header: u64,
 }
+
+/// Built-in types with a `tp_itemsize` whose objects have no `ob_size`:
+/// generators and their kin size their embedded frame from their code.
+const NOT_VAR_SIZED: [&str; 3] = ["generator", "coroutine", "async_generator"];
 
 /// Takes the census of the interpreter whose `_PyRuntime` is at `runtime`.
 pub fn take(
@@ -210,10 +216,10 @@ pub fn take(
                 }
             }
             let info = entry.0.as_ref().expect("set");
-            let items = if info.itemsize > 0 {
-                info.itemsize.saturating_mul(ob_size.unsigned_abs())
-            } else {
-                0
+            // More items than an address space holds is not a count.
+            let items = match ob_size.unsigned_abs() {
+                n if info.itemsize > 0 && n < 1 << 40 => info.itemsize.saturating_mul(n),
+                _ => 0,
             };
             entry.1 += 1;
             entry.2 += info.basicsize.saturating_add(items).saturating_add(info.pre_header);
@@ -337,11 +343,16 @@ fn type_info(mem: &mut impl Read, ty: u64, strings: (u64, u64)) -> Option<TypeIn
         } else {
             0
         };
+    let itemsize = if flags & TPFLAGS_HEAPTYPE == 0 && module == "builtins" && NOT_VAR_SIZED.contains(&name.as_str()) {
+        0
+    } else {
+        mem.u64(ty + TP_ITEMSIZE).ok()?
+    };
     Some(TypeInfo {
         name,
         module,
         basicsize: mem.u64(ty + TP_BASICSIZE).ok()?,
-        itemsize: mem.u64(ty + TP_ITEMSIZE).ok()?,
+        itemsize,
         pre_header,
     })
 }
