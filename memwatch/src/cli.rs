@@ -46,6 +46,10 @@ pub struct CheckArgs {
     /// Stacks shown per category.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Also check the processes the command forks (and what they exec),
+    /// each at its own exit.
+    #[arg(long)]
+    pub follow_forks: bool,
     /// Map sizes and probe placement from this config file.
     #[arg(long, short)]
     pub config: Option<PathBuf>,
@@ -165,6 +169,7 @@ fn check(args: CheckArgs) -> ExitCode {
         fail_on: args.fail_on,
         suppressions: args.suppressions,
         limit: args.limit,
+        follow_forks: args.follow_forks,
     };
     match crate::check::run(config, opts) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

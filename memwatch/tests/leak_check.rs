@@ -140,3 +140,32 @@ fn blocks_held_only_by_a_threads_stack_or_registers_are_reachable() {
         assert_eq!(s["bytes"], bytes, "{s:#}");
     }
 }
+
+#[test]
+#[ignore = "needs root; run with `cargo xtask test`"]
+fn forked_and_execd_processes_are_checked_when_followed() {
+    require_root();
+    let program = fixture_binary("lossy");
+    // Not followed: the parent's own loss alone.
+    let (code, r, text) = check(&["--", program.to_str().unwrap(), "fork"]);
+    assert_eq!(code, 23, "{text}");
+    assert_eq!(figures(&r, "definitely_lost"), (10, 1), "{r:#}");
+    assert!(r.get("processes").is_none());
+    // Followed: the child (which exec'd the fixture in leaks mode) too,
+    // each checked at its own exit.
+    let (code, r, text) = check(&["--follow-forks", "--", program.to_str().unwrap(), "fork"]);
+    assert_eq!(code, 23, "{text}");
+    assert_eq!(figures(&r, "definitely_lost"), (1064 + 10, 12), "{r:#}");
+    assert_eq!(figures(&r, "indirectly_lost"), (48, 1), "{r:#}");
+    assert_eq!(figures(&r, "reachable"), (1000, 5), "{r:#}");
+    let processes = r["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 2, "{r:#}");
+    assert!(
+        processes
+            .iter()
+            .any(|p| p["command"].as_str().unwrap().contains("leaks")),
+        "{r:#}"
+    );
+    assert!(stack_mentions(&r["lost"]["stacks"][0], "lose_some"));
+    assert!(text.contains("process "), "{text}");
+}

@@ -129,42 +129,54 @@ fn the_allocator_table_equals_debugmallocstats_on_every_interpreter() {
             continue;
         };
         // The fixture writes its own figures and stops itself, with nothing
-        // allocated since: the census must find the same blocks.
-        let path = std::env::temp_dir().join(format!("memwatch-mallocstats-{}", fx.pid));
-        fx.send(&format!("mallocstats {}", path.display()));
-        let stat = format!("/proc/{}/stat", fx.pid);
-        let stopped = || {
-            std::fs::read_to_string(&stat)
-                .ok()
-                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
-                .unwrap_or(false)
-        };
-        d.wait_for("the fixture to stop itself", Duration::from_secs(20), stopped);
-        let census = d.json(&format!("/objects?pid={}&limit=5", fx.pid));
-        let (status, text) = d.get(&format!("/objects?pid={}&format=text&limit=5", fx.pid));
-        unsafe { libc::kill(fx.pid as i32, libc::SIGCONT) };
-        assert_eq!(fx.read_line(), "done");
-        let (expected, arenas) = parse_mallocstats(&std::fs::read_to_string(&path).unwrap());
-        let _ = std::fs::remove_file(&path);
-        let a = &census["allocator"];
-        assert_eq!(a["consistent"], true, "{python}: {census:#}");
-        let found: HashMap<u64, (u64, u64, u64)> = a["size_classes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                let n = |k: &str| c[k].as_u64().unwrap();
-                assert_eq!(n("bytes"), n("blocks") * n("size"));
-                (n("size"), (n("pools"), n("blocks"), n("free_blocks")))
-            })
-            .collect();
-        let expected: HashMap<u64, (u64, u64, u64)> = expected.into_iter().filter(|(_, c)| c.0 > 0).collect();
-        assert!(expected.len() > 10, "{python}: {expected:?}");
-        assert_eq!(found, expected, "{python}");
-        assert_eq!(a["arenas"].as_u64(), Some(arenas), "{python}");
-        assert!(a["blocks"].as_u64().unwrap() > census["objects"].as_u64().unwrap());
-        assert_eq!(status, 200);
-        assert!(text.contains("object allocator (pymalloc)"), "{text}");
+        // allocated since: the census must find the same blocks. CPython
+        // 3.13 once freed a 48-byte block between its dump and its stop (in
+        // CI): up to three dumps, and one must be equalled exactly.
+        let mut attempts = Vec::new();
+        for attempt in 0..3 {
+            let path = std::env::temp_dir().join(format!("memwatch-mallocstats-{}-{attempt}", fx.pid));
+            fx.send(&format!("mallocstats {}", path.display()));
+            let stat = format!("/proc/{}/stat", fx.pid);
+            let stopped = || {
+                std::fs::read_to_string(&stat)
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.starts_with('T')))
+                    .unwrap_or(false)
+            };
+            d.wait_for("the fixture to stop itself", Duration::from_secs(20), stopped);
+            let census = d.json(&format!("/objects?pid={}&limit=5", fx.pid));
+            let (status, text) = d.get(&format!("/objects?pid={}&format=text&limit=5", fx.pid));
+            unsafe { libc::kill(fx.pid as i32, libc::SIGCONT) };
+            assert_eq!(fx.read_line(), "done");
+            let (expected, arenas) = parse_mallocstats(&std::fs::read_to_string(&path).unwrap());
+            let _ = std::fs::remove_file(&path);
+            let a = &census["allocator"];
+            assert_eq!(a["consistent"], true, "{python}: {census:#}");
+            let found: HashMap<u64, (u64, u64, u64)> = a["size_classes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    let n = |k: &str| c[k].as_u64().unwrap();
+                    assert_eq!(n("bytes"), n("blocks") * n("size"));
+                    (n("size"), (n("pools"), n("blocks"), n("free_blocks")))
+                })
+                .collect();
+            let expected: HashMap<u64, (u64, u64, u64)> = expected.into_iter().filter(|(_, c)| c.0 > 0).collect();
+            assert!(expected.len() > 10, "{python}: {expected:?}");
+            assert!(a["blocks"].as_u64().unwrap() > census["objects"].as_u64().unwrap());
+            assert_eq!(status, 200);
+            assert!(text.contains("object allocator (pymalloc)"), "{text}");
+            let equal = found == expected && a["arenas"].as_u64() == Some(arenas);
+            attempts.push((found, expected, arenas, a["arenas"].clone()));
+            if equal {
+                break;
+            }
+            eprintln!("{python}: dump {attempt} differs from the census; dumping again");
+        }
+        let (found, expected, arenas, seen) = attempts.last().unwrap();
+        assert_eq!(found, expected, "{python}: {} dumps", attempts.len());
+        assert_eq!(seen.as_u64(), Some(*arenas), "{python}");
         assert!(fx.exit().success());
     }
 }

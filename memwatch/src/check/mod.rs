@@ -29,9 +29,12 @@ use crate::{
 };
 use report::{Found, Suppressions};
 use scan::Block;
-use tracee::Tracee;
+use tracee::{Event, Tracee};
 
 pub use report::FailOn;
+
+/// Frames of each stack, by stack id.
+type Names = HashMap<u64, Vec<Frame>>;
 
 pub struct Options {
     pub argv: Vec<String>,
@@ -40,6 +43,8 @@ pub struct Options {
     pub suppressions: Option<PathBuf>,
     /// Stacks shown per category.
     pub limit: usize,
+    /// Check the processes the command forks too, each at its exit.
+    pub follow_forks: bool,
 }
 
 /// The stopped process's memory through /proc/PID/mem.
@@ -76,43 +81,113 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
         crate::unwind::Unwinder::new(config.unwind.enabled, config.unwind.rows),
         config.cmdline_arguments,
     );
-    let mut tracee = Tracee::spawn(&opts.argv).with_context(|| format!("starting {}", opts.argv.join(" ")))?;
+    let mut tracee =
+        Tracee::spawn(&opts.argv, opts.follow_forks).with_context(|| format!("starting {}", opts.argv.join(" ")))?;
     let pid = tracee.pid;
-    // At exec only the executable and ld.so are mapped: step through the
-    // loader's system calls until the allocator is there. Nothing has run
-    // that could allocate with it yet.
-    loop {
-        match table.track(&mut kernel, pid, Selection::Pid) {
-            Ok(()) => break,
-            Err(TrackError::Target(TargetError::NoAllocator { .. })) => {
-                if let Some(end) = tracee.step_syscall()? {
-                    anyhow::bail!(
-                        "{} ended before it mapped an allocator (exit code {})",
-                        opts.argv[0],
-                        end.code()
-                    );
-                }
-            }
-            Err(e) => {
-                // SAFETY: kill(2) of our own child.
-                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                anyhow::bail!("cannot track {}: {e}", opts.argv[0]);
-            }
+    match probe(&mut kernel, &mut table, &mut tracee, pid) {
+        Ok(true) => {}
+        Ok(false) => anyhow::bail!("{} ended before it mapped an allocator", opts.argv[0]),
+        Err(e) => {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            anyhow::bail!("cannot track {}: {e}", opts.argv[0]);
         }
     }
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), "tracking; the command runs");
-    let threads = match tracee.run_to_exit()? {
-        Ok(threads) => threads,
-        Err(end) => {
-            table.untrack_all(&mut kernel);
-            anyhow::bail!(
-                "{} ended without an exit stop (exit code {}): killed from outside?",
-                opts.argv[0],
-                end.code()
-            );
+    tracee.resume(pid)?;
+
+    let mut found: Vec<Found> = Vec::new();
+    let mut frames: Names = HashMap::new();
+    let mut processes = Vec::new();
+    let end = loop {
+        match tracee.next()? {
+            Event::Forked(child) => {
+                if let Err(e) = table.track(&mut kernel, child, Selection::Pid) {
+                    tracing::warn!(pid = child, error = %e, "cannot check a forked process");
+                }
+                tracee.resume(child)?;
+            }
+            Event::Execed(p) => {
+                // The old image's probes and records went with it.
+                table.untrack(&mut kernel, p, "it exec'd");
+                match probe(&mut kernel, &mut table, &mut tracee, p) {
+                    Ok(true) => tracee.resume(p)?,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(pid = p, error = %e, "cannot check a process after its exec");
+                        tracee.resume(p)?;
+                    }
+                }
+            }
+            Event::Exiting(p, threads) => {
+                if table.get(p).is_some() {
+                    let command = procfs::read_cmdline(p, 16).unwrap_or_default();
+                    let (mine, named) = examine(&kernel, &table, p, &threads)?;
+                    processes.push((p, command, mine.clone()));
+                    found.extend(mine);
+                    frames.extend(named);
+                }
+                tracee.release(p);
+            }
+            Event::Ended(p, end) if p == pid => break end,
+            Event::Ended(..) => {}
         }
     };
+    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "the command ended");
+    for p in tracee.processes() {
+        tracing::warn!(pid = p, "a followed process outlives the command: not checked");
+        tracee.detach(p);
+    }
+    let mut report = report::build(
+        opts.argv.clone(),
+        end.code(),
+        &found,
+        &frames,
+        &suppressions,
+        opts.limit,
+    );
+    if opts.follow_forks {
+        report.processes = processes
+            .iter()
+            .map(|(p, command, mine)| report::ProcessSummary::of(*p, command, mine, &frames, &suppressions))
+            .collect();
+    }
+    // The report on stderr, as valgrind's; JSON for tools on stdout, after
+    // whatever the command printed there.
+    eprint!("{}", report::render_text(&report));
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    detach_in_background();
+    Ok(report::exit_code(&report, opts.fail_on))
+}
 
+/// Tracks `pid` once its allocator is mapped, stepping it through the
+/// loader's system calls until then (at exec only the executable and
+/// ld.so are mapped; nothing has run that could allocate). False when it
+/// ended first.
+fn probe(kernel: &mut Kernel, table: &mut ProcessTable, tracee: &mut Tracee, pid: u32) -> anyhow::Result<bool> {
+    loop {
+        match table.track(kernel, pid, Selection::Pid) {
+            Ok(()) => return Ok(true),
+            Err(TrackError::Target(TargetError::NoAllocator { .. })) => {
+                if tracee.step_syscall(pid)?.is_some() {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// At `pid`'s exit stop: its live blocks, classified, and their stacks
+/// named.
+fn examine(
+    kernel: &Kernel,
+    table: &ProcessTable,
+    pid: u32,
+    threads: &[tracee::Registers],
+) -> anyhow::Result<(Vec<Found>, Names)> {
     // The exec'd image's records, if the command exec'd.
     let generation = kernel
         .tracked_generation(pid)
@@ -137,19 +212,12 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
     live.dedup_by_key(|(b, _)| b.addr);
     let blocks: Vec<Block> = live.iter().map(|(b, _)| *b).collect();
     let maps = procfs::read_maps(pid).context("reading the command's memory map")?;
-    let roots = roots::of(&maps, &threads, &blocks);
+    let roots = roots::of(&maps, threads, &blocks);
     let mut mem = ProcMem(std::fs::File::open(format!("/proc/{pid}/mem"))?);
     let kinds = scan::classify(&blocks, &roots, &mut mem);
-    let frames = name_stacks(&kernel, &table, pid, live.iter().map(|(_, s)| *s));
-    tracing::debug!(
-        seconds = started.elapsed().as_secs_f64(),
-        blocks = blocks.len(),
-        "exit stop: scanned and named"
-    );
-
-    let end = tracee.release()?;
-    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "the command ended");
-    let found: Vec<Found> = live
+    let frames = name_stacks(kernel, table, pid, live.iter().map(|(_, s)| *s));
+    tracing::debug!(pid, blocks = blocks.len(), "exit stop: scanned and named");
+    let found = live
         .iter()
         .zip(&kinds)
         .map(|((b, stack_id), kind)| Found {
@@ -158,22 +226,7 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
             stack_id: *stack_id,
         })
         .collect();
-    let report = report::build(
-        opts.argv.clone(),
-        end.code(),
-        &found,
-        &frames,
-        &suppressions,
-        opts.limit,
-    );
-    // The report on stderr, as valgrind's; JSON for tools on stdout, after
-    // whatever the command printed there.
-    eprint!("{}", report::render_text(&report));
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    }
-    detach_in_background();
-    Ok(report::exit_code(&report, opts.fail_on))
+    Ok((found, frames))
 }
 
 /// Leaves closing the probes to a child. Each uprobe's last close waits for

@@ -51,6 +51,42 @@ pub struct CheckReport {
     pub reachable: Category,
     /// Blocks whose stack matched a suppression, of any kind.
     pub suppressed: Total,
+    /// With --follow-forks: each process checked, at its own exit.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<ProcessSummary>,
+}
+
+/// One process's figures (with --follow-forks).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub command: String,
+    pub lost: Total,
+    pub possibly_lost: Total,
+    pub reachable: Total,
+}
+
+impl ProcessSummary {
+    pub fn of(
+        pid: u32,
+        command: &str,
+        found: &[Found],
+        frames: &HashMap<u64, Vec<Frame>>,
+        suppressions: &Suppressions,
+    ) -> Self {
+        let r = build(Vec::new(), 0, found, frames, suppressions, 0);
+        let total = |c: &Category| Total {
+            bytes: c.bytes,
+            blocks: c.blocks,
+        };
+        ProcessSummary {
+            pid,
+            command: command.to_string(),
+            lost: total(&r.lost),
+            possibly_lost: total(&r.possibly_lost),
+            reachable: total(&r.reachable),
+        }
+    }
 }
 
 /// Patterns from a suppressions file, one per line: `leak:PATTERN`
@@ -203,6 +239,7 @@ pub fn build(
         possibly_lost: category(&[Kind::PossiblyLost]),
         reachable: category(&[Kind::Reachable]),
         suppressed,
+        processes: Vec::new(),
     }
 }
 
@@ -248,6 +285,20 @@ pub fn render_text(r: &CheckReport) -> String {
         r.command.join(" "),
         r.exit_code
     );
+    for p in &r.processes {
+        let _ = writeln!(
+            out,
+            "  process {} ({}): lost {} in {}, possibly lost {} in {}, still reachable {} in {}",
+            p.pid,
+            p.command,
+            bytes(p.lost.bytes),
+            p.lost.blocks,
+            bytes(p.possibly_lost.bytes),
+            p.possibly_lost.blocks,
+            bytes(p.reachable.bytes),
+            p.reachable.blocks
+        );
+    }
     let sections = [
         ("LOST (no pointer reaches these blocks)", &r.lost),
         ("POSSIBLY LOST (only pointers into their middle)", &r.possibly_lost),

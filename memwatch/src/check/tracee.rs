@@ -1,10 +1,12 @@
 //! The command under check, run by memwatch under ptrace: started stopped,
 //! let go once its allocator is probed, and stopped again at its exit with
 //! its memory intact (`PTRACE_EVENT_EXIT` comes before the kernel releases
-//! the address space), every thread's registers read, then let go.
+//! the address space), every thread's registers read, then let go. With
+//! `follow`, the processes it forks are traced too, each stopped at birth
+//! until memwatch has probed it and at its own exit.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     io,
     os::unix::process::CommandExt,
     process::Command,
@@ -21,7 +23,7 @@ pub struct Registers {
     pub words: [u64; 16],
 }
 
-/// How the command ended.
+/// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
     Exited(i32),
@@ -38,16 +40,35 @@ impl Ended {
     }
 }
 
-pub struct Tracee {
-    pub pid: u32,
-    /// Threads traced and not yet gone.
-    threads: HashSet<u32>,
-    /// Threads held at their exit stop, with their registers.
-    exiting: HashMap<u32, Registers>,
+/// What a traced process did, for the check to act on.
+#[derive(Debug)]
+pub enum Event {
+    /// A new process (fork), stopped until [`Tracee::resume`].
+    Forked(u32),
+    /// A process exec'd a new image; stopped until resumed or stepped.
+    Execed(u32),
+    /// A process is exiting: every thread held at its exit stop, with its
+    /// registers, until [`Tracee::release`].
+    Exiting(u32, Vec<Registers>),
+    /// A process is gone.
+    Ended(u32, Ended),
 }
 
-const OPTIONS: libc::c_int =
-    libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD;
+pub struct Tracee {
+    /// The command's process.
+    pub pid: u32,
+    /// Thread → its process, for every thread traced and not gone.
+    threads: HashMap<u32, u32>,
+    /// Threads held at their exit stop, with their registers.
+    exiting: HashMap<u32, Registers>,
+    /// New processes not resumed yet, and whether their first stop was seen.
+    newborn: HashMap<u32, bool>,
+    /// Processes whose exit is being decided, or was reported.
+    deciding: HashSet<u32>,
+    reported: HashSet<u32>,
+    events: VecDeque<Event>,
+}
+
 /// The SIGTRAP of a syscall stop, with `PTRACE_O_TRACESYSGOOD`.
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 
@@ -61,12 +82,12 @@ fn ptrace(request: libc::c_uint, tid: u32, data: usize) -> io::Result<libc::c_lo
     }
 }
 
-/// Waits for any traced thread: (tid, status).
-fn wait_any(block: bool) -> io::Result<Option<(u32, i32)>> {
+/// Waits for `who` (-1: any traced thread): (tid, status).
+fn wait(who: i32, block: bool) -> io::Result<Option<(u32, i32)>> {
     let mut status = 0;
     let flags = libc::__WALL | if block { 0 } else { libc::WNOHANG };
     // SAFETY: a valid status pointer.
-    let tid = unsafe { libc::waitpid(-1, &mut status, flags) };
+    let tid = unsafe { libc::waitpid(who, &mut status, flags) };
     match tid {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(None),
@@ -84,7 +105,7 @@ fn stop_signal(status: i32) -> i32 {
 
 impl Tracee {
     /// Starts `argv` stopped just after its exec.
-    pub fn spawn(argv: &[String]) -> io::Result<Tracee> {
+    pub fn spawn(argv: &[String], follow: bool) -> io::Result<Tracee> {
         let (program, args) = argv
             .split_first()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no command given"))?;
@@ -103,94 +124,164 @@ impl Tracee {
         let pid = child.id();
         // Reaped by waitpid here, never by std.
         std::mem::forget(child);
-        let mut status = 0;
-        // SAFETY: a valid status pointer.
-        if unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::__WALL) } == -1 {
-            return Err(io::Error::last_os_error());
+        match wait(pid as i32, true)? {
+            Some((_, status)) if libc::WIFSTOPPED(status) => {}
+            _ => return Err(io::Error::other(format!("{program} ended before it started"))),
         }
-        if !libc::WIFSTOPPED(status) {
-            return Err(io::Error::other(format!("{program} ended before it started")));
+        let mut options = libc::PTRACE_O_TRACEEXIT
+            | libc::PTRACE_O_TRACECLONE
+            | libc::PTRACE_O_TRACEEXEC
+            | libc::PTRACE_O_EXITKILL
+            | libc::PTRACE_O_TRACESYSGOOD;
+        if follow {
+            options |= libc::PTRACE_O_TRACEFORK | libc::PTRACE_O_TRACEVFORK;
         }
-        ptrace(libc::PTRACE_SETOPTIONS, pid, OPTIONS as usize)?;
+        ptrace(libc::PTRACE_SETOPTIONS, pid, options as usize)?;
         Ok(Tracee {
             pid,
-            threads: HashSet::from([pid]),
+            threads: HashMap::from([(pid, pid)]),
             exiting: HashMap::new(),
+            newborn: HashMap::new(),
+            deciding: HashSet::new(),
+            reported: HashSet::new(),
+            events: VecDeque::new(),
         })
     }
 
-    /// Runs the process to its next system call (entry or exit), passing on
-    /// any signal it gets meanwhile. Returns how it ended, if it did.
-    pub fn step_syscall(&mut self) -> io::Result<Option<Ended>> {
-        ptrace(libc::PTRACE_SYSCALL, self.pid, 0)?;
+    /// Runs process `pid` (stopped) to its next system call, passing on any
+    /// signal it gets meanwhile. Returns how it ended, if it did.
+    pub fn step_syscall(&mut self, pid: u32) -> io::Result<Option<Ended>> {
+        ptrace(libc::PTRACE_SYSCALL, pid, 0)?;
         loop {
-            let mut status = 0;
-            // SAFETY: a valid status pointer.
-            if unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, libc::__WALL) } == -1 {
-                return Err(io::Error::last_os_error());
-            }
+            let Some((_, status)) = wait(pid as i32, true)? else {
+                continue;
+            };
             if let Some(end) = ended(status) {
+                self.threads.remove(&pid);
+                self.events.push_back(Event::Ended(pid, end));
                 return Ok(Some(end));
             }
             let sig = stop_signal(status);
             if sig == SYSCALL_STOP {
                 return Ok(None);
             }
-            // An exit or clone event this early: nothing to hold yet.
-            let pass = if sig == libc::SIGTRAP { 0 } else { sig };
-            ptrace(libc::PTRACE_SYSCALL, self.pid, pass as usize)?;
+            // An event this early (a thread, an exit): nothing to hold yet.
+            let pass = if sig == libc::SIGTRAP || sig == libc::SIGSTOP {
+                0
+            } else {
+                sig
+            };
+            ptrace(libc::PTRACE_SYSCALL, pid, pass as usize)?;
         }
     }
 
-    /// Lets the process run until it exits, following its threads. Returns
-    /// the registers of every thread, all held at their exit stop (the
-    /// address space intact), or how it ended if it got past that.
-    pub fn run_to_exit(&mut self) -> io::Result<Result<Vec<Registers>, Ended>> {
-        ptrace(libc::PTRACE_CONT, self.pid, 0)?;
-        loop {
-            let Some((tid, status)) = wait_any(true)? else { continue };
-            if let Some(end) = self.handle(tid, status)? {
-                return Ok(Err(end));
-            }
-            if self.exiting.is_empty() {
-                continue;
-            }
-            // Other threads of an exit_group may have stopped meanwhile.
-            while let Some((tid, status)) = wait_any(false)? {
-                if let Some(end) = self.handle(tid, status)? {
-                    return Ok(Err(end));
+    /// Lets a stopped process run (the command once probed, a new process,
+    /// one that exec'd).
+    pub fn resume(&mut self, pid: u32) -> io::Result<()> {
+        if self.newborn.remove(&pid) == Some(false) {
+            // Its first stop has not been waited for yet.
+            loop {
+                let Some((tid, status)) = wait(pid as i32, true)? else {
+                    continue;
+                };
+                if ended(status).is_some() || libc::WIFSTOPPED(status) {
+                    if let Some(end) = ended(status) {
+                        self.threads.remove(&tid);
+                        self.events.push_back(Event::Ended(pid, end));
+                        return Ok(());
+                    }
+                    break;
                 }
             }
-            if self.is_final_exit() {
-                return self.hold_all().map(Ok);
+        }
+        ptrace(libc::PTRACE_CONT, pid, 0).map(drop)
+    }
+
+    /// The next thing a traced process did.
+    pub fn next(&mut self) -> io::Result<Event> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(e);
             }
-            // Threads of a process that goes on: let them end.
-            for (tid, _) in self.exiting.drain() {
-                let _ = ptrace(libc::PTRACE_CONT, tid, 0);
+            if let Some((tid, status)) = wait(-1, true)? {
+                self.handle(tid, status)?;
             }
         }
     }
 
-    /// Takes one wait status: holds a thread at its exit stop (with its
-    /// registers), follows new threads, passes signals on. Returns how the
-    /// process ended if its leader is gone.
-    fn handle(&mut self, tid: u32, status: i32) -> io::Result<Option<Ended>> {
+    fn process_of(&self, tid: u32) -> u32 {
+        self.threads
+            .get(&tid)
+            .copied()
+            .unwrap_or_else(|| tgid(tid).unwrap_or(tid))
+    }
+
+    /// Takes one wait status.
+    fn handle(&mut self, tid: u32, status: i32) -> io::Result<()> {
+        let process = self.process_of(tid);
+        // A process's first stop may come before its parent's fork event.
+        let new_process = !self.threads.contains_key(&tid) && process == tid;
         if let Some(end) = ended(status) {
             self.threads.remove(&tid);
             self.exiting.remove(&tid);
-            return Ok((tid == self.pid).then_some(end));
+            if tid == process {
+                self.events.push_back(Event::Ended(process, end));
+            }
+            return Ok(());
         }
-        // A thread we did not know yet: a clone's child, stopped at birth.
-        self.threads.insert(tid);
+        self.threads.insert(tid, process);
         match (stop_signal(status), event(status)) {
             (libc::SIGTRAP, libc::PTRACE_EVENT_EXIT) => {
                 self.exiting.insert(tid, registers(tid)?);
+                if self.deciding.contains(&process) || self.reported.contains(&process) {
+                    return Ok(());
+                }
+                // Other threads of an exit_group may have stopped meanwhile.
+                self.deciding.insert(process);
+                while let Some((t, s)) = wait(-1, false)? {
+                    self.handle(t, s)?;
+                }
+                self.deciding.remove(&process);
+                if self.is_final_exit(process) {
+                    let regs = self.hold_all(process)?;
+                    self.reported.insert(process);
+                    self.events.push_back(Event::Exiting(process, regs));
+                } else {
+                    // Threads of a process that goes on: let them end.
+                    let done: Vec<u32> = self
+                        .exiting
+                        .keys()
+                        .copied()
+                        .filter(|t| self.threads.get(t) == Some(&process))
+                        .collect();
+                    for t in done {
+                        self.exiting.remove(&t);
+                        let _ = ptrace(libc::PTRACE_CONT, t, 0);
+                    }
+                }
             }
             (libc::SIGTRAP, libc::PTRACE_EVENT_CLONE) => {
-                self.threads.insert(ptrace_event_msg(tid)? as u32);
+                self.threads.insert(ptrace_event_msg(tid)? as u32, process);
                 ptrace(libc::PTRACE_CONT, tid, 0)?;
             }
-            // The first stop of a new thread; other traps.
+            (libc::SIGTRAP, libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK) => {
+                let child = ptrace_event_msg(tid)? as u32;
+                self.threads.insert(child, child);
+                self.newborn.entry(child).or_insert(false);
+                self.events.push_back(Event::Forked(child));
+                ptrace(libc::PTRACE_CONT, tid, 0)?;
+            }
+            (libc::SIGTRAP, libc::PTRACE_EVENT_EXEC) => {
+                // The exec'ing thread now has the process's id.
+                self.threads.retain(|_, p| *p != process);
+                self.threads.insert(process, process);
+                self.events.push_back(Event::Execed(process));
+            }
+            (libc::SIGSTOP, _) if new_process || self.newborn.contains_key(&tid) => {
+                // A new process's first stop: it waits for resume().
+                self.newborn.insert(tid, true);
+            }
+            // A new thread's first stop; other traps.
             (libc::SIGSTOP | libc::SIGTRAP, _) => {
                 let _ = ptrace(libc::PTRACE_CONT, tid, 0);
             }
@@ -199,53 +290,86 @@ impl Tracee {
                 let _ = ptrace(libc::PTRACE_CONT, tid, s as usize);
             }
         }
-        Ok(None)
+        Ok(())
     }
 
-    /// Whether the held exits are the process's: every other thread is
-    /// held, gone, or was sent SIGKILL by an exit_group.
-    fn is_final_exit(&self) -> bool {
+    /// Whether the held exits are the process's: every other thread of it
+    /// is held, gone, or was sent SIGKILL by an exit_group.
+    fn is_final_exit(&self, process: u32) -> bool {
         self.threads
             .iter()
-            .filter(|t| !self.exiting.contains_key(t))
-            .all(|&t| !procfs_alive(self.pid, t) || kill_pending(self.pid, t))
+            .filter(|&(t, p)| *p == process && !self.exiting.contains_key(t))
+            .all(|(&t, _)| !alive(process, t) || kill_pending(process, t))
     }
 
     /// Waits for the other threads of an exit_group to reach their exit
-    /// stop, and reads their registers.
-    fn hold_all(&mut self) -> io::Result<Vec<Registers>> {
+    /// stop; returns the registers of all.
+    fn hold_all(&mut self, process: u32) -> io::Result<Vec<Registers>> {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while self
-            .threads
-            .iter()
-            .any(|t| !self.exiting.contains_key(t) && procfs_alive(self.pid, *t))
-            && Instant::now() < deadline
-        {
-            match wait_any(false)? {
+        let missing = |s: &Self| {
+            s.threads
+                .iter()
+                .any(|(t, p)| *p == process && !s.exiting.contains_key(t) && alive(process, *t))
+        };
+        while missing(self) && Instant::now() < deadline {
+            match wait(-1, false)? {
                 Some((tid, status)) => {
-                    self.handle(tid, status)?;
+                    // Exits of this process's threads are held; the rest is
+                    // handled as ever (a nested exit of another process
+                    // queues its own event).
+                    if self.process_of(tid) == process
+                        && stop_signal(status) == libc::SIGTRAP
+                        && event(status) == libc::PTRACE_EVENT_EXIT
+                        && ended(status).is_none()
+                    {
+                        self.exiting.insert(tid, registers(tid)?);
+                    } else {
+                        self.handle(tid, status)?;
+                    }
                 }
                 None => std::thread::sleep(Duration::from_millis(1)),
             }
         }
-        Ok(self.exiting.values().copied().collect())
+        Ok(self
+            .exiting
+            .iter()
+            .filter(|(t, _)| self.threads.get(t) == Some(&process))
+            .map(|(_, r)| *r)
+            .collect())
     }
 
-    /// Lets every held thread finish exiting; returns how the process ended.
-    pub fn release(mut self) -> io::Result<Ended> {
-        for &tid in self.exiting.keys() {
+    /// Lets every held thread of `process` finish exiting.
+    pub fn release(&mut self, process: u32) {
+        let held: Vec<u32> = self
+            .exiting
+            .keys()
+            .copied()
+            .filter(|t| self.threads.get(t) == Some(&process))
+            .collect();
+        for tid in held {
+            self.exiting.remove(&tid);
             let _ = ptrace(libc::PTRACE_CONT, tid, 0);
         }
-        self.exiting.clear();
-        loop {
-            let Some((tid, status)) = wait_any(true)? else { continue };
-            match ended(status) {
-                Some(end) if tid == self.pid => return Ok(end),
-                Some(_) => {}
-                None => {
-                    let _ = ptrace(libc::PTRACE_CONT, tid, 0);
-                }
-            }
+        self.reported.remove(&process);
+    }
+
+    /// Processes still traced (followed children that outlive the command).
+    pub fn processes(&self) -> HashSet<u32> {
+        self.threads.values().copied().collect()
+    }
+
+    /// Stops tracing `process`: it runs on unchecked.
+    pub fn detach(&mut self, process: u32) {
+        let tids: Vec<u32> = self
+            .threads
+            .iter()
+            .filter(|(_, p)| **p == process)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tids {
+            self.threads.remove(&t);
+            // SAFETY: a stopped or running tracee; an error leaves it as is.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, t as libc::pid_t, 0usize, 0usize) };
         }
     }
 }
@@ -305,7 +429,18 @@ fn thread_status(pid: u32, tid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()
 }
 
-fn procfs_alive(pid: u32, tid: u32) -> bool {
+/// The process a thread belongs to, from /proc.
+fn tgid(tid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn alive(pid: u32, tid: u32) -> bool {
     thread_status(pid, tid).is_some_and(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("State:"))
