@@ -71,16 +71,7 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
     let started = std::time::Instant::now();
     let mut kernel = Kernel::load(config.maps, config.unwind, false, false)?;
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), "eBPF programs loaded");
-    let mut table = ProcessTable::new(
-        Vec::new(),
-        crate::target::Wanted {
-            place: config.placement,
-            python_objects: config.python_objects,
-        },
-        config.maps.processes,
-        crate::unwind::Unwinder::new(config.unwind.enabled, config.unwind.rows),
-        config.cmdline_arguments,
-    );
+    let mut table = ProcessTable::for_config(&config, Vec::new());
     let mut tracee =
         Tracee::spawn(&opts.argv, opts.follow_forks).with_context(|| format!("starting {}", opts.argv.join(" ")))?;
     let pid = tracee.pid;

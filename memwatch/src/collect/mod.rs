@@ -109,16 +109,7 @@ impl Collector {
     ) -> Self {
         Collector {
             kernel,
-            table: ProcessTable::new(
-                config.exe.clone(),
-                crate::target::Wanted {
-                    place: config.placement,
-                    python_objects: config.python_objects,
-                },
-                config.maps.processes,
-                crate::unwind::Unwinder::new(config.unwind.enabled, config.unwind.rows),
-                config.cmdline_arguments,
-            ),
+            table: ProcessTable::for_config(&config, config.exe.clone()),
             symbolizer,
             python: PythonSymbolizer::new(config.symbol_cache_entries),
             config,

@@ -201,6 +201,21 @@ impl ProcessTable {
         }
     }
 
+    /// The table `config` asks for: its map sizes, placement, unwinding
+    /// and reports; tracking the `--exe` globs given.
+    pub fn for_config(config: &crate::config::Config, globs: Vec<ExeGlob>) -> Self {
+        ProcessTable::new(
+            globs,
+            target::Wanted {
+                place: config.placement,
+                python_objects: config.python_objects,
+            },
+            config.maps.processes,
+            Unwinder::new(config.unwind.enabled, config.unwind.rows),
+            config.cmdline_arguments,
+        )
+    }
+
     pub fn has_globs(&self) -> bool {
         !self.globs.is_empty()
     }
