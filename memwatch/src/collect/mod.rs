@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod history;
 pub mod rates;
 pub mod snapshot;
+pub mod stack_report;
 mod watching;
 
 use std::{

@@ -7,10 +7,10 @@ use std::{
 
 use memwatch_common::{alloc::ProcCounters, cookie::Family, drop::Drop};
 
+use super::stack_report::StackReport;
 use crate::{
     collect::rates::Rates,
     kernel::ProgramStats,
-    leaks::StackReport,
     process::{AttachFailure, ProbeSummary, Selection},
     symbolize::{Frame, Stack, Walk},
     watch::{

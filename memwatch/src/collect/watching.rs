@@ -5,11 +5,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::Collector;
+use super::{Collector, stack_report::stack_reports};
 use crate::{
     clock::monotonic_ns,
     collect::aggregate::aggregate,
-    leaks,
     process::{Selection, TrackError, unix_now},
     unwind::Reason,
     watch::{
@@ -214,7 +213,7 @@ impl Collector {
             if self.table.get(pid).is_some() {
                 if let Some(p) = snapshot.processes.iter().find(|p| p.pid == pid) {
                     let agg = aggregate(&p.allocations, None);
-                    evidence = leaks::stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
+                    evidence = stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
                 }
                 let why = match (&outcome, &reason) {
                     (Outcome::OverBudget, Some(r)) => format!("escalation over budget: {r}"),
@@ -267,7 +266,7 @@ impl Collector {
                         escalation::hits_per_second(p.rates.allocations_per_second, p.rates.frees_per_second),
                     ));
                     let agg = aggregate(&p.allocations, None);
-                    let stacks = leaks::stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
+                    let stacks = stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
                     if !stacks.is_empty() {
                         evidence.push((pid, stacks));
                     }

@@ -6,8 +6,7 @@ pub mod text;
 
 use serde::Serialize;
 
-use memwatch_common::cookie::{CallKind, Family};
-
+pub use crate::collect::stack_report::{StackReport, stack_reports};
 use crate::{
     collect::{
         aggregate::{Aggregated, aggregate},
@@ -129,26 +128,6 @@ pub struct Totals {
     pub lost_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct StackReport {
-    pub live_bytes: u64,
-    pub live_allocations: u64,
-    pub oldest_age_seconds: f64,
-    /// The allocator function called (malloc, calloc, …) and its family.
-    pub call: &'static str,
-    pub allocator: &'static str,
-    /// Innermost first: frame 0 is the allocator's direct caller. Empty when
-    /// the stack could not be captured.
-    pub frames: Vec<Frame>,
-    #[serde(flatten)]
-    pub walk: WalkReport,
-    /// With `?since=`: the change in live bytes and allocations.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub growth_bytes: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub growth_allocations: Option<i64>,
-}
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum LeaksError {
     NotTracked { pid: u32, tracked: Vec<u32> },
@@ -201,25 +180,6 @@ fn suspect_report(s: &SuspectSnapshot, limit: usize, now_unix: f64) -> SuspectRe
         escalation: s.escalation.clone(),
         stacks: s.evidence.iter().take(limit).cloned().collect(),
     }
-}
-
-/// The `limit` largest stacks of a process's aggregate, symbolized.
-pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns: u64) -> Vec<StackReport> {
-    agg.stacks
-        .iter()
-        .take(limit)
-        .map(|s| StackReport {
-            live_bytes: s.live_bytes,
-            live_allocations: s.live_allocations,
-            oldest_age_seconds: now_ns.saturating_sub(s.oldest_timestamp_ns) as f64 / 1e9,
-            call: CallKind::from_u8(s.kind).map_or("unknown", CallKind::name),
-            allocator: Family::from_u8(s.family).map_or("unknown", Family::name),
-            frames: p.frames(s.stack_id),
-            walk: p.walk(s.stack_id).into(),
-            growth_bytes: None,
-            growth_allocations: None,
-        })
-        .collect()
 }
 
 /// The stacks most grown since `earlier` first, with their growth; and the

@@ -19,7 +19,7 @@ use std::{
     path::PathBuf,
 };
 
-use crate::{config::Detect, leaks::StackReport, process::procfs};
+use crate::{collect::stack_report::StackReport, config::Detect, process::procfs};
 use alert::{Alert, Timing, Transition};
 use estimator::{Estimate, Params, Sample, Verdict};
 
