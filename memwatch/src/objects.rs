@@ -87,7 +87,7 @@ pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
             gone()
         }
     })?;
-    let arenas = blocks(pid, &rt, &layout, &mut mem);
+    let arenas = blocks(&rt, &layout, &mut mem);
     if !procfs::exists(pid) {
         return Err(gone());
     }
@@ -109,7 +109,6 @@ pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
 /// The object allocator's table, read directly (pool headers are 16 KiB
 /// apart: chunks would read whole arenas).
 fn blocks(
-    pid: u32,
     rt: &python::Runtime,
     layout: &census::GcLayout,
     chunked: &mut census::ChunkedMemory,
@@ -121,8 +120,7 @@ fn blocks(
         )
     })?;
     let interp = census::interpreter(chunked, rt.runtime, layout, &rt.version).map_err(|e| e.to_string())?;
-    let mut mem = python::code::Memory::open(pid).map_err(|e| e.to_string())?;
-    arenas::take(&mut mem, roots, interp, Limits::default()).map_err(|e| e.to_string())
+    arenas::take(chunked.direct(), roots, interp, Limits::default()).map_err(|e| e.to_string())
 }
 
 type Key = (String, String);

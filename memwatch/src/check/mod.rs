@@ -99,22 +99,29 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
                 tracee.resume(child)?;
             }
             Event::Execed(p) => {
-                // The old image's probes and records went with it.
-                table.untrack(&mut kernel, p, "it exec'd");
-                match probe(&mut kernel, &mut table, &mut tracee, p) {
-                    Ok(true) => tracee.resume(p)?,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(pid = p, error = %e, "cannot check a process after its exec");
-                        tracee.resume(p)?;
+                // As the daemon follows an exec (a new generation; probes
+                // kept if the allocator is the same object), stepped through
+                // the loader until the new image has mapped it.
+                if let Some(generation) = table.get(p).map(|i| i.generation) {
+                    table.on_exec(&mut kernel, p, generation);
+                    while table.has_pending() {
+                        if tracee.step_syscall(p)?.is_some() {
+                            break;
+                        }
+                        table.retry_pending(&mut kernel);
                     }
+                }
+                if tracee.processes().contains(&p) {
+                    tracee.resume(p)?;
                 }
             }
             Event::Exiting(p, threads) => {
                 if table.get(p).is_some() {
-                    let command = procfs::read_cmdline(p, 16).unwrap_or_default();
                     let (mine, named) = examine(&kernel, &table, p, &threads)?;
-                    processes.push((p, command, mine.clone()));
+                    if opts.follow_forks {
+                        let command = procfs::read_cmdline(p, 16).unwrap_or_default();
+                        processes.push(report::ProcessSummary::of(p, &command, &mine, &named, &suppressions));
+                    }
                     found.extend(mine);
                     frames.extend(named);
                 }
@@ -137,12 +144,7 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
         &suppressions,
         opts.limit,
     );
-    if opts.follow_forks {
-        report.processes = processes
-            .iter()
-            .map(|(p, command, mine)| report::ProcessSummary::of(*p, command, mine, &frames, &suppressions))
-            .collect();
-    }
+    report.processes = processes;
     // The report on stderr, as valgrind's; JSON for tools on stdout, after
     // whatever the command printed there.
     eprint!("{}", report::render_text(&report));

@@ -9,9 +9,10 @@ use std::{
     sync::Arc,
 };
 
-use super::aggregate::{Aggregated, StackAggregate};
+use super::{aggregate::StackAggregate, snapshot::LiveAlloc};
 
-/// Stack id, allocator call and family: what [`Aggregated`] groups by.
+/// Stack id, allocator call and family: what
+/// [`super::aggregate::aggregate`] groups by.
 pub type StackKey = (u64, u8, u8);
 
 /// One scan's live bytes and allocations by stack, of one process.
@@ -23,15 +24,18 @@ pub struct Reading {
 }
 
 impl Reading {
-    pub fn of(agg: &Aggregated, taken_ns: u64, taken_unix: f64) -> Self {
+    /// Sums `allocs` by stack (unsorted: a scan takes one per process).
+    pub fn of(allocs: &[LiveAlloc], taken_ns: u64, taken_unix: f64) -> Self {
+        let mut stacks: HashMap<StackKey, (u64, u64)> = HashMap::new();
+        for a in allocs {
+            let e = stacks.entry((a.stack_id, a.kind, a.family)).or_default();
+            e.0 += a.size;
+            e.1 += 1;
+        }
         Reading {
             taken_ns,
             taken_unix,
-            stacks: agg
-                .stacks
-                .iter()
-                .map(|s| (key(s), (s.live_bytes, s.live_allocations)))
-                .collect(),
+            stacks,
         }
     }
 
@@ -171,25 +175,25 @@ mod tests {
 
     #[test]
     fn growth_is_the_change_per_stack_and_a_new_stack_grows_from_zero() {
-        let agg = |stacks: &[(u64, u64, u64)]| Aggregated {
-            live_bytes: 0,
-            live_allocations: 0,
-            stacks: stacks
+        // `n` blocks of 100 bytes on each stack.
+        let allocs = |stacks: &[(u64, u64)]| -> Vec<LiveAlloc> {
+            stacks
                 .iter()
-                .map(|&(id, bytes, n)| StackAggregate {
-                    stack_id: id,
-                    kind: 0,
-                    family: 0,
-                    live_bytes: bytes,
-                    live_allocations: n,
-                    oldest_timestamp_ns: 0,
+                .flat_map(|&(id, n)| {
+                    (0..n).map(move |_| LiveAlloc {
+                        stack_id: id,
+                        size: 100,
+                        timestamp_ns: 0,
+                        kind: 0,
+                        family: 0,
+                    })
                 })
-                .collect(),
+                .collect()
         };
-        let before = Reading::of(&agg(&[(1, 1000, 10), (2, 500, 5)]), 0, 0.0);
-        let now = agg(&[(1, 3000, 30), (2, 500, 5), (3, 64, 1)]);
+        let before = Reading::of(&allocs(&[(1, 10), (2, 5)]), 0, 0.0);
+        let now = super::super::aggregate::aggregate(&allocs(&[(1, 30), (2, 5), (3, 1)]), None);
         let changes: Vec<(i64, i64)> = now.stacks.iter().map(|s| before.change(s)).collect();
-        assert_eq!(changes, [(2000, 20), (0, 0), (64, 1)]);
+        assert_eq!(changes, [(2000, 20), (0, 0), (100, 1)]);
         assert!(earlier(&[], 10, 5).is_none());
     }
 

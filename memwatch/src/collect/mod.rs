@@ -355,7 +355,7 @@ impl Collector {
                 None => rates::Rates::default(),
             };
             let allocations = live.remove(&key).unwrap_or_default();
-            let reading = history::Reading::of(&aggregate::aggregate(&allocations, None), read_ns, read_unix);
+            let reading = history::Reading::of(&allocations, read_ns, read_unix);
             let history = self.history.record(key, reading);
             let mut stacks = HashMap::new();
             for a in &allocations {

@@ -223,8 +223,14 @@ async fn probes(State(s): State<AppState>) -> Response {
     json(&body)
 }
 
-/// The live stacks a picture shows, or the status and message to send.
-fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Vec<crate::export::HeapStack>, (StatusCode, String)> {
+/// The stacks a picture shows (with `?since=`, their growth), or the status
+/// and message to send.
+struct Picture {
+    stacks: Vec<crate::export::HeapStack>,
+    growth: bool,
+}
+
+fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Picture, (StatusCode, String)> {
     let q = query::parse(raw, None, s.default_limit).map_err(|m| (StatusCode::BAD_REQUEST, format!("{m}\n")))?;
     let snapshot = s.snapshot.get();
     if !snapshot.ready {
@@ -245,30 +251,32 @@ fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Vec<crate::export::
     let min_age = q.min_age.as_nanos() as u64;
     let cutoff = (min_age > 0).then(|| monotonic_ns().saturating_sub(min_age));
     let since = q.since.map(|d| d.as_nanos().min(u64::MAX as u128) as u64);
-    Ok(crate::export::heap_stacks(&snapshot, q.pid, cutoff, since))
+    Ok(Picture {
+        stacks: crate::export::heap_stacks(&snapshot, q.pid, cutoff, since),
+        growth: since.is_some(),
+    })
 }
 
 /// Collapsed stacks of the live heap (`?pid=`, `?min_age=`).
 async fn collapsed(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     match picture_stacks(&s, raw.as_deref()) {
-        Ok(stacks) => text(StatusCode::OK, crate::export::collapsed::render(&stacks)),
+        Ok(p) => text(StatusCode::OK, crate::export::collapsed::render(&p.stacks)),
         Err((status, message)) => text(status, message),
     }
 }
 
 /// A flame graph of the live heap by stack, in bytes.
 async fn flamegraph(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
-    let stacks = match picture_stacks(&s, raw.as_deref()) {
-        Ok(stacks) => stacks,
+    let picture = match picture_stacks(&s, raw.as_deref()) {
+        Ok(p) => p,
         Err((status, message)) => return text(status, message),
     };
-    let growth = query::parse(raw.as_deref(), None, 1).is_ok_and(|q| q.since.is_some());
-    let title = if growth {
+    let title = if picture.growth {
         "memwatch: growth of the live heap by stack"
     } else {
         "memwatch: live heap by stack"
     };
-    match crate::export::flamegraph::render(&stacks, title) {
+    match crate::export::flamegraph::render(&picture.stacks, title) {
         Ok(svg) => (StatusCode::OK, [(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -280,7 +288,7 @@ async fn flamegraph(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Respo
 /// The live heap as a gzipped pprof profile.
 async fn pprof(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let stacks = match picture_stacks(&s, raw.as_deref()) {
-        Ok(stacks) => stacks,
+        Ok(p) => p.stacks,
         Err((status, message)) => return text(status, message),
     };
     let now = (unix_now() * 1e9) as i64;

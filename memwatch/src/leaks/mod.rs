@@ -188,7 +188,7 @@ fn growth_reports(
     p: &ProcessSnapshot,
     agg: &Aggregated,
     earlier: &history::Reading,
-    now: (u64, f64),
+    (snapshot_ns, now_ns): (u64, u64),
     limit: usize,
 ) -> (Vec<StackReport>, WindowGrowth) {
     let mut grown: Vec<_> = agg.stacks.iter().map(|s| (*s, earlier.change(s))).collect();
@@ -203,7 +203,7 @@ fn growth_reports(
         stacks: grown.iter().map(|g| g.0).collect(),
         ..Default::default()
     };
-    let mut reports = stack_reports(p, &sorted, limit, now.0);
+    let mut reports = stack_reports(p, &sorted, limit, now_ns);
     for (r, (_, (bytes, count))) in reports.iter_mut().zip(&grown) {
         r.growth_bytes = Some(*bytes);
         r.growth_allocations = Some(*count);
@@ -214,7 +214,8 @@ fn growth_reports(
         .fold((0u64, 0u64), |(b, n), &(sb, sn)| (b + sb, n + sn));
     let window = WindowGrowth {
         since_unix: earlier.taken_unix,
-        window_seconds: now.0.saturating_sub(earlier.taken_ns) as f64 / 1e9,
+        // Readings are the scans': the window ends at this snapshot's.
+        window_seconds: snapshot_ns.saturating_sub(earlier.taken_ns) as f64 / 1e9,
         growth_bytes: agg.live_bytes as i64 - before_bytes as i64,
         growth_allocations: agg.live_allocations as i64 - before_count as i64,
     };
@@ -244,8 +245,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
             let earlier = since.and_then(|d| history::earlier(&p.history, snapshot.taken_at_ns, d));
             let (stacks, growth) = match earlier {
                 Some(e) => {
-                    let (stacks, g) =
-                        growth_reports(p, &agg, e, (snapshot.taken_at_ns, snapshot.taken_at_unix), q.limit);
+                    let (stacks, g) = growth_reports(p, &agg, e, (snapshot.taken_at_ns, now_ns), q.limit);
                     (stacks, Some(g))
                 }
                 None => (stack_reports(p, &agg, q.limit, now_ns), None),
@@ -585,8 +585,7 @@ pub(crate) mod tests {
             taken_unix: 4940.0,
             stacks: HashMap::from([((11, 1, 1), (1000, 1)), ((99, 1, 1), (500, 2))]),
         };
-        let agg = aggregate(&p42.allocations, None);
-        let recent = crate::collect::history::Reading::of(&agg, 99 * s, 4999.0);
+        let recent = crate::collect::history::Reading::of(&p42.allocations, 99 * s, 4999.0);
         p42.history = vec![Arc::new(old), Arc::new(recent)];
         let mut query = q(Some(42), 0, 10);
         query.since = Some(Duration::from_secs(30));

@@ -408,6 +408,11 @@ impl ChunkedMemory {
         })
     }
 
+    /// The same memory read directly, without chunks.
+    pub fn direct(&mut self) -> &mut super::code::Memory {
+        &mut self.mem
+    }
+
     fn chunk(&mut self, base: u64) -> Option<&[u8]> {
         if !self.chunks.contains_key(&base) {
             if self.chunks.len() >= MAX_CHUNKS {

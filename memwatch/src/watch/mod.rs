@@ -67,12 +67,6 @@ impl Watched {
     }
 }
 
-pub struct SampleOutcome {
-    pub transitions: Vec<(u32, Transition)>,
-    /// Escalated processes found gone.
-    pub exited_escalations: Vec<u32>,
-}
-
 /// One process as /proc showed it: the I/O half of a sample, read with no
 /// lock held.
 pub struct Reading {
@@ -126,7 +120,6 @@ pub struct Watcher {
     keep_seconds: f64,
     /// Exited processes whose alert had fired, kept for display.
     gone: VecDeque<Watched>,
-    me: u32,
     /// Command-line arguments kept for reports.
     cmdline_arguments: usize,
     pub counts: Counts,
@@ -155,7 +148,6 @@ impl Watcher {
             ),
             keep_seconds: 4.0 * d.window_seconds + 2.0 * d.sample_interval.as_secs_f64(),
             gone: VecDeque::new(),
-            me: std::process::id(),
             cmdline_arguments,
             counts: Counts::default(),
         }
@@ -192,17 +184,17 @@ impl Watcher {
 
     /// Samples every process once. `mono` is monotonic seconds (for the
     /// series), `now` Unix seconds (for alert times).
-    pub fn sample(&mut self, mono: f64, now: f64) -> SampleOutcome {
-        let readings = read_host(self.me);
+    #[cfg(test)]
+    pub fn sample(&mut self, mono: f64, now: f64) -> Vec<(u32, Transition)> {
+        let readings = read_host(std::process::id());
         self.apply(readings, mono, now)
     }
 
     /// Takes in one reading of the host: series, verdicts, alerts, and the
     /// processes gone since the last one. Counts alert transitions and
-    /// escalations ended by an exit.
-    pub fn apply(&mut self, readings: Vec<Reading>, mono: f64, now: f64) -> SampleOutcome {
+    /// escalations ended by an exit. Returns the alert transitions.
+    pub fn apply(&mut self, readings: Vec<Reading>, mono: f64, now: f64) -> Vec<(u32, Transition)> {
         let mut transitions = Vec::new();
-        let mut exited_escalations = Vec::new();
         let mut alive = std::collections::HashSet::with_capacity(readings.len());
         for Reading {
             pid,
@@ -255,7 +247,6 @@ impl Watcher {
                     ended: now,
                     outcome: escalation::Outcome::Exited,
                 });
-                exited_escalations.push(pid);
                 self.counts.escalation_outcomes[escalation::Outcome::Exited as usize] += 1;
             }
             if let Alert::Firing { since, fired_at, .. } = w.alert {
@@ -288,10 +279,7 @@ impl Watcher {
         }
         self.gone
             .retain(|w| !matches!(w.alert, Alert::Resolved { resolved_at, .. } if now - resolved_at > RESOLVED_SHOWN));
-        SampleOutcome {
-            transitions,
-            exited_escalations,
-        }
+        transitions
     }
 
     /// Sets each process's growth stacks from the kernel's records.
@@ -469,7 +457,7 @@ mod tests {
     fn sampling_this_host_finds_this_process_family() {
         let cfg = crate::config::Config::build(Default::default(), &Default::default()).unwrap();
         let mut w = Watcher::new(&cfg.detect, 0);
-        assert!(w.sample(0.0, 1000.0).transitions.is_empty());
+        assert!(w.sample(0.0, 1000.0).is_empty());
         // The test runner is watched (the watcher skips only its own process,
         // which in tests is the runner itself: look at the parent instead).
         let parent = std::os::unix::process::parent_id();

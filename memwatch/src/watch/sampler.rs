@@ -36,8 +36,7 @@ impl SharedWatcher {
         let readings = read_host(std::process::id());
         let (mono, now) = (monotonic_ns() as f64 / 1e9, unix_now());
         let mut w = self.lock();
-        let outcome = w.apply(readings, mono, now);
-        for (pid, tr) in outcome.transitions {
+        for (pid, tr) in w.apply(readings, mono, now) {
             let p = w.get(pid).or_else(|| w.gone().find(|g| g.pid == pid));
             let (comm, rate) = p.map_or((String::new(), 0.0), |p| (p.comm.clone(), p.estimate.rate));
             match tr {
