@@ -14,6 +14,7 @@ pub mod growth;
 pub mod live_table;
 pub mod maps;
 pub mod python;
+pub mod search;
 pub mod stack;
 pub mod time;
 pub mod unwind;

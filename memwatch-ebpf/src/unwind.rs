@@ -25,6 +25,7 @@ use aya_ebpf::{
 use memwatch_common::{
     event::EventKind,
     maps::{DEFAULT_UNWIND_PROCS, DEFAULT_UNWIND_ROWS},
+    search::at_or_below,
     stack::{MAX_STACK_DEPTH, StackHasher, StackScratch, WINDOW_WORDS, window_len_at},
     unwind::{
         EndReason, ExecMapping, KernelOffsets, MAX_MAPPINGS, MAX_RETURN_INSTANCES, MappingKind, Method, ProcUnwind,
@@ -346,52 +347,30 @@ fn lookup(owner: u64, tgid: u32, pc: u64) -> Found {
     }
     let rel = rel as u32;
     // The last row at or below `rel`; unwind.rows is at most 2^26.
-    let (first, mut lo, mut hi) = (m.rows, m.rows, m.rows.saturating_add(m.len));
-    for _ in 0..27 {
-        if lo >= hi {
-            break;
-        }
-        let mid = lo + (hi - lo) / 2;
-        match UNWIND_ROWS.get(mid) {
-            Some(r) if r.pc <= rel => lo = mid + 1,
-            Some(_) => hi = mid,
-            None => return Found::Row(FRAME_POINTER),
-        }
-    }
-    if lo == first {
-        return Found::Row(FRAME_POINTER);
-    }
-    match UNWIND_ROWS.get(lo - 1) {
-        Some(r) => Found::Row(*r),
-        None => Found::Row(FRAME_POINTER),
+    let below = at_or_below::<27>(m.len, |i| UNWIND_ROWS.get(m.rows.wrapping_add(i)).map(|r| r.pc <= rel));
+    match below {
+        Some(0) | None => Found::Row(FRAME_POINTER),
+        Some(n) => match UNWIND_ROWS.get(m.rows.wrapping_add(n - 1)) {
+            Some(r) => Found::Row(*r),
+            None => Found::Row(FRAME_POINTER),
+        },
     }
 }
 
 /// The executable mapping holding `pc`.
 #[inline(always)]
 fn mapping(p: &ProcUnwind, pc: u64) -> Option<ExecMapping> {
-    let count = if (p.count as usize) < MAX_MAPPINGS {
-        p.count
-    } else {
-        MAX_MAPPINGS as u32
-    };
-    // The first mapping starting above pc; the one before may hold it.
-    let (mut lo, mut hi) = (0u32, count);
-    for _ in 0..8 {
-        if lo >= hi {
-            break;
-        }
-        let mid = lo + (hi - lo) / 2;
-        if pc < p.mappings[mid as usize & (MAX_MAPPINGS - 1)].start {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    if lo == 0 {
+    // Never above the array: the daemon truncates.
+    if p.count as usize > MAX_MAPPINGS {
         return None;
     }
-    let m = p.mappings[(lo - 1) as usize & (MAX_MAPPINGS - 1)];
+    let n = at_or_below::<8>(p.count, |i| {
+        Some(p.mappings[i as usize & (MAX_MAPPINGS - 1)].start <= pc)
+    })?;
+    if n == 0 {
+        return None;
+    }
+    let m = p.mappings[(n - 1) as usize & (MAX_MAPPINGS - 1)];
     (pc >= m.start && pc < m.end).then_some(m)
 }
 

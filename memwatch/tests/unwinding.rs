@@ -517,3 +517,33 @@ fn an_lld_linked_binary_is_walked_to_its_roots() {
     drop(d);
     drop(observed);
 }
+
+/// The verifier's work per program, from /metrics. The unwinder's searches
+/// once made the allocator's return program cost 678,332 instructions of
+/// the kernel's limit of 1,000,000 and 1.3 s of every start; the budget
+/// keeps a regression far from the limit.
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn every_program_loads_far_below_the_verifiers_limit() {
+    require_root();
+    let d = Daemon::start(WATCH_NO_ESCALATION, &[]);
+    let (_, metrics) = d.get("/metrics");
+    let verified: Vec<(&str, u64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("memwatch_bpf_program_verified_instructions{program=\""))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once("\"}")?;
+            Some((name, rest.trim().parse().ok()?))
+        })
+        .collect();
+    for program in ["alloc_enter", "alloc_exit", "free_enter", "sched_process_exec"] {
+        assert!(
+            verified.iter().any(|(p, _)| *p == program),
+            "no verifier figure for {program}: {verified:?}"
+        );
+    }
+    for (program, n) in &verified {
+        assert!(*n > 0 && *n < 100_000, "{program}: {n} instructions verified");
+    }
+    eprintln!("verified instructions: {verified:?}");
+}

@@ -36,6 +36,9 @@ pub struct ProgramStats {
     pub name: String,
     pub runs: u64,
     pub run_ns: u64,
+    /// Instructions the verifier processed to load it (the kernel's limit
+    /// is 1,000,000; load time grows with it).
+    pub verified: Option<u32>,
 }
 
 /// The kernel's pid_max: the size of the TRACKED array indexed by tgid.
@@ -189,7 +192,7 @@ impl Kernel {
             take(&mut ebpf, names::UNWIND_PROCS)?,
             take(&mut ebpf, names::UNWIND_STATS)?,
         );
-        Ok(Kernel {
+        let kernel = Kernel {
             unwind,
             _growth_tail: growth_tail,
             live: take(&mut ebpf, names::LIVE)?,
@@ -205,7 +208,11 @@ impl Kernel {
             ebpf,
             sizes,
             cpus: aya::util::nr_cpus().map_err(|(_, e)| e)?,
-        })
+        };
+        for p in kernel.program_stats() {
+            tracing::debug!(program = p.name, verified_instructions = ?p.verified, "program loaded");
+        }
+        Ok(kernel)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -338,6 +345,7 @@ impl Kernel {
                     name: name.to_string(),
                     runs: info.run_count(),
                     run_ns: info.run_time().as_nanos() as u64,
+                    verified: info.verified_instruction_count(),
                 })
             })
             .collect()

@@ -376,6 +376,7 @@ pub struct ProbeMetrics {
     sites: IntGaugeVec,
     runs: IntCounterVec,
     run_seconds: prometheus::CounterVec,
+    verified: IntGaugeVec,
     stats_enabled: IntGauge,
 }
 
@@ -404,6 +405,12 @@ impl ProbeMetrics {
                 &["program"],
             ),
             run_seconds,
+            verified: gauge_vec(
+                r,
+                "memwatch_bpf_program_verified_instructions",
+                "Instructions the kernel's verifier processed to load each of memwatch's eBPF programs (its limit is 1,000,000; load time grows with it).",
+                &["program"],
+            ),
             stats_enabled: gauge(
                 r,
                 "memwatch_bpf_stats_enabled",
@@ -429,6 +436,9 @@ impl ProbeMetrics {
         }
         for p in &s.programs {
             advance(&self.runs.with_label_values(&[&p.name]), p.runs);
+            if let Some(n) = p.verified {
+                self.verified.with_label_values(&[&p.name]).set(n.into());
+            }
             let c = self.run_seconds.with_label_values(&[&p.name]);
             let total = p.run_ns as f64 / 1e9;
             if total > c.get() {
