@@ -30,6 +30,9 @@ pub enum Command {
     /// Run a command under exact tracking and report what it did not free
     /// when it exits, as valgrind --leak-check=full does (needs root).
     Check(CheckArgs),
+    /// Closes a finished check's probes once it has exited (internal).
+    #[command(hide = true)]
+    CloseProbes { parent: u32, fds: Vec<i32> },
 }
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +40,11 @@ pub struct CheckArgs {
     /// Print the report as JSON on stdout (the text goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Write the report to FILE, apart from the command's own output, as
+    /// valgrind's --log-file: the JSON with --json (the text stays on
+    /// stderr), else the text (stderr gets its summary line).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     /// What makes memwatch exit with 23 when the command itself succeeded.
     #[arg(long, value_enum, default_value = "lost")]
     pub fail_on: crate::check::FailOn,
@@ -150,6 +158,10 @@ pub fn main() -> ExitCode {
         Command::Status(a) => client_call(&a.client, |addr| crate::client::status(addr, a.client.json)),
         Command::Objects(a) => client_call(&a.client, |addr| crate::client::objects(addr, &a)),
         Command::Check(a) => check(a),
+        Command::CloseProbes { parent, fds } => {
+            crate::check::close_probes_after(parent, &fds);
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -166,6 +178,7 @@ fn check(args: CheckArgs) -> ExitCode {
     let opts = crate::check::Options {
         argv: args.command,
         json: args.json,
+        log_file: args.log_file,
         fail_on: args.fail_on,
         suppressions: args.suppressions,
         limit: args.limit,

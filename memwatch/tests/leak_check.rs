@@ -38,10 +38,17 @@ fn memcheck(program: &std::path::Path, args: &[&str]) -> std::collections::HashM
     kinds
 }
 
-/// `memwatch check --json`: exit code and report.
+/// `memwatch check --json --log-file`: exit code and report (the report
+/// apart from whatever the command prints).
 fn check(args: &[&str]) -> (i32, serde_json::Value, String) {
-    let (code, stderr, stdout) = memwatch(&[&["check", "--json"], args].concat());
-    let report = serde_json::from_slice(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::env::temp_dir().join(format!("memwatch-check-{}-{n}.json", std::process::id()));
+    let log_arg = log.to_str().unwrap();
+    let (code, stderr, _) = memwatch(&[&["check", "--json", "--log-file", log_arg], args].concat());
+    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let _ = std::fs::remove_file(&log);
+    let report = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     (code, report, stderr)
 }
 
@@ -95,6 +102,50 @@ fn lost_and_reachable_equal_valgrind_memcheck_and_the_check_fails() {
     // Reachable blocks fail the check only when asked.
     let (code, _, _) = check(&["--fail-on", "reachable", "--", program.to_str().unwrap(), "leaks"]);
     assert_eq!(code, 23);
+}
+
+/// A pointer kept only in memory the program mapped itself (CPython's
+/// arenas hold its objects so) keeps its block reachable, as for memcheck.
+#[test]
+#[ignore = "needs root; run with `cargo xtask test`"]
+fn a_block_held_only_from_memory_the_program_mapped_is_reachable() {
+    require_root();
+    let program = fixture_binary("lossy");
+    let expected = memcheck(&program, &["mapped"]);
+    assert_eq!(expected["still reachable"], (256, 1), "{expected:?}");
+    let (code, r, text) = check(&["--", program.to_str().unwrap(), "mapped"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(figures(&r, "reachable"), (256, 1), "{r:#}");
+    assert_eq!(figures(&r, "lost"), (0, 0), "{r:#}");
+}
+
+/// glibc's own blocks (stdio buffers, locale data) are the runtime's, as
+/// memcheck frees them at exit; a stream left open and a string the
+/// program keeps are still reachable for both.
+#[test]
+#[ignore = "needs root; run with `cargo xtask test`"]
+fn blocks_only_glibc_holds_are_not_the_programs_as_for_memcheck() {
+    require_root();
+    let program = fixture_binary("lossy");
+    let expected = memcheck(&program, &["stdio"]);
+    assert_eq!(expected["definitely lost"], (10, 1), "{expected:?}");
+    assert_eq!(expected["still reachable"].1, 2, "{expected:?}");
+    let (code, r, text) = check(&["--fail-on", "reachable", "--", program.to_str().unwrap(), "stdio"]);
+    assert_eq!(code, 23, "{text}");
+    for (ours, theirs) in [
+        ("definitely_lost", "definitely lost"),
+        ("indirectly_lost", "indirectly lost"),
+        ("possibly_lost", "possibly lost"),
+        ("reachable", "still reachable"),
+    ] {
+        assert_eq!(figures(&r, ours), expected[theirs], "{ours}: {r:#}");
+    }
+    let (bytes, blocks) = figures(&r, "runtime");
+    assert!(
+        blocks >= 2 && bytes >= 4096,
+        "stdout's buffer and the locale's blocks: {r:#}"
+    );
+    assert!(stack_mentions(&r["reachable"]["stacks"][0], "main"));
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! ([`roots`]) and then the blocks they reach ([`scan`]), names the stacks
 //! and lets the process finish.
 
+mod detach;
 pub mod report;
 pub mod roots;
 pub mod scan;
@@ -31,6 +32,7 @@ use report::{Found, Suppressions};
 use scan::Block;
 use tracee::{Event, Tracee};
 
+pub use detach::close_after as close_probes_after;
 pub use report::FailOn;
 
 /// Frames of each stack, by stack id.
@@ -39,6 +41,8 @@ type Names = HashMap<u64, Vec<Frame>>;
 pub struct Options {
     pub argv: Vec<String>,
     pub json: bool,
+    /// Where the report goes instead of stderr (and stdout with `json`).
+    pub log_file: Option<PathBuf>,
     pub fail_on: FailOn,
     pub suppressions: Option<PathBuf>,
     /// Stacks shown per category.
@@ -68,7 +72,17 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
         }
         None => Suppressions::default(),
     };
+    // Created before the command runs: a path that cannot be written fails
+    // the check before anything is spent on it.
+    let mut log_file = match &opts.log_file {
+        Some(path) => {
+            Some(std::fs::File::create(path).with_context(|| format!("creating the log file {}", path.display()))?)
+        }
+        None => None,
+    };
     let started = std::time::Instant::now();
+    detach::wait_for_closers();
+    let attaching = detach::AttachLock::take();
     let mut kernel = Kernel::load(config.maps, config.unwind, false, false)?;
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), "eBPF programs loaded");
     let mut table = ProcessTable::for_config(&config, Vec::new());
@@ -84,6 +98,7 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
             anyhow::bail!("cannot track {}: {e}", opts.argv[0]);
         }
     }
+    drop(attaching);
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), "tracking; the command runs");
     tracee.resume(pid)?;
 
@@ -145,13 +160,33 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
         opts.limit,
     );
     report.processes = processes;
-    // The report on stderr, as valgrind's; JSON for tools on stdout, after
-    // whatever the command printed there.
-    eprint!("{}", report::render_text(&report));
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    // The text on stderr, as valgrind's, or in the log file; JSON for tools
+    // in the log file, or on stdout after whatever the command printed.
+    let text = report::render_text(&report);
+    let json = if opts.json {
+        Some(serde_json::to_string_pretty(&report)? + "\n")
+    } else {
+        None
+    };
+    match (&mut log_file, json) {
+        (Some(file), json) => {
+            use std::io::Write;
+            let summary = text.lines().last().unwrap_or_default();
+            let (to_file, to_stderr) = match &json {
+                Some(json) => (json.as_str(), text.clone()),
+                None => (text.as_str(), format!("memwatch check: {summary}\n")),
+            };
+            file.write_all(to_file.as_bytes()).context("writing the log file")?;
+            eprint!("{to_stderr}");
+        }
+        (None, json) => {
+            eprint!("{text}");
+            if let Some(json) = json {
+                print!("{json}");
+            }
+        }
     }
-    detach_in_background();
+    detach::in_background();
     Ok(report::exit_code(&report, opts.fail_on))
 }
 
@@ -220,30 +255,6 @@ fn examine(
         })
         .collect();
     Ok((found, frames))
-}
-
-/// Leaves closing the probes to a child. Each uprobe's last close waits for
-/// an RCU grace period under the kernel's tracing lock (~90 ms each here,
-/// 1.8 s for a check), whoever closes it; the command has exited, so the
-/// probes fire for nothing meanwhile. The child shares every descriptor,
-/// closes its standard streams at once (so that nobody waits for their
-/// end), and exits once memwatch has: its references are then the last,
-/// and the kernel does the slow closes in it.
-fn detach_in_background() {
-    // SAFETY: the child calls only close(2), getppid(2), nanosleep(2) and
-    // _exit(2), all async-signal-safe.
-    unsafe {
-        let parent = libc::getpid();
-        if libc::fork() == 0 {
-            for fd in 0..3 {
-                libc::close(fd);
-            }
-            while libc::getppid() == parent {
-                libc::usleep(10_000);
-            }
-            libc::_exit(0);
-        }
-    }
 }
 
 /// Symbolizes each distinct stack while the process is still there.

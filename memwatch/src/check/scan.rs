@@ -13,6 +13,8 @@
 //! - **Indirectly lost**: nothing reaches it from the roots, but a lost
 //!   block points to it (so freeing the definitely lost blocks would
 //!   lose it for good).
+//! - **The runtime's**: only the C or C++ runtime's own data reaches it
+//!   (see `roots`); memcheck frees these at exit before it looks.
 
 /// One live block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +30,7 @@ pub enum Kind {
     IndirectlyLost,
     PossiblyLost,
     Reachable,
+    Runtime,
 }
 
 /// Reads the stopped process's memory.
@@ -40,6 +43,8 @@ pub trait Memory {
 #[derive(Debug, Clone, Default)]
 pub struct Roots {
     pub ranges: Vec<(u64, u64)>,
+    /// The runtime's data, looked at after everything else.
+    pub runtime: Vec<(u64, u64)>,
     pub words: Vec<u64>,
 }
 
@@ -80,9 +85,23 @@ fn words(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
         .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
 }
 
+/// Calls `f` with each aligned word of the memory ranges, read in pieces.
+fn for_words_in(ranges: &[(u64, u64)], mem: &mut impl Memory, mut f: impl FnMut(u64)) {
+    for &(start, end) in ranges {
+        let mut at = start & !7;
+        while at < end {
+            let len = (end - at).min(PIECE);
+            if let Some(bytes) = mem.read(at, len) {
+                words(&bytes).for_each(&mut f);
+            }
+            at += len;
+        }
+    }
+}
+
 /// Classifies `blocks` (sorted by address, not overlapping). Returns one
 /// kind per block, in their order.
-pub fn classify(blocks: &[Block], roots: &Roots, mem: &mut impl Memory) -> Vec<Kind> {
+pub fn classify<M: Memory>(blocks: &[Block], roots: &Roots, mem: &mut M) -> Vec<Kind> {
     debug_assert!(blocks.windows(2).all(|w| w[0].addr < w[1].addr));
     let index = Index { blocks };
     #[derive(Clone, Copy, PartialEq, Eq)]
@@ -90,6 +109,7 @@ pub fn classify(blocks: &[Block], roots: &Roots, mem: &mut impl Memory) -> Vec<K
         Unreached,
         Interior,
         Start,
+        Runtime,
     }
     let mut state = vec![State::Unreached; blocks.len()];
     // Reachable: start-pointer chains from the roots.
@@ -109,26 +129,17 @@ pub fn classify(blocks: &[Block], roots: &Roots, mem: &mut impl Memory) -> Vec<K
     for &w in &roots.words {
         visit(w, &mut state, &mut start_work, &mut interior_work);
     }
-    for &(start, end) in &roots.ranges {
-        let mut at = start & !7;
-        while at < end {
-            let len = (end - at).min(PIECE);
-            if let Some(bytes) = mem.read(at, len) {
-                for w in words(&bytes) {
-                    visit(w, &mut state, &mut start_work, &mut interior_work);
-                }
-            }
-            at += len;
-        }
-    }
+    for_words_in(&roots.ranges, mem, |w| {
+        visit(w, &mut state, &mut start_work, &mut interior_work)
+    });
     // Read afresh each time (at most twice a block): a copy of the heap
     // would double memwatch's memory for a big process.
-    let mut read = |i: usize| -> Vec<u8> {
+    let read = |mem: &mut M, i: usize| -> Vec<u8> {
         let b = blocks[i];
         mem.read(b.addr, b.size.min(MAX_SCANNED) & !7).unwrap_or_default()
     };
     while let Some(i) = start_work.pop() {
-        for w in words(&read(i)) {
+        for w in words(&read(mem, i)) {
             visit(w, &mut state, &mut start_work, &mut interior_work);
         }
     }
@@ -137,13 +148,29 @@ pub fn classify(blocks: &[Block], roots: &Roots, mem: &mut impl Memory) -> Vec<K
         if state[i] != State::Interior {
             continue;
         }
-        for w in words(&read(i)) {
+        for w in words(&read(mem, i)) {
             if let Some((j, _)) = index.find(w)
                 && state[j] == State::Unreached
             {
                 state[j] = State::Interior;
                 interior_work.push(j);
             }
+        }
+    }
+    // The runtime's: what its data reaches, and beyond, of the rest.
+    let mut runtime_work = Vec::new();
+    let take = |w: u64, state: &mut Vec<State>, work: &mut Vec<usize>| {
+        if let Some((j, _)) = index.find(w)
+            && state[j] == State::Unreached
+        {
+            state[j] = State::Runtime;
+            work.push(j);
+        }
+    };
+    for_words_in(&roots.runtime, mem, |w| take(w, &mut state, &mut runtime_work));
+    while let Some(i) = runtime_work.pop() {
+        for w in words(&read(mem, i)) {
+            take(w, &mut state, &mut runtime_work);
         }
     }
     // Lost: each unreached block, in address order, leads the group it
@@ -154,6 +181,7 @@ pub fn classify(blocks: &[Block], roots: &Roots, mem: &mut impl Memory) -> Vec<K
         .map(|s| match s {
             State::Start => Kind::Reachable,
             State::Interior => Kind::PossiblyLost,
+            State::Runtime => Kind::Runtime,
             State::Unreached => Kind::DefinitelyLost,
         })
         .collect();
@@ -165,7 +193,7 @@ pub fn classify(blocks: &[Block], roots: &Roots, mem: &mut impl Memory) -> Vec<K
         grouped[leader] = true;
         let mut work = vec![leader];
         while let Some(i) = work.pop() {
-            for w in words(&read(i)) {
+            for w in words(&read(mem, i)) {
                 if let Some((j, _)) = index.find(w)
                     && j != leader
                     && matches!(kind[j], Kind::DefinitelyLost | Kind::IndirectlyLost)
@@ -242,6 +270,7 @@ mod tests {
         let roots = Roots {
             ranges: vec![(global, global + 16)],
             words: vec![],
+            ..Roots::default()
         };
         use Kind::*;
         assert_eq!(
@@ -272,6 +301,7 @@ mod tests {
         let roots = Roots {
             ranges: vec![(0x1000, 0x1008)],
             words: vec![],
+            ..Roots::default()
         };
         assert_eq!(classify(&b, &roots, &mut m), [Kind::DefinitelyLost]);
         m.put(0x1000, 0x10_000 + 991);
@@ -291,6 +321,7 @@ mod tests {
         let roots = Roots {
             ranges: vec![],
             words: vec![at(0), 7],
+            ..Roots::default()
         };
         use Kind::*;
         assert_eq!(
@@ -315,6 +346,32 @@ mod tests {
         assert_eq!(
             classify(&b, &Roots::default(), &mut m),
             [Kind::IndirectlyLost, Kind::DefinitelyLost, Kind::DefinitelyLost]
+        );
+    }
+
+    #[test]
+    fn what_only_the_runtime_holds_is_the_runtimes_and_the_program_comes_first() {
+        let b = blocks(5);
+        let mut m = Fake::default();
+        let (program, runtime) = (0x1000, 0x2000);
+        // The runtime's data keeps 0 (a stdio buffer, say), which keeps 1.
+        m.put(runtime, at(0));
+        m.put(at(0), at(1));
+        // Both keep 2: the program's.
+        m.put(runtime + 8, at(2));
+        m.put(program, at(2));
+        // 3 only through a pointer into it from the runtime: still its.
+        m.put(runtime + 16, at(3) + 8);
+        // 4: nothing.
+        let roots = Roots {
+            ranges: vec![(program, program + 8)],
+            runtime: vec![(runtime, runtime + 24)],
+            words: vec![],
+        };
+        use Kind::*;
+        assert_eq!(
+            classify(&b, &roots, &mut m),
+            [Runtime, Runtime, Reachable, Runtime, DefinitelyLost]
         );
     }
 }
