@@ -85,7 +85,7 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
     let attaching = detach::AttachLock::take();
     let mut kernel = Kernel::load(config.maps, config.unwind, false, false)?;
     tracing::debug!(seconds = started.elapsed().as_secs_f64(), "eBPF programs loaded");
-    let mut table = ProcessTable::for_config(&config, Vec::new());
+    let mut table = ProcessTable::for_config(&config, Vec::new()).skip_mappings();
     let mut tracee =
         Tracee::spawn(&opts.argv, opts.follow_forks).with_context(|| format!("starting {}", opts.argv.join(" ")))?;
     let pid = tracee.pid;

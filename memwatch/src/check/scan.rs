@@ -159,9 +159,12 @@ pub fn classify<M: Memory>(blocks: &[Block], roots: &Roots, mem: &mut M) -> Vec<
     }
     // The runtime's: what its data reaches, and beyond, of the rest.
     let mut runtime_work = Vec::new();
+    // A start pointer from the runtime outweighs pointers only into the
+    // middle from the program (glibc's locale alias table: libc holds its
+    // start, the program a string inside it; memcheck frees it at exit).
     let take = |w: u64, state: &mut Vec<State>, work: &mut Vec<usize>| {
-        if let Some((j, _)) = index.find(w)
-            && state[j] == State::Unreached
+        if let Some((j, at_start)) = index.find(w)
+            && (state[j] == State::Unreached || (at_start && state[j] == State::Interior))
         {
             state[j] = State::Runtime;
             work.push(j);
@@ -351,7 +354,7 @@ mod tests {
 
     #[test]
     fn what_only_the_runtime_holds_is_the_runtimes_and_the_program_comes_first() {
-        let b = blocks(5);
+        let b = blocks(6);
         let mut m = Fake::default();
         let (program, runtime) = (0x1000, 0x2000);
         // The runtime's data keeps 0 (a stdio buffer, say), which keeps 1.
@@ -363,15 +366,18 @@ mod tests {
         // 3 only through a pointer into it from the runtime: still its.
         m.put(runtime + 16, at(3) + 8);
         // 4: nothing.
+        // 5: into its middle from the program, its start from the runtime.
+        m.put(program + 8, at(5) + 8);
+        m.put(runtime + 24, at(5));
         let roots = Roots {
-            ranges: vec![(program, program + 8)],
-            runtime: vec![(runtime, runtime + 24)],
+            ranges: vec![(program, program + 16)],
+            runtime: vec![(runtime, runtime + 32)],
             words: vec![],
         };
         use Kind::*;
         assert_eq!(
             classify(&b, &roots, &mut m),
-            [Runtime, Runtime, Reachable, Runtime, DefinitelyLost]
+            [Runtime, Runtime, Reachable, Runtime, DefinitelyLost, Runtime]
         );
     }
 }

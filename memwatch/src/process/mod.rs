@@ -209,11 +209,18 @@ impl ProcessTable {
             target::Wanted {
                 place: config.placement,
                 python_objects: config.python_objects,
+                skip_mappings: false,
             },
             config.maps.processes,
             Unwinder::new(config.unwind.enabled, config.unwind.rows),
             config.cmdline_arguments,
         )
+    }
+
+    /// Leaves mmap and munmap unprobed (see [`target::Wanted`]).
+    pub fn skip_mappings(mut self) -> Self {
+        self.wanted.skip_mappings = true;
+        self
     }
 
     pub fn has_globs(&self) -> bool {
