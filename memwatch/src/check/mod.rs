@@ -15,6 +15,7 @@ mod detach;
 pub mod report;
 pub mod roots;
 pub mod scan;
+mod streams;
 mod tracee;
 
 use std::{collections::HashMap, os::unix::fs::FileExt, path::PathBuf};
@@ -242,7 +243,20 @@ fn examine(
     let maps = procfs::read_maps(pid).context("reading the command's memory map")?;
     let roots = roots::of(&maps, threads, &blocks);
     let mut mem = ProcMem(std::fs::File::open(format!("/proc/{pid}/mem"))?);
-    let kinds = scan::classify(&blocks, &roots, &mut mem);
+    let mut kinds = scan::classify(&blocks, &roots, &mut mem);
+    // Streams left open are the program's, as memcheck counts them.
+    let word = |mem: &mut ProcMem, a: u64| {
+        scan::Memory::read(mem, a, 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    for stream in streams::open(pid, &maps, |a| word(&mut mem, a)) {
+        if let Ok(i) = blocks.binary_search_by_key(&stream, |b| b.addr)
+            && kinds[i] == scan::Kind::Runtime
+        {
+            kinds[i] = scan::Kind::Reachable;
+        }
+    }
     let frames = name_stacks(kernel, table, pid, live.iter().map(|(_, s)| *s));
     tracing::debug!(pid, blocks = blocks.len(), "exit stop: scanned and named");
     let found = live

@@ -52,7 +52,7 @@ pub struct CheckReport {
     /// Reached only from the C or C++ runtime's own data (stdio buffers,
     /// locale data): the runtime's, never failing a check, and not in
     /// memcheck's figures (it frees them at exit before it looks).
-    pub runtime: Total,
+    pub runtime: Category,
     /// Blocks whose stack matched a suppression, of any kind.
     pub suppressed: Total,
     /// With --follow-forks: each process checked, at its own exit.
@@ -176,26 +176,6 @@ fn glob(pattern: &str, text: &str) -> bool {
     true
 }
 
-/// glibc's functions that allocate a stream (a `FILE`) for the program.
-const OPENS_A_STREAM: [&str; 7] = [
-    "__fopen_internal",
-    "_IO_new_fdopen",
-    "_IO_new_popen",
-    "__open_memstream",
-    "__fmemopen",
-    "_IO_fopencookie",
-    "open_wmemstream",
-];
-
-/// Whether a block of the runtime's is a stream the program opened and did
-/// not close: glibc lists it in its own data, but `__libc_freeres` frees
-/// only the buffers, so memcheck counts the stream still reachable.
-fn opens_a_stream(frames: &[Frame]) -> bool {
-    frames
-        .iter()
-        .any(|f| f.function.as_deref().is_some_and(|name| OPENS_A_STREAM.contains(&name)))
-}
-
 /// Sums the blocks by kind and stack. `frames` names each stack.
 pub fn build(
     command: Vec<String>,
@@ -216,11 +196,7 @@ pub fn build(
             suppressed.blocks += 1;
             continue;
         }
-        let kind = if f.kind == Kind::Runtime && opens_a_stream(stack) {
-            Kind::Reachable
-        } else {
-            f.kind
-        };
+        let kind = f.kind;
         for t in [
             by.entry((kind, f.stack_id)).or_default(),
             totals.entry(kind).or_default(),
@@ -267,7 +243,7 @@ pub fn build(
         indirectly_lost: totals.get(&Kind::IndirectlyLost).cloned().unwrap_or_default(),
         possibly_lost: category(&[Kind::PossiblyLost]),
         reachable: category(&[Kind::Reachable]),
-        runtime: totals.get(&Kind::Runtime).cloned().unwrap_or_default(),
+        runtime: category(&[Kind::Runtime]),
         suppressed,
         processes: Vec::new(),
     }
@@ -445,11 +421,11 @@ mod tests {
     }
 
     #[test]
-    fn the_runtimes_blocks_fail_nothing_but_an_unclosed_stream_is_reachable() {
+    fn the_runtimes_blocks_are_counted_apart_and_fail_nothing() {
         let f = |size, kind, stack_id| Found { size, kind, stack_id };
         let found = [
             f(4096, Kind::Runtime, 1),
-            f(472, Kind::Runtime, 2),
+            f(472, Kind::Reachable, 2),
             f(4, Kind::Reachable, 3),
         ];
         let frames = HashMap::from([
@@ -458,7 +434,11 @@ mod tests {
             (3, vec![frame("strdup", 5), frame("main", 6)]),
         ]);
         let r = build(vec!["prog".into()], 0, &found, &frames, &Suppressions::default(), 10);
-        assert_eq!(r.runtime, Total { bytes: 4096, blocks: 1 });
+        assert_eq!((r.runtime.bytes, r.runtime.blocks), (4096, 1));
+        assert_eq!(
+            r.runtime.stacks[0].frames[0].function.as_deref(),
+            Some("_IO_file_doallocate")
+        );
         assert_eq!((r.reachable.bytes, r.reachable.blocks), (476, 2));
         assert_eq!(exit_code(&r, FailOn::Reachable), LEAKS_FOUND);
         let only_runtime = build(vec![], 0, &found[..1], &frames, &Suppressions::default(), 10);
