@@ -34,7 +34,7 @@ pub const MAX_CLOSING: usize = 16;
 const CLOSER_NAME: &[u8; 16] = b"memwatch-closer\0";
 
 /// Closers at work on the host, by their name (a closer names itself).
-fn closing() -> usize {
+pub fn closing() -> usize {
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
     dir.filter_map(|e| std::fs::read(e.ok()?.path().join("comm")).ok())
         .filter(|comm| comm.strip_suffix(b"\n") == Some(&CLOSER_NAME[..15]))
@@ -75,6 +75,11 @@ fn open_lock(path: &str) -> Option<File> {
     }
 }
 
+/// The descriptor of a lock file, or -1 without one.
+fn raw(f: &Option<File>) -> i32 {
+    f.as_ref().map_or(-1, |f| f.as_raw_fd())
+}
+
 fn flock(fd: i32, op: i32) {
     if fd >= 0 {
         // SAFETY: flock(2) on a descriptor; an error leaves things unlocked.
@@ -93,9 +98,8 @@ impl AttachLock {
     pub fn take() -> AttachLock {
         let turnstile = open_lock(TURNSTILE);
         let lock = open_lock(LOCK);
-        let fd = |f: &Option<File>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
-        flock(fd(&turnstile), libc::LOCK_EX);
-        flock(fd(&lock), libc::LOCK_EX);
+        flock(raw(&turnstile), libc::LOCK_EX);
+        flock(raw(&lock), libc::LOCK_EX);
         AttachLock {
             _turnstile: turnstile,
             _lock: lock,
@@ -146,8 +150,7 @@ pub fn close_after(parent: u32, fds: &[i32]) {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let (turnstile, lock, closers) = (open_lock(TURNSTILE), open_lock(LOCK), open_lock(CLOSERS));
-    let fd = |f: &Option<File>| f.as_ref().map_or(-1, |f| f.as_raw_fd());
-    let (turnstile_fd, lock_fd, closers_fd) = (fd(&turnstile), fd(&lock), fd(&closers));
+    let (turnstile_fd, lock_fd, closers_fd) = (raw(&turnstile), raw(&lock), raw(&closers));
     flock(closers_fd, libc::LOCK_EX);
     for &fd in fds {
         if [lock_fd, turnstile_fd, closers_fd].contains(&fd) {

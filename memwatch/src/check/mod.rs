@@ -33,7 +33,7 @@ use report::{Found, Suppressions};
 use scan::Block;
 use tracee::{Event, Tracee};
 
-pub use detach::close_after as close_probes_after;
+pub use detach::{close_after as close_probes_after, closing as closers_at_work};
 pub use report::FailOn;
 
 /// Frames of each stack, by stack id.
@@ -75,7 +75,7 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
     };
     // Created before the command runs: a path that cannot be written fails
     // the check before anything is spent on it.
-    let mut log_file = match &opts.log_file {
+    let log_file = match &opts.log_file {
         Some(path) => {
             Some(std::fs::File::create(path).with_context(|| format!("creating the log file {}", path.display()))?)
         }
@@ -133,7 +133,7 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
             }
             Event::Exiting(p, threads) => {
                 if table.get(p).is_some() {
-                    let (mine, named) = examine(&kernel, &table, p, &threads)?;
+                    let (mine, named) = examine(&kernel, &mut table, p, &threads)?;
                     if opts.follow_forks {
                         let command = procfs::read_cmdline(p, 16).unwrap_or_default();
                         processes.push(report::ProcessSummary::of(p, &command, &mine, &named, &suppressions));
@@ -169,22 +169,22 @@ pub fn run(config: Config, opts: Options) -> anyhow::Result<i32> {
     } else {
         None
     };
-    match (&mut log_file, json) {
-        (Some(file), json) => {
-            use std::io::Write;
-            let summary = text.lines().last().unwrap_or_default();
-            let (to_file, to_stderr) = match &json {
-                Some(json) => (json.as_str(), text.clone()),
-                None => (text.as_str(), format!("memwatch check: {summary}\n")),
-            };
-            file.write_all(to_file.as_bytes()).context("writing the log file")?;
-            eprint!("{to_stderr}");
+    let write = |mut file: &std::fs::File, what: &str| {
+        use std::io::Write;
+        file.write_all(what.as_bytes()).context("writing the log file")
+    };
+    match (&log_file, json) {
+        (Some(file), Some(json)) => {
+            write(file, &json)?;
+            eprint!("{text}");
+        }
+        (Some(file), None) => {
+            write(file, &text)?;
+            eprintln!("memwatch check: {}", text.lines().last().unwrap_or_default());
         }
         (None, json) => {
             eprint!("{text}");
-            if let Some(json) = json {
-                print!("{json}");
-            }
+            print!("{}", json.unwrap_or_default());
         }
     }
     detach::in_background();
@@ -213,7 +213,7 @@ fn probe(kernel: &mut Kernel, table: &mut ProcessTable, tracee: &mut Tracee, pid
 /// named.
 fn examine(
     kernel: &Kernel,
-    table: &ProcessTable,
+    table: &mut ProcessTable,
     pid: u32,
     threads: &[tracee::Registers],
 ) -> anyhow::Result<(Vec<Found>, Names)> {
@@ -245,12 +245,20 @@ fn examine(
     let mut mem = ProcMem(std::fs::File::open(format!("/proc/{pid}/mem"))?);
     let mut kinds = scan::classify(&blocks, &roots, &mut mem);
     // Streams left open are the program's, as memcheck counts them.
-    let word = |mem: &mut ProcMem, a: u64| {
-        scan::Memory::read(mem, a, 8)
+    let libc = procfs::mapped_files(&maps)
+        .into_iter()
+        .find(|f| f.path.rsplit('/').next().is_some_and(|n| n.starts_with("libc.so.")));
+    let info = libc.as_ref().and_then(|f| table.object(pid, f));
+    let word = |a: u64| {
+        scan::Memory::read(&mut mem, a, 8)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
     };
-    for stream in streams::open(pid, &maps, |a| word(&mut mem, a)) {
+    let open = match (&libc, &info) {
+        (Some(libc), Some(info)) => streams::open(&maps, libc, info, word),
+        _ => Vec::new(),
+    };
+    for stream in open {
         if let Ok(i) = blocks.binary_search_by_key(&stream, |b| b.addr)
             && kinds[i] == scan::Kind::Runtime
         {

@@ -196,10 +196,9 @@ pub fn build(
             suppressed.blocks += 1;
             continue;
         }
-        let kind = f.kind;
         for t in [
-            by.entry((kind, f.stack_id)).or_default(),
-            totals.entry(kind).or_default(),
+            by.entry((f.kind, f.stack_id)).or_default(),
+            totals.entry(f.kind).or_default(),
         ] {
             t.bytes += f.size;
             t.blocks += 1;

@@ -5,9 +5,10 @@
 //! still reachable. Found from the list, not by name: naming glibc's
 //! `__fopen_internal` takes its debug symbols.
 
-use object::{Object, ObjectSegment, ObjectSymbol};
-
-use crate::process::procfs::MapEntry;
+use crate::{
+    process::procfs::{MapEntry, MappedFile, runtime_address},
+    target::elf::ElfInfo,
+};
 
 /// `offsetof(struct _IO_FILE, _chain)` on x86_64.
 const CHAIN: u64 = 0x68;
@@ -30,38 +31,22 @@ pub fn chain(head: u64, mut read: impl FnMut(u64) -> Option<u64>) -> Vec<u64> {
     out
 }
 
-/// Where glibc's `_IO_list_all` is in the process, from its libc's file
-/// and mappings.
-fn list_head_address(maps: &[MapEntry], root: &std::path::Path) -> Option<u64> {
-    let libc = maps.iter().find(|m| {
-        m.path
-            .as_deref()
-            .is_some_and(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with("libc.so.")))
-    })?;
-    let path = libc.path.as_deref()?;
-    let data = std::fs::read(root.join(path.trim_start_matches('/'))).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let vaddr = file
-        .dynamic_symbols()
-        .find(|s| s.name() == Ok("_IO_list_all"))?
-        .address();
-    let offset = file.segments().find_map(|s| {
-        let (off, size) = s.file_range();
-        (s.address() <= vaddr && vaddr < s.address() + size).then(|| off + (vaddr - s.address()))
-    })?;
-    maps.iter()
-        .filter(|m| m.inode == libc.inode && m.dev == libc.dev)
-        .find(|m| offset >= m.offset && offset - m.offset < m.end - m.start)
-        .map(|m| m.start + (offset - m.offset))
-}
-
-/// The streams on glibc's list in the stopped process `pid`.
-pub fn open(pid: u32, maps: &[MapEntry], mut read: impl FnMut(u64) -> Option<u64>) -> Vec<u64> {
-    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
-    let Some(head) = list_head_address(maps, &root).and_then(&mut read) else {
-        return Vec::new();
-    };
-    chain(head, read)
+/// The streams on glibc's list in the stopped process whose mappings are
+/// `maps`: `libc` is its glibc as mapped, `info` what memwatch keeps of it.
+pub fn open(
+    maps: &[MapEntry],
+    libc: &MappedFile,
+    info: &ElfInfo,
+    mut read: impl FnMut(u64) -> Option<u64>,
+) -> Vec<u64> {
+    let head_at = info
+        .stream_list
+        .and_then(|vaddr| info.file_offset(vaddr))
+        .and_then(|off| runtime_address(maps, libc, off));
+    match head_at.and_then(&mut read) {
+        Some(head) => chain(head, read),
+        None => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -98,6 +98,15 @@ pub struct MappedFile {
     pub executable: bool,
 }
 
+/// Where the file offset `off` of `file` is mapped in the process.
+pub fn runtime_address(entries: &[MapEntry], file: &MappedFile, off: u64) -> Option<u64> {
+    entries
+        .iter()
+        .filter(|e| e.inode == file.inode && e.dev == file.dev)
+        .find(|e| off >= e.offset && off - e.offset < e.end - e.start)
+        .map(|e| e.start + (off - e.offset))
+}
+
 /// The distinct files behind a process's mappings, in address order.
 pub fn mapped_files(entries: &[MapEntry]) -> Vec<MappedFile> {
     let mut out: Vec<MappedFile> = Vec::new();

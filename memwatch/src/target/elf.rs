@@ -33,6 +33,9 @@ pub struct ElfInfo {
     /// For a CPython interpreter: its object allocator is called out of
     /// line (see `python::allocator_out_of_line`).
     pub python_calls_out_of_line: bool,
+    /// glibc's `_IO_list_all`, the head of its list of open streams (for
+    /// `memwatch check`), by virtual address.
+    pub stream_list: Option<u64>,
 }
 
 impl ElfInfo {
@@ -63,10 +66,17 @@ impl ElfInfo {
             LIBC_FUNCTIONS.iter().chain(PYTHON_FUNCTIONS).any(|(f, _)| *f == n) || n == super::python::INNER_FREE
         };
         let mut functions = HashMap::new();
+        let mut stream_list = None;
         // Dynamic symbols first (what the linker binds), then the static
         // table of unstripped or static executables.
         for sym in file.dynamic_symbols().chain(file.symbols()) {
-            if sym.kind() != SymbolKind::Text || !sym.is_definition() || sym.address() == 0 {
+            if !sym.is_definition() || sym.address() == 0 {
+                continue;
+            }
+            if sym.kind() == SymbolKind::Data && sym.name() == Ok("_IO_list_all") {
+                stream_list.get_or_insert(sym.address());
+            }
+            if sym.kind() != SymbolKind::Text {
                 continue;
             }
             if let Ok(name) = sym.name()
@@ -87,6 +97,7 @@ impl ElfInfo {
             segments,
             prologues: HashMap::new(),
             python_calls_out_of_line,
+            stream_list,
         };
         let addrs: Vec<u64> = info.functions.values().copied().collect();
         for vaddr in addrs {

@@ -12,7 +12,7 @@
 use iced_x86::{Code, Decoder, DecoderOptions};
 
 use super::elf::ElfInfo;
-use crate::process::procfs::{MapEntry, MappedFile};
+use crate::process::procfs::{MapEntry, MappedFile, runtime_address};
 
 /// pymalloc's release function: a local symbol, present unless stripped.
 pub const INNER_FREE: &str = "_PyObject_Free";
@@ -64,15 +64,6 @@ pub fn dispatch_slot(code: &[u8], vaddr: u64) -> Option<Slot> {
         }
     }
     None
-}
-
-/// Where the file offset `off` of `file` is mapped in the process.
-fn runtime_address(entries: &[MapEntry], file: &MappedFile, off: u64) -> Option<u64> {
-    entries
-        .iter()
-        .filter(|e| e.inode == file.inode && e.dev == file.dev)
-        .find(|e| off >= e.offset && off - e.offset < e.end - e.start)
-        .map(|e| e.start + (off - e.offset))
 }
 
 /// `_PyObject_Free`'s address in `info` if every free dispatcher of process
