@@ -17,7 +17,8 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const TRACKED: &str = "TRACKED";
 /// User stacks by content hash: u64 → [`crate::stack::StackFrames`].
 pub const STACKS: &str = "STACKS";
-/// Per-CPU scratch space for stack capture.
+/// Per-CPU scratch space for stack capture: entry 0 for the allocator
+/// probes, 1 for the syscall tracepoints.
 pub const STACK_SCRATCH: &str = "STACK_SCRATCH";
 /// Per-CPU loss counters indexed by [`crate::drop::Drop`].
 pub const DROPS: &str = "DROPS";

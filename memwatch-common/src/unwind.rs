@@ -92,6 +92,22 @@ impl UnwindRow {
     pub const fn same_rule(&self, other: &UnwindRow) -> bool {
         self.kind == other.kind && self.rbp == other.rbp && self.cfa == other.cfa
     }
+
+    /// The rule without its pc, in the low 32 bits of a word: the kernel's
+    /// global functions return one scalar, and a rule lookup is one of them.
+    pub const fn rule_bits(&self) -> u64 {
+        self.kind as u64 | (self.rbp as u8 as u64) << 8 | (self.cfa as u16 as u64) << 16
+    }
+
+    /// The rule from [`UnwindRow::rule_bits`] (pc 0).
+    pub const fn from_rule_bits(bits: u64) -> UnwindRow {
+        UnwindRow {
+            pc: 0,
+            kind: bits as u8,
+            rbp: (bits >> 8) as u8 as i8,
+            cfa: (bits >> 16) as u16 as i16,
+        }
+    }
 }
 
 /// How a mapping's code is unwound.

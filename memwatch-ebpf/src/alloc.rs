@@ -243,10 +243,7 @@ fn unmap(p: &Proc, addr: u64, len: u64) -> Result<(), Drop> {
 }
 
 fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u64) -> Result<(), Drop> {
-    let stack_id = stack::capture(ctx, p.tgid).unwrap_or_else(|reason| {
-        count_drop(reason);
-        0
-    });
+    let stack_id = stack::capture(ctx, p.tgid);
     // The call's start stands for the allocation's time: one clock read less.
     let rec = AllocRecord {
         size,

@@ -55,10 +55,7 @@ fn record(ctx: &TracePointContext, tgid: u32, bytes: u64) -> Result<(), Drop> {
 pub fn try_record(_ctx: &TracePointContext) -> Result<(), Drop> {
     let pending = GROWTH_PENDING.get(0).ok_or(Drop::StackCaptureFailed)?;
     let (tgid, bytes) = (pending[0] as u32, pending[1]);
-    let stack_id = stack::capture_current(tgid).unwrap_or_else(|reason| {
-        crate::maps::count_drop(reason);
-        0
-    });
+    let stack_id = stack::capture_current(tgid);
     let key = GrowthKey {
         tgid,
         _pad: 0,

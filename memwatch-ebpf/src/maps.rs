@@ -35,8 +35,20 @@ pub static TRACKED: Array<Tracked> = Array::with_max_entries(DEFAULT_TRACKED_ENT
 #[map(name = "STACKS")]
 pub static STACKS: HashMap<u64, StackFrames> = HashMap::with_max_entries(DEFAULT_STACKS_ENTRIES, BPF_F_NO_PREALLOC);
 
+/// Stack scratch per CPU: entry [`PROBES`] for the allocator probes,
+/// [`SYSCALLS`] for the syscall tracepoints (a syscall may preempt a probe's
+/// program on this CPU). One map, so that the functions that take the entry
+/// as an argument see one map pointer on every path.
 #[map(name = "STACK_SCRATCH")]
-pub static STACK_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static STACK_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(2, 0);
+pub const PROBES: u64 = 0;
+pub const SYSCALLS: u64 = 1;
+
+/// This CPU's scratch `which` (only its low bit counts).
+#[inline(always)]
+pub fn scratch(which: u64) -> Option<*mut StackScratch> {
+    STACK_SCRATCH.get_ptr_mut((which & 1) as u32)
+}
 
 #[map(name = "DROPS")]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Drop::COUNT, 0);
@@ -49,10 +61,6 @@ pub static GROWTH: LruHashMap<GrowthKey, GrowthValue> = LruHashMap::with_max_ent
 
 #[map(name = "BRK_LAST")]
 pub static BRK_LAST: LruHashMap<u32, u64> = LruHashMap::with_max_entries(DEFAULT_GROWTH_ENTRIES, 0);
-
-/// Stack scratch for the syscall tracepoints, apart from the uprobes'.
-#[map(name = "GROWTH_SCRATCH")]
-pub static GROWTH_SCRATCH: PerCpuArray<StackScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

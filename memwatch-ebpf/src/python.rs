@@ -15,7 +15,11 @@ use memwatch_common::{
     stack::{PY_FRAME_BYTES, PY_WINDOW, PY_WINDOW_WORDS, StackScratch},
 };
 
-use crate::unwind::KERNEL_OFFSETS;
+use crate::{
+    maps::{PROBES, scratch},
+    stack::{probes_python_step, syscalls_python_step},
+    unwind::KERNEL_OFFSETS,
+};
 
 #[inline(always)]
 fn user(addr: u64) -> Option<u64> {
@@ -43,11 +47,11 @@ fn thread_state(py: &PyProc) -> Option<u64> {
     (tstate != 0).then_some(tstate)
 }
 
-/// Starts recording the thread's Python frames into `scratch` and runs the
-/// walk with `callback` (which calls [`step`] on the same scratch). Returns
-/// the frames recorded and whether more were left.
+/// Starts recording the thread's Python frames into `scratch` (this CPU's
+/// scratch `which`) and runs the walk, a frame per iteration of
+/// `bpf_loop`. Returns the frames recorded and whether more were left.
 #[inline(always)]
-pub fn walk(scratch: *mut StackScratch, py: &PyProc, callback: extern "C" fn(u64, *mut c_void) -> i64) -> (u32, bool) {
+pub fn walk(scratch: *mut StackScratch, which: u64, py: &PyProc) -> (u32, bool) {
     // SAFETY: this CPU's map value.
     let s = unsafe { &mut *scratch };
     s.py_n = 0;
@@ -67,6 +71,11 @@ pub fn walk(scratch: *mut StackScratch, py: &PyProc, callback: extern "C" fn(u64
     s.py_frame = frame;
     s.py = *py;
     s.py_len = 0;
+    let callback: extern "C" fn(u64, *mut c_void) -> i64 = if which & 1 == PROBES {
+        probes_python_step
+    } else {
+        syscalls_python_step
+    };
     // SAFETY: the callback is a static function of this program; no context.
     unsafe {
         generated::bpf_loop(
@@ -120,9 +129,19 @@ fn window_at(s: &mut StackScratch, frame: u64) -> Option<u64> {
     Some(frame - base)
 }
 
-/// One interpreter frame of the walk in `scratch`. Returns 1 when it is over.
+/// One interpreter frame of the walk in this CPU's scratch `which`.
+/// Returns 1 when it is over. A global function (see `crate::stack`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn memwatch_py_step(which: u64) -> i64 {
+    match scratch(which) {
+        Some(s) => step(s),
+        None => 1,
+    }
+}
+
 #[inline(always)]
-pub fn step(scratch: *mut StackScratch) -> i64 {
+fn step(scratch: *mut StackScratch) -> i64 {
     // SAFETY: this CPU's map value.
     let s = unsafe { &mut *scratch };
     let frame = s.py_frame;

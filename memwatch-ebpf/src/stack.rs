@@ -1,6 +1,12 @@
 //! User stack capture, by call-frame information where the daemon has
 //! loaded the process's unwind tables and by frame pointers elsewhere;
 //! stacks are stored once per content hash.
+//!
+//! The walk is a chain of global functions (`memwatch_*`, `#[no_mangle]`,
+//! never inlined): the kernel verifies each once, on its own, with its
+//! arguments unknown, instead of once per path of its caller. What the
+//! verifier spends on a stack walk is then bounded by the walk's code, not
+//! by how the compiler happened to lay out the programs that call it.
 
 use core::ffi::c_void;
 
@@ -19,58 +25,86 @@ use memwatch_common::{
 };
 
 use crate::{
-    maps::{EEXIST, GROWTH_SCRATCH, STACK_SCRATCH, STACKS, settings},
+    maps::{EEXIST, PROBES, STACKS, SYSCALLS, count_drop, scratch, settings},
     python, unwind,
 };
 
 /// Captures the user stack of tracked process `tgid` at an allocator's
-/// return and returns its id.
+/// return and returns its id, 0 when it could not be stored (counted).
 ///
 /// The kernel has restored the instruction pointer to the return address:
 /// frame 0 is the allocator's direct caller, and the registers are the
 /// caller's.
 #[inline(always)]
-pub fn capture(ctx: &RetProbeContext, tgid: u32) -> Result<u64, Drop> {
-    let scratch = STACK_SCRATCH.get_ptr_mut(0).ok_or(Drop::StackCaptureFailed)?;
+pub fn capture(ctx: &RetProbeContext, tgid: u32) -> u64 {
     let r = unsafe { &*ctx.regs };
-    let regs = Regs {
-        pc: r.rip,
-        sp: r.rsp,
-        bp: r.rbp,
-        ret: true,
+    memwatch_capture(PROBES, tgid as u64, r.rip, r.rsp, r.rbp)
+}
+
+/// Captures the user stack of the current task from a syscall tracepoint,
+/// starting from the registers it entered the kernel with; 0 when it could
+/// not be stored (counted).
+#[inline(always)]
+pub fn capture_current(tgid: u32) -> u64 {
+    // SAFETY: helpers on the current task; the user registers are copied
+    // out of the kernel by the checked read.
+    let r: Result<pt_regs, _> = unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        aya_ebpf::helpers::bpf_probe_read_kernel(regs)
     };
-    let end = walk(scratch, tgid, regs, alloc_walk_step, alloc_python_step)?;
-    store(scratch, end, true)
+    match r {
+        Ok(r) => memwatch_capture(SYSCALLS, tgid as u64, r.rip, r.rsp, r.rbp),
+        Err(_) => {
+            count_drop(Drop::StackCaptureFailed);
+            0
+        }
+    }
+}
+
+/// Walks and stores the stack of `tgid` from the registers given, with
+/// scratch `which`: [`PROBES`] at an allocator's return (the pc is a return
+/// address, and this CPU's memory of stored ids is used), [`SYSCALLS`] at a
+/// syscall (the pc is where it returns to: an instruction). Returns the
+/// stack's id, or 0 after counting why there is none.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn memwatch_capture(which: u64, tgid: u64, pc: u64, sp: u64, bp: u64) -> u64 {
+    let probes = which & 1 == PROBES;
+    let regs = Regs {
+        pc,
+        sp,
+        bp,
+        ret: probes,
+    };
+    let result = scratch(which).ok_or(Drop::StackCaptureFailed).and_then(|s| {
+        let end = walk(s, which, tgid as u32, regs)?;
+        store(s, end, probes)
+    });
+    result.unwrap_or_else(|reason| {
+        count_drop(reason);
+        0
+    })
 }
 
 /// Walks the native stack from `regs`, by CFI where the process has unwind
 /// tables (else, owner 0, the same walk follows frame pointers), then its
 /// Python frames; returns the end word for [`store`].
 #[inline(always)]
-fn walk(
-    scratch: *mut StackScratch,
-    tgid: u32,
-    regs: Regs,
-    native: extern "C" fn(u64, *mut c_void) -> i64,
-    python: extern "C" fn(u64, *mut c_void) -> i64,
-) -> Result<u64, Drop> {
+fn walk(scratch: *mut StackScratch, which: u64, tgid: u32, regs: Regs) -> Result<u64, Drop> {
     let proc = unwind::process(tgid);
     let owner = unwind::owner(tgid, proc);
-    unwind::walk(scratch, owner.unwrap_or(0), regs, native).map_err(|_| Drop::StackCaptureFailed)?;
+    unwind::walk(scratch, which, owner.unwrap_or(0), regs).map_err(|_| Drop::StackCaptureFailed)?;
     // SAFETY: this CPU's map value.
     let end = unsafe { (*scratch).walk.end as u64 };
     let end = if owner.is_some() { end } else { end | END_FRAME_POINTERS };
-    Ok(end | python_frames(scratch, proc, python))
+    Ok(end | python_frames(scratch, which, proc))
 }
 
 /// Records the thread's Python frames after the native ones, in a process
 /// running CPython; returns their count and flag for `StackFrames::end`.
 #[inline(always)]
-fn python_frames(
-    scratch: *mut StackScratch,
-    proc: Option<*const ProcUnwind>,
-    callback: extern "C" fn(u64, *mut c_void) -> i64,
-) -> u64 {
+fn python_frames(scratch: *mut StackScratch, which: u64, proc: Option<*const ProcUnwind>) -> u64 {
     let Some(p) = proc else { return 0 };
     // SAFETY: a map value; the flag first, the layout copied out only for
     // a Python process.
@@ -78,41 +112,34 @@ fn python_frames(
         return 0;
     }
     let py = unsafe { (*p).py };
-    let (n, truncated) = python::walk(scratch, &py, callback);
+    let (n, truncated) = python::walk(scratch, which, &py);
     ((n as u64) << END_PY_SHIFT) | if truncated { END_PY_TRUNCATED } else { 0 }
 }
 
-/// bpf_loop's callbacks for the Python frames, at the probes and at the
-/// syscall tracepoints.
-extern "C" fn alloc_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    match STACK_SCRATCH.get_ptr_mut(0) {
-        Some(s) => python::step(s),
-        None => 1,
-    }
+/// What a `bpf_loop` callback returns for a global function's result: the
+/// kernel wants 0 or 1 and knows nothing of a global's result, so the bound
+/// is applied to a value the compiler cannot see through.
+#[inline(always)]
+pub fn loop_result(r: i64) -> i64 {
+    // SAFETY: a read of a local.
+    (unsafe { core::ptr::read_volatile(&r) } != 0) as i64 & 1
 }
 
-extern "C" fn growth_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    match GROWTH_SCRATCH.get_ptr_mut(0) {
-        Some(s) => python::step(s),
-        None => 1,
-    }
+/// `bpf_loop` callbacks: one per scratch, each one frame of a walk.
+pub extern "C" fn probes_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    loop_result(unwind::memwatch_walk_step(PROBES))
 }
 
-/// bpf_loop's callback for walks at the allocator probes.
-extern "C" fn alloc_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    match STACK_SCRATCH.get_ptr_mut(0) {
-        Some(s) => unwind::walk_step(s),
-        None => 1,
-    }
+pub extern "C" fn syscalls_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    loop_result(unwind::memwatch_walk_step(SYSCALLS))
 }
 
-/// bpf_loop's callback for walks at the syscall tracepoints, with their own
-/// scratch (a syscall may preempt a probe's program on this CPU).
-extern "C" fn growth_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    match GROWTH_SCRATCH.get_ptr_mut(0) {
-        Some(s) => unwind::walk_step(s),
-        None => 1,
-    }
+pub extern "C" fn probes_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    loop_result(python::memwatch_py_step(PROBES))
+}
+
+pub extern "C" fn syscalls_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    loop_result(python::memwatch_py_step(SYSCALLS))
 }
 
 /// Ends the stack walked into `scratch` with `end`, stores it in STACKS
@@ -164,28 +191,4 @@ fn store(scratch: *mut StackScratch, end: u64, cached: bool) -> Result<u64, Drop
         s.cache[way] = id;
     }
     Ok(id)
-}
-
-/// Captures the user stack of the current task from a syscall tracepoint,
-/// starting from the registers it entered the kernel with. Syscalls are
-/// rare next to allocator calls, so no cache of stored ids here.
-pub fn capture_current(tgid: u32) -> Result<u64, Drop> {
-    let scratch = GROWTH_SCRATCH.get_ptr_mut(0).ok_or(Drop::StackCaptureFailed)?;
-    // SAFETY: helpers on the current task; the user registers are copied
-    // out of the kernel by the checked read.
-    let r: pt_regs = unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        aya_ebpf::helpers::bpf_probe_read_kernel(regs).map_err(|_| Drop::StackCaptureFailed)?
-    };
-    // The pc is where the syscall returns to: an instruction, not a return
-    // address.
-    let regs = Regs {
-        pc: r.rip,
-        sp: r.rsp,
-        bp: r.rbp,
-        ret: false,
-    };
-    let end = walk(scratch, tgid, regs, growth_walk_step, growth_python_step)?;
-    store(scratch, end, false)
 }

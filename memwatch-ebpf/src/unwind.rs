@@ -34,7 +34,10 @@ use memwatch_common::{
     },
 };
 
-use crate::maps::add;
+use crate::{
+    maps::{PROBES, add, scratch},
+    stack::{probes_walk_step, syscalls_walk_step},
+};
 
 #[map(name = "UNWIND_ROWS")]
 static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
@@ -98,16 +101,11 @@ pub fn owner(tgid: u32, p: Option<*const ProcUnwind>) -> Option<u64> {
     (version != 0).then_some(((tgid as u64) << 32) | version as u64)
 }
 
-/// Starts a walk at `regs` in `scratch` and runs it with `callback` (which
-/// calls [`walk_step`] on the same scratch). With `owner` 0 (no tables for
-/// the process) every frame follows its frame pointer.
+/// Starts a walk at `regs` in `scratch` (this CPU's scratch `which`) and
+/// runs it, a frame per iteration of `bpf_loop`. With `owner` 0 (no tables
+/// for the process) every frame follows its frame pointer.
 #[inline(always)]
-pub fn walk(
-    scratch: *mut StackScratch,
-    owner: u64,
-    regs: Regs,
-    callback: extern "C" fn(u64, *mut c_void) -> i64,
-) -> Result<(), ()> {
+pub fn walk(scratch: *mut StackScratch, which: u64, owner: u64, regs: Regs) -> Result<(), ()> {
     // SAFETY: this CPU's map value.
     let s = unsafe { &mut *scratch };
     s.walk.pc = regs.pc;
@@ -122,6 +120,11 @@ pub fn walk(
     s.walk.hash = StackHasher::new().state();
     s.window_base = u64::MAX;
     s.window_len = 0;
+    let callback: extern "C" fn(u64, *mut c_void) -> i64 = if which & 1 == PROBES {
+        probes_walk_step
+    } else {
+        syscalls_walk_step
+    };
     // SAFETY: the callback is a static function of this program; no context.
     let rc = unsafe {
         generated::bpf_loop(
@@ -169,20 +172,63 @@ fn ask_refresh(tgid: u32) {
     }
 }
 
-/// What the rule lookup found for a pc.
-enum Found {
-    Row(UnwindRow),
+/// What the rule lookup found for a pc, in one word (a global function
+/// returns one scalar): the rule's bits, and above them which answer it is.
+/// A struct over the word rather than an enum with a payload: every answer
+/// carries a rule (frame pointers where there is no table), so no path
+/// reads a register the compiler left unset on another, which the verifier
+/// would refuse.
+#[derive(Clone, Copy)]
+struct Found(u64);
+
+impl Found {
+    /// A rule from the tables, or frame pointers for code known to have none.
+    const ROW: u64 = 0;
     /// A rule not to cache: the process's mappings changed since the walk
     /// began.
-    Uncached(UnwindRow),
-    Trampoline,
-    Unknown,
+    const UNCACHED: u64 = 1;
+    /// The `[uprobes]` page: a pending return probe's trampoline.
+    const TRAMPOLINE: u64 = 2;
+    /// A pc in no mapping the kernel was told about.
+    const UNKNOWN: u64 = 3;
+
+    #[inline(always)]
+    const fn new(what: u64, rule: UnwindRow) -> Found {
+        Found(what << 32 | rule.rule_bits())
+    }
+
+    #[inline(always)]
+    const fn what(self) -> u64 {
+        (self.0 >> 32) & 3
+    }
+
+    #[inline(always)]
+    const fn rule(self) -> UnwindRow {
+        UnwindRow::from_rule_bits(self.0)
+    }
+
+    /// Code memwatch has no table for (JIT code, or a library loaded
+    /// since), walked by its frame pointer, the best guess.
+    #[inline(always)]
+    const fn unknown(self) -> bool {
+        self.what() >= Found::TRAMPOLINE
+    }
 }
 
-/// One frame of the walk in `scratch`: records the frame at the walk's pc
-/// and steps to its caller. Returns 1 when the walk is over.
+/// One frame of the walk in this CPU's scratch `which`: records the frame
+/// at the walk's pc and steps to its caller. Returns 1 when the walk is
+/// over. A global function (see `crate::stack`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn memwatch_walk_step(which: u64) -> i64 {
+    match scratch(which) {
+        Some(s) => walk_step(s),
+        None => 1,
+    }
+}
+
 #[inline(always)]
-pub fn walk_step(scratch: *mut StackScratch) -> i64 {
+fn walk_step(scratch: *mut StackScratch) -> i64 {
     // SAFETY: this CPU's map value.
     let s = unsafe { &mut *scratch };
     let n = s.walk.n as usize;
@@ -196,23 +242,22 @@ pub fn walk_step(scratch: *mut StackScratch) -> i64 {
         bp: s.walk.bp,
         ret: s.walk.ret != 0,
     };
-    let (owner, tgid) = (s.walk.owner, s.walk.tgid);
-    let found = rule_for(owner, tgid, regs.lookup_pc());
-    if matches!(found, Found::Trampoline | Found::Unknown) && s.walk.ra_at != 0 {
+    let found = Found(memwatch_rule(s.walk.owner, regs.lookup_pc()));
+    if found.unknown() && s.walk.ra_at != 0 {
         // A return probe pending on the caller put its trampoline here:
         // take the original, and look again at the next iteration (one
         // lookup in the loop's body keeps the verifier's work small).
-        match original_return(s.walk.ra_at) {
-            Some(pc) => {
+        match memwatch_original_return(s.walk.ra_at) {
+            0 if found.what() == Found::TRAMPOLINE => {
+                s.walk.end = EndReason::Trampoline as u32;
+                return 1;
+            }
+            0 => {}
+            pc => {
                 s.walk.pc = pc;
                 s.walk.ra_at = 0;
                 return 0;
             }
-            None if matches!(found, Found::Trampoline) => {
-                s.walk.end = EndReason::Trampoline as u32;
-                return 1;
-            }
-            None => {}
         }
     }
     s.frames.frames[n & (MAX_STACK_DEPTH - 1)] = regs.pc;
@@ -221,12 +266,7 @@ pub fn walk_step(scratch: *mut StackScratch) -> i64 {
     s.walk.hash = h.state();
     s.walk.n += 1;
 
-    let (row, unknown) = match found {
-        Found::Row(r) | Found::Uncached(r) => (r, false),
-        // Code memwatch has no table for (JIT code, or a library loaded
-        // since): its frame pointer is the best guess.
-        Found::Trampoline | Found::Unknown => (FRAME_POINTER, true),
-    };
+    let (row, unknown) = (found.rule(), found.unknown());
     let window = &mut s.window;
     let (base, len) = (&mut s.window_base, &mut s.window_len);
     match step(row, &regs, |addr| read_word(window, base, len, addr)) {
@@ -280,28 +320,37 @@ fn read_word(window: &mut [u64; WINDOW_WORDS + 1], base: &mut u64, len: &mut u64
     Some(window[(((addr - *base) / 8) as usize) & (WINDOW_WORDS - 1)])
 }
 
-/// The rule for `pc` in process `tgid`: this CPU's cache, else a lookup.
+/// The rule for `pc` in the process and mappings version `owner` (tgid <<
+/// 32 | version), as [`Found`]'s word: this CPU's cache, else a lookup.
+/// A global function (see `crate::stack`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn memwatch_rule(owner: u64, pc: u64) -> u64 {
+    rule_for(owner, pc).0
+}
+
 #[inline(always)]
-fn rule_for(owner: u64, tgid: u32, pc: u64) -> Found {
+fn rule_for(owner: u64, pc: u64) -> Found {
     if owner == 0 {
-        return Found::Uncached(FRAME_POINTER);
+        return Found::new(Found::UNCACHED, FRAME_POINTER);
     }
     let Some(cache) = RULE_CACHE.get_ptr_mut(0) else {
-        return lookup(owner, tgid, pc);
+        return Found(memwatch_lookup(owner, pc));
     };
     let i = cache_index(pc);
     // SAFETY: this CPU's map value.
     let entries = unsafe { &mut (*cache).entries };
     let (a, b) = (i & (RULE_CACHE_ENTRIES - 1), (i ^ 1) & (RULE_CACHE_ENTRIES - 1));
     if entries[a].pc == pc && entries[a].owner == owner {
-        return Found::Row(entries[a].row);
+        return Found::new(Found::ROW, entries[a].row);
     }
     if entries[b].pc == pc && entries[b].owner == owner {
-        return Found::Row(entries[b].row);
+        return Found::new(Found::ROW, entries[b].row);
     }
     count(STAT_RULE_MISSES);
-    let found = lookup(owner, tgid, pc);
-    if let Found::Row(row) = found {
+    let found = Found(memwatch_lookup(owner, pc));
+    if found.what() == Found::ROW {
+        let row = found.rule();
         // The way holding another of this process's rules is kept, if the
         // other way is free for it.
         let way = if entries[a].owner == owner && entries[b].owner != owner {
@@ -322,37 +371,44 @@ fn rule_for(owner: u64, tgid: u32, pc: u64) -> Found {
     found
 }
 
-/// The rule for `pc` from the process's mappings and the rows.
+/// The rule for `pc` from the process's mappings and the rows, as
+/// [`Found`]'s word. A global function (see `crate::stack`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn memwatch_lookup(owner: u64, pc: u64) -> u64 {
+    lookup(owner, pc).0
+}
+
 #[inline(always)]
-fn lookup(owner: u64, tgid: u32, pc: u64) -> Found {
-    let Some(p) = UNWIND_PROCS.get_ptr(tgid) else {
-        return Found::Uncached(FRAME_POINTER);
+fn lookup(owner: u64, pc: u64) -> Found {
+    let Some(p) = UNWIND_PROCS.get_ptr((owner >> 32) as u32) else {
+        return Found::new(Found::UNCACHED, FRAME_POINTER);
     };
     // SAFETY: a map value, read field by field.
     let p = unsafe { &*p };
     if p.version as u64 != owner & 0xffff_ffff {
-        return Found::Uncached(FRAME_POINTER);
+        return Found::new(Found::UNCACHED, FRAME_POINTER);
     }
     let Some(m) = mapping(p, pc) else {
-        return Found::Unknown;
+        return Found::new(Found::UNKNOWN, FRAME_POINTER);
     };
     match m.kind {
         k if k == MappingKind::Table as u32 => {}
-        k if k == MappingKind::Trampoline as u32 => return Found::Trampoline,
-        _ => return Found::Row(FRAME_POINTER),
+        k if k == MappingKind::Trampoline as u32 => return Found::new(Found::TRAMPOLINE, FRAME_POINTER),
+        _ => return Found::new(Found::ROW, FRAME_POINTER),
     }
     let rel = pc.wrapping_sub(m.bias);
     if rel > u32::MAX as u64 {
-        return Found::Row(FRAME_POINTER);
+        return Found::new(Found::ROW, FRAME_POINTER);
     }
     let rel = rel as u32;
     // The last row at or below `rel`; unwind.rows is at most 2^26.
     let below = at_or_below::<27>(m.len, |i| UNWIND_ROWS.get(m.rows.wrapping_add(i)).map(|r| r.pc <= rel));
     match below {
-        Some(0) | None => Found::Row(FRAME_POINTER),
+        Some(0) | None => Found::new(Found::ROW, FRAME_POINTER),
         Some(n) => match UNWIND_ROWS.get(m.rows.wrapping_add(n - 1)) {
-            Some(r) => Found::Row(*r),
-            None => Found::Row(FRAME_POINTER),
+            Some(r) => Found::new(Found::ROW, *r),
+            None => Found::new(Found::ROW, FRAME_POINTER),
         },
     }
 }
@@ -375,8 +431,15 @@ fn mapping(p: &ProcUnwind, pc: u64) -> Option<ExecMapping> {
 }
 
 /// The return address a pending return probe replaced with its trampoline
-/// at stack slot `ra_at`: the kernel keeps it in the thread's list of
-/// return instances.
+/// at stack slot `ra_at`, 0 when not found: the kernel keeps it in the
+/// thread's list of return instances. A global function (see
+/// `crate::stack`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn memwatch_original_return(ra_at: u64) -> u64 {
+    original_return(ra_at).unwrap_or(0)
+}
+
 #[inline(always)]
 fn original_return(ra_at: u64) -> Option<u64> {
     let off = KERNEL_OFFSETS.load();

@@ -10,6 +10,7 @@ use crate::config::{Config, Overrides};
 #[command(
     name = "memwatch",
     version,
+    long_version = crate::kernel::object::LONG_VERSION,
     about = "Finds memory leaks in running processes with eBPF: which process, how fast, from which line of code."
 )]
 pub struct Cli {

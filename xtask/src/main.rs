@@ -168,10 +168,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     check(cargo().args(["fmt", "--all", "--check"]))?;
     check(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    // $CARGO is the stable toolchain's cargo: go through rustup for nightly.
+    // $CARGO is the stable toolchain's cargo: go through rustup for the
+    // eBPF crate's pinned nightly.
+    let pins = setup::pins()?;
     check(Command::new("rustup").current_dir(workspace_root()).args([
         "run",
-        "nightly",
+        &pins.toolchain,
         "cargo",
         "clippy",
         "--package",

@@ -3,14 +3,12 @@
 
 use std::process::Command;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 
-use crate::check;
+use crate::{check, workspace_root};
 
-/// Pinned, and built from its own lockfile, so that a new release (or a new
-/// release of one of its dependencies) cannot break a fresh build.
-const BPF_LINKER_VERSION: &str = "=0.13.0";
-const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+/// Build dependencies of bpf-linker besides LLVM's own packages.
+const LINKER_BUILD_PACKAGES: &[&str] = &["libzstd-dev", "zlib1g-dev"];
 /// Tools the tests use: C and C++ compilers for the fixtures, the real tools
 /// the operations tests check memwatch against — systemd-analyze, promtool
 /// and a Prometheus server, `go tool pprof`, curl and openssl for TLS — and
@@ -61,48 +59,144 @@ fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
     )
 }
 
-fn bpf_linker_installed() -> bool {
-    succeeds(Command::new("bpf-linker").arg("--version"))
+/// What decides the eBPF bytecode: the nightly in
+/// memwatch-ebpf/rust-toolchain.toml, bpf-linker and the LLVM it links with
+/// in memwatch-ebpf/Cargo.toml's [package.metadata.memwatch] (memwatch's
+/// build.rs checks the same pins).
+pub struct Pins {
+    pub toolchain: String,
+    /// rust-src for `-Z build-std=core`, clippy for `cargo xtask test`.
+    components: Vec<String>,
+    bpf_linker: String,
+    llvm_major: String,
+    llvm_package_version: String,
 }
 
-pub fn run() -> anyhow::Result<()> {
-    // The eBPF crate builds with nightly and -Z build-std=core.
-    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
-        eprintln!("setup: installing the nightly toolchain");
-        check(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
-    }
-    if !output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .contains("rust-src")
-    {
-        eprintln!("setup: adding rust-src to nightly");
-        check(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
-    }
+fn read_toml(path: &std::path::Path) -> anyhow::Result<toml::Table> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.parse().with_context(|| format!("parsing {}", path.display()))
+}
 
-    let mut pkgs = missing_packages(TEST_PACKAGES);
-    if !bpf_linker_installed() {
-        pkgs.extend(missing_packages(LLVM_PACKAGES));
+pub fn pins() -> anyhow::Result<Pins> {
+    let dir = workspace_root().join("memwatch-ebpf");
+    let toolchain = read_toml(&dir.join("rust-toolchain.toml"))?;
+    let manifest = read_toml(&dir.join("Cargo.toml"))?;
+    let meta = manifest
+        .get("package")
+        .and_then(|p| p.get("metadata"))
+        .and_then(|m| m.get("memwatch"));
+    let pin = |key: &str| -> anyhow::Result<String> {
+        meta.and_then(|m| m.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("memwatch-ebpf/Cargo.toml has no [package.metadata.memwatch] {key}"))
+    };
+    let table = toolchain.get("toolchain");
+    let components = table
+        .and_then(|t| t.get("components"))
+        .and_then(|c| c.as_array())
+        .map(|c| c.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    Ok(Pins {
+        components,
+        toolchain: table
+            .and_then(|t| t.get("channel"))
+            .and_then(|c| c.as_str())
+            .ok_or_else(|| anyhow!("memwatch-ebpf/rust-toolchain.toml names no toolchain.channel"))?
+            .to_string(),
+        bpf_linker: pin("bpf-linker")?,
+        llvm_major: pin("llvm-major")?,
+        llvm_package_version: pin("llvm-package-version")?,
+    })
+}
+
+fn installed_version(package: &str) -> String {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status} ${Version}", package]))
+        .strip_prefix("install ok installed ")
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn bpf_linker_version() -> String {
+    output(Command::new("bpf-linker").arg("--version"))
+        .trim()
+        .trim_start_matches("bpf-linker")
+        .trim()
+        .to_string()
+}
+
+/// The pinned nightly with its components.
+fn install_toolchain(pins: &Pins) -> anyhow::Result<()> {
+    let tc = pins.toolchain.as_str();
+    if !succeeds(Command::new("rustup").args(["run", tc, "rustc", "--version"])) {
+        eprintln!("setup: installing the eBPF toolchain {tc}");
+        check(Command::new("rustup").args(["toolchain", "install", tc, "--profile", "minimal"]))?;
     }
-    if !pkgs.is_empty() {
-        apt_install(&pkgs)?;
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", tc, "--installed"]));
+    for component in &pins.components {
+        // Listed bare (rust-src) or with the host's triple (clippy-x86_64-…).
+        let listed = |l: &str| l == component || l.starts_with(&format!("{component}-"));
+        if !installed.lines().any(listed) {
+            eprintln!("setup: adding {component} to {tc}");
+            check(Command::new("rustup").args(["component", "add", component, "--toolchain", tc]))?;
+        }
     }
-    if !bpf_linker_installed() {
+    Ok(())
+}
+
+/// LLVM at the pinned version of Debian's packages, and bpf-linker at its
+/// pinned version built against it (from its own lockfile, so that a new
+/// release of one of its dependencies cannot break a fresh build).
+fn install_linker(pins: &Pins) -> anyhow::Result<()> {
+    let (major, version) = (&pins.llvm_major, &pins.llvm_package_version);
+    let llvm_ok = installed_version(&format!("libllvm{major}")) == *version
+        && installed_version(&format!("llvm-{major}-dev")) == *version;
+    if !llvm_ok {
+        let mut pkgs: Vec<String> = [
+            format!("llvm-{major}-dev"),
+            format!("libpolly-{major}-dev"),
+            format!("llvm-{major}"),
+            format!("llvm-{major}-runtime"),
+            format!("llvm-{major}-linker-tools"),
+            format!("llvm-{major}-tools"),
+            format!("libllvm{major}"),
+        ]
+        .iter()
+        .map(|p| format!("{p}={version}"))
+        .collect();
+        pkgs.extend(missing_packages(LINKER_BUILD_PACKAGES));
+        apt_install(&pkgs).with_context(|| {
+            format!(
+                "installing LLVM {version} as pinned in memwatch-ebpf/Cargo.toml; if Debian no longer serves that \
+                 version, pin the one it serves (`apt-cache policy llvm-{major}-dev`) and check that `cargo xtask test` \
+                 still passes its verifier budget"
+            )
+        })?;
+    }
+    if !llvm_ok || bpf_linker_version() != pins.bpf_linker {
         // Without LLVM_PREFIX, bpf-linker finds Debian's LLVM 14 and fails to link.
-        eprintln!("setup: building bpf-linker against LLVM 22 (a few minutes)");
+        eprintln!(
+            "setup: building bpf-linker {} against LLVM {major} (a few minutes)",
+            pins.bpf_linker
+        );
         check(
             Command::new("cargo")
-                .args([
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    BPF_LINKER_VERSION,
-                    "--locked",
-                    "--no-default-features",
-                    "--features",
-                    "llvm-22",
-                ])
-                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+                .args(["install", "bpf-linker", "--force", "--locked", "--no-default-features"])
+                .args(["--version", &format!("={}", pins.bpf_linker)])
+                .args(["--features", &format!("llvm-{major}")])
+                .env("LLVM_PREFIX", format!("/usr/lib/llvm-{major}")),
         )
         .context("installing bpf-linker")?;
     }
     Ok(())
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let pins = pins()?;
+    install_toolchain(&pins)?;
+    let pkgs = missing_packages(TEST_PACKAGES);
+    if !pkgs.is_empty() {
+        apt_install(&pkgs)?;
+    }
+    install_linker(&pins)
 }

@@ -33,6 +33,17 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_survives_packing_into_a_word() {
+        for kind in 0..=6u8 {
+            for (rbp, cfa) in [(RBP_SAME, 1), (RBP_AT_RBP, -3), (RBP_LOST, i16::MAX), (-2, i16::MIN)] {
+                let r = UnwindRow { pc: 0, kind, rbp, cfa };
+                assert!(r.rule_bits() < 1 << 32);
+                assert_eq!(UnwindRow::from_rule_bits(r.rule_bits()), r);
+            }
+        }
+    }
+
+    #[test]
     fn layouts_are_what_the_programs_index() {
         assert_eq!(size_of::<UnwindRow>(), 8);
         assert_eq!(size_of::<ExecMapping>(), 40);

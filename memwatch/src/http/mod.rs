@@ -168,6 +168,7 @@ async fn status(State(s): State<AppState>) -> Response {
         .collect();
     let body = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "ebpf_object": crate::kernel::object::IDENTITY,
         "ready": snap.ready,
         "snapshot_unix": snap.taken_at_unix,
         "scan_seconds": snap.scan_seconds,

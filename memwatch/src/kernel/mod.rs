@@ -6,6 +6,7 @@ mod btf;
 mod clock;
 mod live_table;
 mod mapped;
+pub mod object;
 mod preempt;
 pub mod probes;
 pub mod tracefs;
@@ -54,9 +55,6 @@ pub fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
 
-/// The eBPF object built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memwatch"));
-
 pub struct Kernel {
     ebpf: Ebpf,
     live: Map,
@@ -104,7 +102,7 @@ impl Kernel {
     /// With `watch_growth`, host-wide growth attribution (mmap/brk/mremap
     /// tracepoints) is attached too.
     pub fn load(sizes: MapSizes, unwind: Unwind, report_all_execs: bool, watch_growth: bool) -> anyhow::Result<Kernel> {
-        if OBJECT.is_empty() {
+        if object::BYTES.is_empty() {
             bail!(
                 "this memwatch binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild it after `cargo xtask setup`"
             );
@@ -152,7 +150,7 @@ impl Kernel {
             .map_max_entries(names::UNWIND_PROCS, unwind.processes)
             .override_global(names::KERNEL_OFFSETS, &btf::kernel_offsets(), true)
             .override_global(names::UNWIND_ENABLED, &u8::from(unwind.enabled), true)
-            .load(OBJECT)
+            .load(object::BYTES)
             .context("loading the eBPF object (memwatch needs root, or CAP_BPF and CAP_PERFMON)")?;
 
         let mut settings_map = take(&mut ebpf, names::SETTINGS)?;

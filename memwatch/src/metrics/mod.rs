@@ -300,10 +300,18 @@ impl DaemonMetrics {
             r.register(Box::new(g.clone())).expect("unique metric");
             g
         };
-        let info = IntGaugeVec::new(Opts::new("memwatch_build_info", "memwatch version."), &["version"])
-            .expect("valid metric");
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "memwatch_build_info",
+                "memwatch version, and the first 12 hex digits of its eBPF object's SHA-256.",
+            ),
+            &["version", "ebpf_object"],
+        )
+        .expect("valid metric");
         r.register(Box::new(info.clone())).expect("unique metric");
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let object = crate::kernel::object::IDENTITY.sha256;
+        info.with_label_values(&[env!("CARGO_PKG_VERSION"), object.get(..12).unwrap_or(object)])
+            .set(1);
         DaemonMetrics {
             tracked: gauge(
                 r,
