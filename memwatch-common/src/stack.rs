@@ -89,6 +89,9 @@ pub struct Walk {
     pub n: u32,
     /// [`crate::unwind::EndReason`] once the walk is over.
     pub end: u32,
+    /// The process's [`crate::unwind::ProcUnwind::fp_ranges`], copied at
+    /// the walk's start.
+    pub fp_ranges: [[u64; 2]; crate::unwind::FP_RANGES],
 }
 
 #[repr(C)]

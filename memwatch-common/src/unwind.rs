@@ -114,7 +114,8 @@ impl UnwindRow {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MappingKind {
-    /// No table (none loaded, or the object has no CFI): frame pointers.
+    /// No table (the object keeps frame pointers, has no CFI, or none was
+    /// loaded): frame pointers.
     FramePointer = 0,
     /// Rows `[rows, rows + len)` of `UNWIND_ROWS`.
     Table = 1,
@@ -139,6 +140,10 @@ pub struct ExecMapping {
     pub _pad: u32,
 }
 
+/// Ranges of a process's code walked by frame pointers without a rule
+/// lookup: the largest mappings of objects built to keep them.
+pub const FP_RANGES: usize = 4;
+
 /// A process's executable mappings, sorted by start and not overlapping.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -154,6 +159,9 @@ pub struct ProcUnwind {
     pub _pad: u32,
     /// Where its interpreter frames are, when it runs CPython.
     pub py: crate::python::PyProc,
+    /// [start, end) of code that keeps frame pointers (those mappings are
+    /// [`MappingKind::FramePointer`] too); [0, 0] unused.
+    pub fp_ranges: [[u64; 2]; FP_RANGES],
     pub mappings: [ExecMapping; MAX_MAPPINGS],
 }
 
@@ -175,6 +183,7 @@ impl Default for ProcUnwind {
                 frame_instr: 0,
                 frame_flag: 0,
             },
+            fp_ranges: [[0; 2]; FP_RANGES],
             mappings: [ExecMapping::default(); MAX_MAPPINGS],
         }
     }

@@ -94,7 +94,7 @@ pub extern "C" fn memwatch_capture(which: u64, tgid: u64, pc: u64, sp: u64, bp: 
 fn walk(scratch: *mut StackScratch, which: u64, tgid: u32, regs: Regs) -> Result<u64, Drop> {
     let proc = unwind::process(tgid);
     let owner = unwind::owner(tgid, proc);
-    unwind::walk(scratch, which, owner.unwrap_or(0), regs).map_err(|_| Drop::StackCaptureFailed)?;
+    unwind::walk(scratch, which, proc, owner.unwrap_or(0), regs).map_err(|_| Drop::StackCaptureFailed)?;
     // SAFETY: this CPU's map value.
     let end = unsafe { (*scratch).walk.end as u64 };
     let end = if owner.is_some() { end } else { end | END_FRAME_POINTERS };

@@ -28,9 +28,9 @@ use memwatch_common::{
     search::at_or_below,
     stack::{MAX_STACK_DEPTH, StackHasher, StackScratch, WINDOW_WORDS, window_len_at},
     unwind::{
-        EndReason, ExecMapping, KernelOffsets, MAX_MAPPINGS, MAX_RETURN_INSTANCES, MappingKind, Method, ProcUnwind,
-        RBP_SAME, RULE_CACHE_ENTRIES, Regs, RuleCache, RuleKind, STAT_CFI_FRAMES, STAT_RULE_MISSES, STATS_LEN, Step,
-        UnwindRow, cache_index, stat_index, step,
+        EndReason, ExecMapping, FP_RANGES, KernelOffsets, MAX_MAPPINGS, MAX_RETURN_INSTANCES, MappingKind, Method,
+        ProcUnwind, RBP_SAME, RULE_CACHE_ENTRIES, Regs, RuleCache, RuleKind, STAT_CFI_FRAMES, STAT_RULE_MISSES,
+        STATS_LEN, Step, UnwindRow, cache_index, stat_index, step,
     },
 };
 
@@ -105,9 +105,20 @@ pub fn owner(tgid: u32, p: Option<*const ProcUnwind>) -> Option<u64> {
 /// runs it, a frame per iteration of `bpf_loop`. With `owner` 0 (no tables
 /// for the process) every frame follows its frame pointer.
 #[inline(always)]
-pub fn walk(scratch: *mut StackScratch, which: u64, owner: u64, regs: Regs) -> Result<(), ()> {
+pub fn walk(
+    scratch: *mut StackScratch,
+    which: u64,
+    proc: Option<*const ProcUnwind>,
+    owner: u64,
+    regs: Regs,
+) -> Result<(), ()> {
     // SAFETY: this CPU's map value.
     let s = unsafe { &mut *scratch };
+    s.walk.fp_ranges = match proc {
+        // SAFETY: a map value, copied.
+        Some(p) if owner != 0 => unsafe { (*p).fp_ranges },
+        _ => [[0; 2]; FP_RANGES],
+    };
     s.walk.pc = regs.pc;
     s.walk.sp = regs.sp;
     s.walk.bp = regs.bp;
@@ -242,7 +253,12 @@ fn walk_step(scratch: *mut StackScratch) -> i64 {
         bp: s.walk.bp,
         ret: s.walk.ret != 0,
     };
-    let found = Found(memwatch_rule(s.walk.owner, regs.lookup_pc()));
+    let pc = regs.lookup_pc();
+    let found = if keeps_frame_pointers(&s.walk.fp_ranges, pc) {
+        Found::new(Found::ROW, FRAME_POINTER)
+    } else {
+        rule_for(s.walk.owner, pc)
+    };
     if found.unknown() && s.walk.ra_at != 0 {
         // A return probe pending on the caller put its trampoline here:
         // take the original, and look again at the next iteration (one
@@ -320,15 +336,15 @@ fn read_word(window: &mut [u64; WINDOW_WORDS + 1], base: &mut u64, len: &mut u64
     Some(window[(((addr - *base) / 8) as usize) & (WINDOW_WORDS - 1)])
 }
 
-/// The rule for `pc` in the process and mappings version `owner` (tgid <<
-/// 32 | version), as [`Found`]'s word: this CPU's cache, else a lookup.
-/// A global function (see `crate::stack`).
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn memwatch_rule(owner: u64, pc: u64) -> u64 {
-    rule_for(owner, pc).0
+/// Whether `pc` is in code built to keep frame pointers: walked by them
+/// with no rule lookup, at the cost of a few comparisons.
+#[inline(always)]
+fn keeps_frame_pointers(ranges: &[[u64; 2]; FP_RANGES], pc: u64) -> bool {
+    ranges.iter().any(|&[start, end]| pc >= start && pc < end)
 }
 
+/// The rule for `pc` in the process and mappings version `owner` (tgid <<
+/// 32 | version): this CPU's cache, else a lookup.
 #[inline(always)]
 fn rule_for(owner: u64, pc: u64) -> Found {
     if owner == 0 {

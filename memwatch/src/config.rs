@@ -72,6 +72,7 @@ pub struct PythonFile {
 #[serde(deny_unknown_fields)]
 pub struct UnwindFile {
     pub enabled: Option<bool>,
+    pub frame_pointer_objects: Option<bool>,
     pub rows: Option<i64>,
     pub processes: Option<i64>,
 }
@@ -220,6 +221,9 @@ pub struct Config {
 pub struct Unwind {
     /// Off: every stack is walked by frame pointers.
     pub enabled: bool,
+    /// Objects built to keep frame pointers are walked by them (faster),
+    /// the rest by CFI; off: CFI wherever there is some.
+    pub frame_pointer_objects: bool,
     /// Capacity of the kernel's table of unwind rows (8 bytes each, all
     /// allocated at startup), shared by every object loaded.
     pub rows: u32,
@@ -390,6 +394,7 @@ impl Config {
             .map(|s| Duration::from_secs_f64(s.max(1.0))),
             unwind: Unwind {
                 enabled: file.unwind.enabled.unwrap_or(true),
+                frame_pointer_objects: file.unwind.frame_pointer_objects.unwrap_or(true),
                 rows: ranged("unwind.rows", file.unwind.rows, 1 << 20, 1 << 12, 1 << 26)?,
                 processes: ranged("unwind.processes", file.unwind.processes, 1 << 10, 1, 1 << 16)?,
             },

@@ -290,6 +290,35 @@ fn cpp_cache_is_named(build: Build) {
         }
         assert_eq!(s["truncated"], false, "{build:?}: {s:#}");
     }
+    // A stack through both kinds of code: the program's frames, built with
+    // frame pointers, walked by them; libstdc++'s and libc's, built
+    // without, by their call-frame information.
+    let probes = d.json("/probes");
+    let modules = probes["unwind"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == fx.pid)
+        .map(|p| p["modules"].clone())
+        .unwrap_or_else(|| panic!("{build:?}: no unwind entry for the fixture: {probes:#}"));
+    let module = |suffix: &str| {
+        modules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["module"].as_str().unwrap().contains(suffix))
+            .cloned()
+            .unwrap_or_else(|| panic!("{build:?}: {suffix} not listed: {modules:#}"))
+    };
+    let program = module(name);
+    let by_frame_pointers = build == Build::FramePointers;
+    assert_eq!(program["keeps_frame_pointers"], by_frame_pointers, "{program:#}");
+    assert_eq!(
+        program["unwind"],
+        if by_frame_pointers { "frame_pointers" } else { "cfi" },
+        "{program:#}"
+    );
+    assert_eq!(module("libstdc++.so.6")["unwind"], "cfi", "{modules:#}");
     let entry = built
         .iter()
         .find(|s| s["frames"][1]["function"] == "build_entry(int)")

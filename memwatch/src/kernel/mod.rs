@@ -9,6 +9,7 @@ mod mapped;
 pub mod object;
 mod preempt;
 pub mod probes;
+mod requirements;
 pub mod tracefs;
 pub mod unwind;
 
@@ -107,6 +108,7 @@ impl Kernel {
                 "this memwatch binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild it after `cargo xtask setup`"
             );
         }
+        requirements::check()?;
         raise_memlock();
         tracefs::ensure_mounted().context("mounting tracefs at /sys/kernel/tracing")?;
         let exit_format = tracefs::read_format("sched", "sched_process_exit")?;

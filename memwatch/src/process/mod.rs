@@ -212,7 +212,11 @@ impl ProcessTable {
                 skip_mappings: false,
             },
             config.maps.processes,
-            Unwinder::new(config.unwind.enabled, config.unwind.rows),
+            Unwinder::new(
+                config.unwind.enabled,
+                config.unwind.frame_pointer_objects,
+                config.unwind.rows,
+            ),
             config.cmdline_arguments,
         )
     }

@@ -16,7 +16,7 @@ use std::{
     time::Instant,
 };
 
-use memwatch_common::unwind::{ExecMapping, MAX_MAPPINGS, MappingKind, ProcUnwind};
+use memwatch_common::unwind::{ExecMapping, FP_RANGES, MAX_MAPPINGS, MappingKind, ProcUnwind};
 use serde::Serialize;
 
 use crate::{
@@ -24,6 +24,18 @@ use crate::{
     process::procfs::{self, MapEntry},
 };
 use ranges::Ranges;
+
+/// The [`FP_RANGES`] largest of `ranges`, for the kernel to walk by frame
+/// pointers without a rule lookup (the rest are found by lookup, as
+/// `MappingKind::FramePointer` mappings).
+fn largest(mut ranges: Vec<[u64; 2]>) -> [[u64; 2]; FP_RANGES] {
+    ranges.sort_by_key(|[start, end]| std::cmp::Reverse(end - start));
+    let mut out = [[0; 2]; FP_RANGES];
+    for (slot, r) in out.iter_mut().zip(ranges) {
+        *slot = r;
+    }
+    out
+}
 
 /// An object by (device, inode), as /proc/PID/maps names it.
 type ObjectKey = (String, u64);
@@ -39,6 +51,8 @@ struct Object {
     unsupported: usize,
     /// Why it has no rows, when it has none.
     problem: Option<String>,
+    /// Built to keep frame pointers: walked by them, with no table.
+    keeps_frame_pointers: bool,
     /// Registered processes mapping it.
     users: u32,
     last_used: Instant,
@@ -80,6 +94,9 @@ pub struct ModuleUnwind {
     pub module: String,
     /// "cfi", "frame_pointers" (no table) or "trampoline".
     pub unwind: &'static str,
+    /// Walked by frame pointers because the object keeps them (not for
+    /// want of a table).
+    pub keeps_frame_pointers: bool,
     pub rows: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -98,6 +115,8 @@ pub struct UnwindTotals {
 
 pub struct Unwinder {
     enabled: bool,
+    /// Objects built to keep frame pointers are walked by them.
+    frame_pointer_objects: bool,
     objects: HashMap<ObjectKey, Object>,
     ranges: Ranges,
     procs: BTreeMap<u32, Registered>,
@@ -106,9 +125,10 @@ pub struct Unwinder {
 }
 
 impl Unwinder {
-    pub fn new(enabled: bool, rows: u32) -> Self {
+    pub fn new(enabled: bool, frame_pointer_objects: bool, rows: u32) -> Self {
         Unwinder {
             enabled,
+            frame_pointer_objects,
             objects: HashMap::new(),
             ranges: Ranges::new(rows),
             procs: BTreeMap::new(),
@@ -186,7 +206,7 @@ impl Unwinder {
             return Ok(());
         }
         let entries = procfs::read_maps(pid).map_err(|e| format!("reading the memory map of {pid}: {e}"))?;
-        let (mappings, objects) = self.mappings_of(&mut maps.rows, pid, &entries);
+        let (mappings, objects, fp_ranges) = self.mappings_of(&mut maps.rows, pid, &entries);
         let r = self.procs.get_mut(&pid).expect("present");
         let changed = r.mappings != mappings;
         let in_kernel = maps.has_proc(pid);
@@ -233,6 +253,7 @@ impl Unwinder {
             value.py = rt.proc();
         }
         value.mappings[..mappings.len()].copy_from_slice(&mappings);
+        value.fp_ranges = largest(fp_ranges);
         let written = maps.set_proc(pid, &value);
         let old = std::mem::replace(&mut r.objects, objects);
         r.mappings = mappings;
@@ -253,15 +274,17 @@ impl Unwinder {
     }
 
     /// The executable mappings of `pid` with their tables (loading tables
-    /// not seen before), and the objects they hold a use of.
+    /// not seen before), the objects they hold a use of, and the ranges of
+    /// those that keep frame pointers.
     fn mappings_of(
         &mut self,
         rows: &mut RowStore,
         pid: u32,
         entries: &[MapEntry],
-    ) -> (Vec<ExecMapping>, Vec<ObjectKey>) {
+    ) -> (Vec<ExecMapping>, Vec<ObjectKey>, Vec<[u64; 2]>) {
         let mut mappings = Vec::new();
         let mut objects = Vec::new();
+        let mut fp_ranges = Vec::new();
         for e in entries.iter().filter(|e| e.perms.as_bytes().get(2) == Some(&b'x')) {
             let mut m = ExecMapping {
                 start: e.start,
@@ -284,6 +307,9 @@ impl Unwinder {
                     m.len = len;
                     m.bias = bias;
                 }
+                if o.keeps_frame_pointers {
+                    fp_ranges.push([e.start, e.end]);
+                }
                 o.users += 1;
                 o.last_used = Instant::now();
                 objects.push(key);
@@ -296,7 +322,7 @@ impl Unwinder {
             mappings.truncate(MAX_MAPPINGS);
             mappings.sort_by_key(|m| m.start);
         }
-        (mappings, objects)
+        (mappings, objects, fp_ranges)
     }
 
     /// The object's table, loaded into the rows the first time.
@@ -316,6 +342,7 @@ impl Unwinder {
             fdes: 0,
             unsupported: 0,
             problem: None,
+            keeps_frame_pointers: false,
             users: 0,
             last_used: Instant::now(),
         };
@@ -333,11 +360,17 @@ impl Unwinder {
                 return o;
             }
         };
+        let keeps_frame_pointers = t.keeps_frame_pointers();
         o.segments = t.segments;
         o.fdes = t.fdes;
         o.unsupported = t.unsupported;
         if t.rows.is_empty() {
             o.problem = Some("no call-frame information".into());
+            return o;
+        }
+        if self.frame_pointer_objects && keeps_frame_pointers {
+            tracing::debug!(module = path, "built to keep frame pointers: walked by them");
+            o.keeps_frame_pointers = true;
             return o;
         }
         let len = t.rows.len() as u32;
@@ -411,6 +444,7 @@ impl Unwinder {
             out.push(ModuleUnwind {
                 module: o.path.clone(),
                 unwind: if o.rows.is_some() { "cfi" } else { "frame_pointers" },
+                keeps_frame_pointers: o.keeps_frame_pointers,
                 rows: o.rows.map_or(0, |(_, n)| n),
                 problem: o.problem.clone().or_else(|| {
                     (o.unsupported > 0).then(|| format!("{} of its rules are not followed", o.unsupported))

@@ -21,6 +21,11 @@ pub struct Table {
     pub cfi_rows: usize,
     /// Rows whose rule the kernel side does not follow.
     pub unsupported: usize,
+    /// Bytes of code the FDEs cover (not PLT stubs, nor outermost frames),
+    /// and of it in functions that set up a frame pointer (`push %rbp; mov %rsp,%rbp`: the CFA at rbp + 16, the
+    /// caller's rbp saved below the return address).
+    pub code_bytes: u64,
+    pub frame_pointer_bytes: u64,
     /// Loadable segments: (virtual address, file offset, size in the file),
     /// to place the rows in a process's address space.
     pub segments: Vec<(u64, u64, u64)>,
@@ -59,12 +64,18 @@ pub fn build(data: &[u8]) -> Result<Table, TableError> {
     };
     let mut spans = Vec::new();
     let text = file.section_by_name(".text").map_or(0, |s| s.address());
+    // PLT stubs jump rather than call: no frame of theirs is ever a caller.
+    let plt: Vec<(u64, u64)> = file
+        .sections()
+        .filter(|s| s.name().is_ok_and(|n| n.starts_with(".plt")))
+        .map(|s| (s.address(), s.address() + s.size()))
+        .collect();
     if let Some(eh) = file.section_by_name(".eh_frame")
         && let Ok(bytes) = eh.data()
     {
         let section = EhFrame::new(bytes, LittleEndian);
         let bases = BaseAddresses::default().set_eh_frame(eh.address()).set_text(text);
-        read_section(&section, &bases, &mut spans, &mut table)?;
+        read_section(&section, &bases, &plt, &mut spans, &mut table)?;
     }
     // .debug_frame (in unstripped objects) adds what .eh_frame lacks, if
     // anything: functions built with -fno-asynchronous-unwind-tables.
@@ -74,7 +85,7 @@ pub fn build(data: &[u8]) -> Result<Table, TableError> {
         let covered = covered_ranges(&spans);
         let section = DebugFrame::new(bytes, LittleEndian);
         let mut extra = Vec::new();
-        read_section(&section, &BaseAddresses::default(), &mut extra, &mut table)?;
+        read_section(&section, &BaseAddresses::default(), &plt, &mut extra, &mut table)?;
         spans.extend(extra.into_iter().filter(|s| !overlaps(&covered, s.start, s.end)));
     }
     table.rows = rows_of(spans)?;
@@ -84,6 +95,7 @@ pub fn build(data: &[u8]) -> Result<Table, TableError> {
 fn read_section<'a, S: UnwindSection<Slice<'a>>>(
     section: &S,
     bases: &BaseAddresses,
+    plt: &[(u64, u64)],
     spans: &mut Vec<Span>,
     table: &mut Table,
 ) -> Result<(), gimli::Error>
@@ -103,6 +115,9 @@ where
         let Ok(mut rows) = fde.rows(section, bases, &mut ctx) else {
             continue;
         };
+        let start = fde.initial_address();
+        let in_plt = plt.iter().any(|&(a, b)| a <= start && start < b);
+        let (mut frame_pointer, mut outermost) = (false, false);
         while let Ok(Some(r)) = rows.next_row() {
             table.cfi_rows += 1;
             let row = if signal {
@@ -113,14 +128,44 @@ where
             if row.kind() == RuleKind::Unsupported {
                 table.unsupported += 1;
             }
+            frame_pointer |= row.same_rule(&FRAME_POINTER_SET_UP);
+            outermost |= row.kind() == RuleKind::End;
             spans.push(Span {
                 start: r.start_address(),
                 end: r.end_address(),
                 row,
             });
         }
+        // `_start` and a thread's start have no caller to find.
+        if !in_plt && !outermost {
+            table.code_bytes += fde.len();
+            if frame_pointer {
+                table.frame_pointer_bytes += fde.len();
+            }
+        }
     }
     Ok(())
+}
+
+/// The rule inside a function that keeps a frame pointer, once it has set
+/// it up: CFA = rbp + 16, the caller's rbp saved at CFA − 16.
+const FRAME_POINTER_SET_UP: UnwindRow = UnwindRow {
+    pc: 0,
+    kind: RuleKind::CfaRbp as u8,
+    rbp: -2,
+    cfa: 2,
+};
+
+impl Table {
+    /// Whether the object was built to keep frame pointers: nearly all of
+    /// its code (by size, so that the C runtime's few small functions in
+    /// every executable do not count for much) sets one up. Its frames are
+    /// then walked by frame pointers, as fast as without tables; a function
+    /// of it that keeps none (hand-written assembly) costs its caller's
+    /// frame, as for every frame-pointer profiler.
+    pub fn keeps_frame_pointers(&self) -> bool {
+        self.code_bytes > 0 && self.frame_pointer_bytes * 100 >= self.code_bytes * 95
+    }
 }
 
 fn rule(kind: RuleKind, cfa: i16, rbp: i8) -> UnwindRow {
@@ -401,6 +446,53 @@ mod tests {
             bias(&lld, 0x55af_ceb8_2000, 0x84_1000),
             Some(0x55af_ceb8_2000 - 0x84_3000)
         );
+    }
+
+    /// A program built by the C compiler with `flags`.
+    fn compiled(name: &str, flags: &[&str]) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("memwatch-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("fp.c");
+        std::fs::write(
+            &src,
+            "#include <stdlib.h>\n\
+             void *volatile sink;\n\
+             __attribute__((noinline)) void inner(int n) { sink = malloc(n); }\n\
+             __attribute__((noinline)) void outer(int n) { for (int i = 0; i < n; i++) inner(i); }\n\
+             int main(int argc, char **argv) { outer(argc * 100); return 0; }\n",
+        )
+        .unwrap();
+        let out = dir.join(name);
+        let status = std::process::Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .args(flags)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read(out).unwrap()
+    }
+
+    #[test]
+    fn objects_built_to_keep_frame_pointers_are_told_from_those_that_omit_them() {
+        let fp = build(&compiled("fp", &["-fno-omit-frame-pointer"])).unwrap();
+        assert!(
+            fp.keeps_frame_pointers(),
+            "{} of {} bytes",
+            fp.frame_pointer_bytes,
+            fp.code_bytes
+        );
+        let nofp = build(&compiled("nofp", &["-fomit-frame-pointer"])).unwrap();
+        assert!(
+            !nofp.keeps_frame_pointers(),
+            "{} of {} bytes",
+            nofp.frame_pointer_bytes,
+            nofp.code_bytes
+        );
+        // Debian builds its libc without them.
+        let libc = build(&std::fs::read(libc_path()).unwrap()).unwrap();
+        assert!(!libc.keeps_frame_pointers());
     }
 
     #[test]
