@@ -46,16 +46,22 @@ pub fn capture(ctx: &RetProbeContext, tgid: u32) -> u64 {
 /// not be stored (counted).
 #[inline(always)]
 pub fn capture_current(tgid: u32) -> u64 {
-    // SAFETY: helpers on the current task; the user registers are copied
-    // out of the kernel by the checked read.
-    let r: Result<pt_regs, _> = unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        aya_ebpf::helpers::bpf_probe_read_kernel(regs)
+    // SAFETY: helpers on the current task; each user register is copied
+    // out of the kernel by a checked read, one word at a time: the whole
+    // pt_regs (168 bytes) on this program's stack would leave too little of
+    // the 512 bytes the kernel allows a chain of calls (6.1 refuses 544).
+    let r = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        let read = |field: *const u64| aya_ebpf::helpers::bpf_probe_read_kernel(field);
+        (
+            read(&raw const (*regs).rip),
+            read(&raw const (*regs).rsp),
+            read(&raw const (*regs).rbp),
+        )
     };
     match r {
-        Ok(r) => memwatch_capture(SYSCALLS, tgid as u64, r.rip, r.rsp, r.rbp),
-        Err(_) => {
+        (Ok(pc), Ok(sp), Ok(bp)) => memwatch_capture(SYSCALLS, tgid as u64, pc, sp, bp),
+        _ => {
             count_drop(Drop::StackCaptureFailed);
             0
         }

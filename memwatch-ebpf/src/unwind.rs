@@ -2,10 +2,12 @@
 //! `memwatch_common::unwind`): one frame per iteration of `bpf_loop`, so
 //! that the verifier checks a frame once rather than 64 times.
 //!
-//! Per frame: the rule for the return address comes from this CPU's rule
-//! cache, or else from the process's mappings and the object's rows (two
-//! binary searches), and is cached; [`step`] applies it, reading the user
-//! stack through a window that usually holds several frames.
+//! Per frame: code of an object built to keep frame pointers steps by
+//! them; for the rest, the rule for the return address comes from this
+//! CPU's rule cache, or else from the process's mappings and the object's
+//! rows (two binary searches, in the global function `memwatch_lookup`),
+//! and is cached; [`step`] applies it, reading the user stack through a
+//! window that usually holds several frames.
 
 use core::{
     ffi::c_void,
