@@ -1,6 +1,7 @@
-//! Developer tasks: `cargo xtask setup | run | test | bench | soak | fuzz | dist`.
+//! Developer tasks: `cargo xtask setup | run | test | kernels | bench | soak | fuzz | dist`.
 
 mod fuzz;
+mod kernels;
 mod setup;
 mod soak;
 
@@ -45,11 +46,22 @@ enum Task {
     /// Build the release tarball: binary, systemd unit, default config, Prometheus rules, Grafana
     /// dashboard, Kubernetes manifests, README and install.sh, in target/dist/.
     Dist,
-    /// Run every test: formatting, clippy, unit tests and the privileged eBPF integration tests (as root).
+    /// Run every test: formatting, clippy, unit tests, the privileged eBPF integration tests and the
+    /// kernel matrix (as root).
     Test {
         /// Extra arguments for the test harness (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Boot Debian's 6.1 (stock and PREEMPT_RT) and 6.12 kernels under qemu, then use the host's own,
+    /// and check memwatch on each with a leaking fixture; one table per kernel (as root).
+    Kernels {
+        /// The memwatch binary to test (default: build the release binary).
+        #[arg(long)]
+        memwatch: Option<std::path::PathBuf>,
+        /// Only this kernel: 6.1-cloud, 6.1-rt, 6.12-cloud or host.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -58,6 +70,19 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Run { args } => run(&args),
         Task::Test { args } => test(&args),
+        Task::Kernels { memwatch, only } => {
+            if !is_root() {
+                bail!("the host's run loads eBPF programs and apt installs qemu: run `cargo xtask kernels` as root");
+            }
+            let memwatch = match memwatch {
+                Some(path) => path,
+                None => {
+                    setup::run()?;
+                    release_binary()?
+                }
+            };
+            kernels::run(&memwatch, only.as_deref())
+        }
         Task::Bench => bench(),
         Task::Soak { minutes } => {
             if !is_root() {
@@ -98,10 +123,15 @@ fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
+/// Builds target/release/memwatch (after `setup`) and returns its path.
+fn release_binary() -> anyhow::Result<std::path::PathBuf> {
+    check(cargo().args(["build", "--release", "--package", "memwatch"]))?;
+    Ok(workspace_root().join("target/release/memwatch"))
+}
+
 fn run(args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
-    check(cargo().args(["build", "--release", "--package", "memwatch"]))?;
-    let bin = workspace_root().join("target/release/memwatch");
+    let bin = release_binary()?;
     let config = workspace_root().join("deploy/memwatch.toml");
     let mut cmd = Command::new(&bin);
     cmd.arg("run").arg("--config").arg(&config).args(args);
@@ -188,5 +218,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     ]))?;
     // The eBPF crate is left out of default-members: `cargo test` covers the
     // rest, and the eBPF object is exercised by the integration tests.
-    check(cargo().args(["test", "--", "--include-ignored"]).args(args))
+    check(cargo().args(["test", "--", "--include-ignored"]).args(args))?;
+    if !args.is_empty() {
+        eprintln!("test: a filter was given: the kernel matrix does not run (`cargo xtask kernels` runs it)");
+        return Ok(());
+    }
+    kernels::run(&release_binary()?, None)
 }
