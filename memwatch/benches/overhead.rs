@@ -853,7 +853,7 @@ const START_RUNS: usize = 5;
 /// (medians of five), wall clock.
 fn start_bench() {
     let mut workload = Command::new("sleep").arg("600").spawn().expect("sleep");
-    let pid = workload.id().to_string();
+    let (id, pid) = (u64::from(workload.id()), workload.id().to_string());
     let (mut healthy, mut tracked) = (Vec::new(), Vec::new());
     for _ in 0..START_RUNS {
         let t0 = Instant::now();
@@ -875,7 +875,7 @@ fn start_bench() {
                 .unwrap_or_default();
             let listed = status["tracked_processes"]
                 .as_array()
-                .is_some_and(|ps| ps.iter().any(|p| p["pid"].to_string() == pid));
+                .is_some_and(|ps| ps.iter().any(|p| p["pid"].as_u64() == Some(id)));
             if listed {
                 break;
             }
