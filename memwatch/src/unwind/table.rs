@@ -68,7 +68,7 @@ pub fn build(data: &[u8]) -> Result<Table, TableError> {
     let plt: Vec<(u64, u64)> = file
         .sections()
         .filter(|s| s.name().is_ok_and(|n| n.starts_with(".plt")))
-        .map(|s| (s.address(), s.address() + s.size()))
+        .map(|s| (s.address(), s.address().saturating_add(s.size())))
         .collect();
     if let Some(eh) = file.section_by_name(".eh_frame")
         && let Ok(bytes) = eh.data()
@@ -138,9 +138,10 @@ where
         }
         // `_start` and a thread's start have no caller to find.
         if !in_plt && !outermost {
-            table.code_bytes += fde.len();
+            // Saturating: lengths come from the file, which may lie.
+            table.code_bytes = table.code_bytes.saturating_add(fde.len());
             if frame_pointer {
-                table.frame_pointer_bytes += fde.len();
+                table.frame_pointer_bytes = table.frame_pointer_bytes.saturating_add(fde.len());
             }
         }
     }
@@ -164,7 +165,7 @@ impl Table {
     /// of it that keeps none (hand-written assembly) costs its caller's
     /// frame, as for every frame-pointer profiler.
     pub fn keeps_frame_pointers(&self) -> bool {
-        self.code_bytes > 0 && self.frame_pointer_bytes * 100 >= self.code_bytes * 95
+        self.code_bytes > 0 && u128::from(self.frame_pointer_bytes) * 100 >= u128::from(self.code_bytes) * 95
     }
 }
 
