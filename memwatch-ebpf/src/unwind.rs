@@ -141,9 +141,9 @@ pub fn walk(
     // SAFETY: the callback is a static function of this program; no context.
     let rc = unsafe {
         generated::bpf_loop(
-            // A few more than the frames kept: a trampoline takes an
-            // iteration of its own.
-            MAX_STACK_DEPTH as u32 + 8,
+            // A few more steps than the frames kept: a trampoline takes a
+            // step of its own.
+            (MAX_STACK_DEPTH as u32 + 8).div_ceil(STEPS_PER_ITERATION),
             callback as *mut c_void,
             core::ptr::null_mut(),
             0,
@@ -228,16 +228,28 @@ impl Found {
     }
 }
 
-/// One frame of the walk in this CPU's scratch `which`: records the frame
-/// at the walk's pc and steps to its caller. Returns 1 when the walk is
-/// over. A global function (see `crate::stack`).
+/// Steps of the walk per iteration of the kernel's loop: an iteration costs
+/// a callback, a call into [`memwatch_walk_step`] and a scratch lookup of
+/// its own. Measured side by side (`cargo xtask bench`, depth 16 without
+/// frame pointers, `alloc_exit` per hit): 863–866 ns with 1 step, 591–627
+/// with 4, 536–586 with 8. The steps are unrolled and verified once, in the
+/// global function: `alloc_exit` 19,080 instructions with 1, 34,852 with
+/// 4, 60,990 with 8 on 6.18.
+const STEPS_PER_ITERATION: u32 = 8;
+
+/// [`STEPS_PER_ITERATION`] frames of the walk in this CPU's scratch `which`:
+/// each records the frame at the walk's pc and steps to its caller.
+/// Returns 1 when the walk is over. A global function (see `crate::stack`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn memwatch_walk_step(which: u64) -> i64 {
-    match scratch(which) {
-        Some(s) => walk_step(s),
-        None => 1,
+    let Some(s) = scratch(which) else { return 1 };
+    for _ in 0..STEPS_PER_ITERATION {
+        if walk_step(s) != 0 {
+            return 1;
+        }
     }
+    0
 }
 
 #[inline(always)]
