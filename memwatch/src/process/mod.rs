@@ -224,9 +224,9 @@ impl ProcessTable {
     /// What memwatch keeps of an object process `pid` maps (parsed once per
     /// object, as for probing).
     pub fn object(&mut self, pid: u32, file: &procfs::MappedFile) -> Option<std::sync::Arc<target::elf::ElfInfo>> {
-        self.elf
-            .get(&procfs::openable_path(pid, &file.path), &file.dev, file.inode)
-            .ok()
+        let opened =
+            procfs::open_mapped(pid, file.first_start, file.first_end, &file.path, &file.dev, file.inode).ok()?;
+        self.elf.get(&opened, &file.dev, file.inode).ok()
     }
 
     /// Leaves mmap and munmap unprobed (see [`target::Wanted`]).

@@ -219,30 +219,84 @@ pub fn list_pids() -> io::Result<Vec<u32>> {
     Ok(pids)
 }
 
-/// A path inside the process's root, so that files of containerised
-/// processes are reached through their own mount namespace.
-pub fn in_root(pid: u32, path: &str) -> PathBuf {
-    let mut p = proc_path(pid, "root");
-    p.push(path.trim_start_matches('/'));
-    p
+/// A file a process maps, opened, with the path that reached it (where
+/// uprobes attach and blazesym reads).
+#[derive(Debug)]
+pub struct Opened {
+    pub path: PathBuf,
+    pub file: fs::File,
 }
 
-/// Whether the process shares our filesystem root (then its paths are ours).
-pub fn shares_root(pid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::metadata(proc_path(pid, "root")), fs::metadata("/")) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
+/// Opens the file behind the mapping `start`-`end` of `pid`, as the kernel
+/// offers it whatever the process's root. `path`, `dev` and `inode` are the
+/// mapping's in /proc/PID/maps; the file opened is checked to be that inode,
+/// so a file replaced at its path is never taken for it.
+pub fn open_mapped(pid: u32, start: u64, end: u64, path: &str, dev: &str, inode: u64) -> io::Result<Opened> {
+    let want = parse_dev(dev).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("device {dev:?} in /proc/{pid}/maps"),
+        )
+    })?;
+    let mut tried = Vec::new();
+    for candidate in mapped_candidates(pid, start, end, path) {
+        let why = match fs::File::open(&candidate).and_then(|f| Ok((f.metadata()?, f))) {
+            Ok((meta, file)) => {
+                use std::os::unix::fs::MetadataExt;
+                let have = (libc::major(meta.dev()), libc::minor(meta.dev()));
+                if is_mapped_file(want, inode, have, meta.ino(), || on_btrfs(&file)) {
+                    return Ok(Opened { path: candidate, file });
+                }
+                format!("another file ({:x}:{:x} {})", have.0, have.1, meta.ino())
+            }
+            Err(e) => e.to_string(),
+        };
+        tried.push(format!("{}: {why}", candidate.display()));
     }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no path reaches the mapped file ({dev} {inode}): {}", tried.join("; ")),
+    ))
 }
 
-/// Where memwatch can open a file the process maps.
-pub fn openable_path(pid: u32, path: &str) -> PathBuf {
-    if shares_root(pid) {
-        PathBuf::from(path)
-    } else {
-        in_root(pid, path)
-    }
+/// Where a mapped file may be opened, best first. /proc/PID/maps names it
+/// relative to our root when the process's mount is reachable from it (a
+/// chroot) and relative to the process's root when not (pivot_root); only
+/// map_files reaches it in both cases, and once it is deleted or replaced.
+/// It needs CAP_SYS_ADMIN: without, the two readings of the path follow.
+pub fn mapped_candidates(pid: u32, start: u64, end: u64, path: &str) -> [PathBuf; 3] {
+    let mut in_root = proc_path(pid, "root");
+    in_root.push(path.trim_start_matches('/'));
+    [
+        proc_path(pid, &format!("map_files/{start:x}-{end:x}")),
+        in_root,
+        PathBuf::from(path),
+    ]
+}
+
+/// A device as /proc/PID/maps prints it (`fe:01`, major and minor in hex).
+pub fn parse_dev(dev: &str) -> Option<(u32, u32)> {
+    let (major, minor) = dev.split_once(':')?;
+    Some((
+        u32::from_str_radix(major, 16).ok()?,
+        u32::from_str_radix(minor, 16).ok()?,
+    ))
+}
+
+/// Whether a file with device `have` and inode `ino` is the mapped one.
+/// btrfs gives stat each subvolume's own device where maps prints the
+/// filesystem's, so there only the inode can be compared.
+fn is_mapped_file(want: (u32, u32), inode: u64, have: (u32, u32), ino: u64, btrfs: impl FnOnce() -> bool) -> bool {
+    ino == inode && (have == want || btrfs())
+}
+
+fn on_btrfs(file: &fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statfs is plain old data, filled by the kernel for an open fd.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `buf` is a valid statfs for the call to fill.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut buf) };
+    rc == 0 && buf.f_type == libc::BTRFS_SUPER_MAGIC
 }
 
 pub fn exists(pid: u32) -> bool {
@@ -313,10 +367,54 @@ mod tests {
     }
 
     #[test]
-    fn paths_resolve_inside_the_process_root() {
-        assert_eq!(
-            in_root(7, "/usr/lib/libc.so.6"),
-            PathBuf::from("/proc/7/root/usr/lib/libc.so.6")
-        );
+    fn mapped_files_are_looked_for_through_their_mapping_first() {
+        let [mapping, root, host] = mapped_candidates(7, 0x7f1c2a228000, 0x7f1c2a39d000, "/usr/lib/libc.so.6");
+        assert_eq!(mapping, PathBuf::from("/proc/7/map_files/7f1c2a228000-7f1c2a39d000"));
+        assert_eq!(root, PathBuf::from("/proc/7/root/usr/lib/libc.so.6"));
+        assert_eq!(host, PathBuf::from("/usr/lib/libc.so.6"));
+    }
+
+    #[test]
+    fn a_mapped_file_opens_as_that_inode_and_no_other() {
+        use std::os::unix::fs::MetadataExt;
+        let pid = std::process::id();
+        let maps = read_maps(pid).unwrap();
+        let libc = maps
+            .iter()
+            .find(|e| e.path.as_deref().is_some_and(|p| p.contains("/libc.so")))
+            .expect("the test binary maps libc");
+        let path = libc.path.as_deref().unwrap();
+        let opened = open_mapped(pid, libc.start, libc.end, path, &libc.dev, libc.inode).unwrap();
+        assert_eq!(opened.file.metadata().unwrap().ino(), libc.inode);
+        // The same places, asked for another inode: each candidate refuses.
+        let e = open_mapped(pid, libc.start, libc.end, path, &libc.dev, libc.inode + 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("/proc/{pid}/root{path}: another file")), "{e}");
+        assert!(e.contains(&format!("; {path}: another file")), "{e}");
+    }
+
+    #[test]
+    fn devices_are_read_as_maps_prints_them() {
+        assert_eq!(parse_dev("fe:01"), Some((0xfe, 1)));
+        assert_eq!(parse_dev("00:28"), Some((0, 40)));
+        // Minors past 255 print with more digits.
+        assert_eq!(parse_dev("103:1a3"), Some((0x103, 0x1a3)));
+        assert_eq!(parse_dev("00:00"), Some((0, 0)));
+        assert_eq!(parse_dev("fe01"), None);
+        assert_eq!(parse_dev("xx:01"), None);
+    }
+
+    #[test]
+    fn a_candidate_is_the_mapped_file_only_by_device_and_inode() {
+        let no = || false;
+        assert!(is_mapped_file((0xfe, 1), 2050, (0xfe, 1), 2050, no));
+        // A file replaced at its path: another inode.
+        assert!(!is_mapped_file((0xfe, 1), 2050, (0xfe, 1), 2051, no));
+        // The host's file of the same inode number on another filesystem.
+        assert!(!is_mapped_file((0xfe, 1), 2050, (0, 40), 2050, no));
+        // btrfs: stat's device is the subvolume's (measured: maps 00:28, stat 0:42).
+        assert!(is_mapped_file((0, 40), 257, (0, 42), 257, || true));
+        assert!(!is_mapped_file((0, 40), 257, (0, 42), 258, || true));
     }
 }

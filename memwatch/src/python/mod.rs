@@ -13,7 +13,7 @@ pub mod census;
 pub mod code;
 pub mod linetable;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use memwatch_common::python::{FrameLayout, NO_OFFSET, PyProc};
 use object::{Object, ObjectSegment, ObjectSymbol};
@@ -280,16 +280,12 @@ pub fn detect(pid: u32, entries: &[MapEntry], main: bool) -> Result<Option<Runti
         if !candidate {
             continue;
         }
-        let open: PathBuf = if f.deleted {
-            PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", f.first_start, f.first_end))
-        } else {
-            procfs::openable_path(pid, &f.path)
-        };
-        let file = std::fs::File::open(&open).map_err(|e| NotWalked::Unreadable(f.path.clone(), e.to_string()))?;
+        let opened = procfs::open_mapped(pid, f.first_start, f.first_end, &f.path, &f.dev, f.inode)
+            .map_err(|e| NotWalked::Unreadable(f.path.clone(), e.to_string()))?;
         // SAFETY: read-only; a mapped object truncated under us would already
         // break the process that maps it.
-        let data =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| NotWalked::Unreadable(f.path.clone(), e.to_string()))?;
+        let data = unsafe { memmap2::Mmap::map(&opened.file) }
+            .map_err(|e| NotWalked::Unreadable(f.path.clone(), e.to_string()))?;
         let Ok(elf) = object::File::parse(&*data) else { continue };
         let find = |n: &str| elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(n));
         let symbol = |n: &str| find(n).map(|s| s.address());

@@ -1,6 +1,6 @@
 //! Native symbolization with blazesym: ELF symbols, DWARF lines and inlined
-//! functions, build-ids. Results are cached per binary (build-id or path) and
-//! file offset, so processes sharing a library share its symbols.
+//! functions, build-ids. Results are cached per binary (build-id, else the
+//! file) and file offset, so processes sharing a library share its symbols.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -8,25 +8,22 @@ use std::{
     sync::Arc,
 };
 
-use blazesym::{
-    Pid,
-    normalize::{Normalizer, UserMeta},
-    symbolize::{
-        Input, Symbolized, Symbolizer,
-        source::{Elf, Source},
-    },
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Source},
 };
 
 use super::{Frame, FrameKind, Symbolize};
-use crate::process::procfs;
+use crate::process::procfs::{self, MapEntry};
 
 pub struct NativeSymbolizer {
-    normalizer: Normalizer,
     symbolizer: Symbolizer,
     /// Paths blazesym has opened (and keeps open, parsed, in its caches):
-    /// past [`MAX_SOURCES`] both are made afresh. Container processes add a
-    /// `/proc/PID/root/...` path per process.
+    /// past [`MAX_SOURCES`] it is made afresh. Objects are opened through
+    /// their mappings, so each process adds a path per object.
     sources: HashSet<PathBuf>,
+    /// Build-ids of mapped files by (device, inode), hex; None without one.
+    build_ids: HashMap<(String, u64), Option<Arc<str>>>,
     /// (binary, file offset of the return address) → frames.
     cache: HashMap<(Arc<str>, u64), Arc<Vec<Frame>>>,
     capacity: usize,
@@ -35,12 +32,8 @@ pub struct NativeSymbolizer {
 /// Binaries blazesym may hold parsed at once.
 const MAX_SOURCES: usize = 256;
 
-fn normalizer() -> Normalizer {
-    Normalizer::builder()
-        .enable_build_ids(true)
-        .enable_build_id_caching(true)
-        .build()
-}
+/// Build-ids kept: one per distinct object mapped by a tracked process.
+const MAX_BUILD_IDS: usize = 4096;
 
 fn symbolizer() -> Symbolizer {
     Symbolizer::builder()
@@ -52,9 +45,9 @@ fn symbolizer() -> Symbolizer {
 impl NativeSymbolizer {
     pub fn new(capacity: usize) -> Self {
         NativeSymbolizer {
-            normalizer: normalizer(),
             symbolizer: symbolizer(),
             sources: HashSet::new(),
+            build_ids: HashMap::new(),
             cache: HashMap::new(),
             capacity,
         }
@@ -65,9 +58,27 @@ impl NativeSymbolizer {
     fn bound_sources(&mut self) {
         if self.sources.len() >= MAX_SOURCES {
             self.symbolizer = symbolizer();
-            self.normalizer = normalizer();
             self.sources.clear();
         }
+    }
+
+    /// The build-id of the file behind `e`, read once per file. Read from
+    /// the file the process maps: the one at its path may be another's.
+    fn build_id(&mut self, pid: u32, e: &MapEntry, path: &str) -> Option<Arc<str>> {
+        let key = (e.dev.clone(), e.inode);
+        if let Some(b) = self.build_ids.get(&key) {
+            return b.clone();
+        }
+        let opened = procfs::open_mapped(pid, e.start, e.end, path, &e.dev, e.inode).ok()?;
+        let id = blazesym::helper::read_elf_build_id(&opened.path)
+            .ok()
+            .flatten()
+            .map(|b| hex(&b).into());
+        if self.build_ids.len() >= MAX_BUILD_IDS {
+            self.build_ids.clear();
+        }
+        self.build_ids.insert(key, id.clone());
+        id
     }
 }
 
@@ -96,45 +107,67 @@ fn frames_of(sym: &blazesym::symbolize::Sym<'_>, module: &str, build_id: Option<
     out
 }
 
+/// Addresses in one binary not in the cache: (index, file offset) each.
+struct Miss<'a> {
+    entry: &'a MapEntry,
+    build_id: Option<Arc<str>>,
+    items: Vec<(usize, u64)>,
+}
+
 impl Symbolize for NativeSymbolizer {
     fn symbolize(&mut self, pid: u32, addrs: &[u64]) -> Vec<Vec<Frame>> {
-        // Return addresses point after the call: look up the call itself.
-        let lookup: Vec<u64> = addrs.iter().map(|a| a.saturating_sub(1)).collect();
         let unknown = || addrs.iter().map(|&a| vec![Frame::unknown(a)]).collect();
         self.bound_sources();
-        let Ok(normalized) = self.normalizer.normalize_user_addrs(Pid::from(pid), &lookup) else {
+        let Ok(entries) = procfs::read_maps(pid) else {
             return unknown();
         };
         let mut out: Vec<Option<Vec<Frame>>> = vec![None; addrs.len()];
-        // Group cache misses by binary to symbolize each binary once.
-        let mut misses: HashMap<usize, Vec<(usize, u64)>> = HashMap::new();
-        for (i, &(offset, meta_idx)) in normalized.outputs.iter().enumerate() {
-            match normalized.meta.get(meta_idx) {
-                Some(UserMeta::Elf(elf)) => {
-                    let key: Arc<str> = binary_key(&elf.path, elf.build_id.as_deref()).into();
-                    match self.cache.get(&(key, offset)) {
-                        Some(frames) => out[i] = Some(frames.as_ref().clone()),
-                        None => misses.entry(meta_idx).or_default().push((i, offset)),
-                    }
-                }
-                _ => out[i] = Some(vec![Frame::unknown(addrs[i])]),
-            }
-        }
-        for (meta_idx, items) in misses {
-            let Some(UserMeta::Elf(elf)) = normalized.meta.get(meta_idx) else {
+        // Cache misses grouped by binary, to open and symbolize each once.
+        let mut misses: HashMap<Arc<str>, Miss> = HashMap::new();
+        for (i, &a) in addrs.iter().enumerate() {
+            // Return addresses point after the call: look up the call itself.
+            let call = a.saturating_sub(1);
+            let Some((e, path)) = entries
+                .iter()
+                .find(|e| e.start <= call && call < e.end)
+                .and_then(|e| Some((e, e.path.as_deref()?)))
+            else {
+                out[i] = Some(vec![Frame::unknown(a)]);
                 continue;
             };
-            let module = elf.path.display().to_string();
-            let build_id = elf.build_id.as_deref().map(hex);
-            let key: Arc<str> = binary_key(&elf.path, elf.build_id.as_deref()).into();
-            let path = open_path(pid, &elf.path);
-            self.sources.insert(path.clone());
-            let src = Source::Elf(Elf::new(path));
-            let offsets: Vec<u64> = items.iter().map(|&(_, o)| o).collect();
-            let results = self
-                .symbolizer
-                .symbolize(&src, Input::FileOffset(&offsets))
-                .unwrap_or_default();
+            let offset = call - e.start + e.offset;
+            let build_id = self.build_id(pid, e, path);
+            let key: Arc<str> = match &build_id {
+                Some(b) => format!("build-id:{b}").into(),
+                None => format!("file:{}:{}:{path}", e.dev, e.inode).into(),
+            };
+            match self.cache.get(&(key.clone(), offset)) {
+                Some(frames) => out[i] = Some(frames.as_ref().clone()),
+                None => misses
+                    .entry(key)
+                    .or_insert_with(|| Miss {
+                        entry: e,
+                        build_id,
+                        items: Vec::new(),
+                    })
+                    .items
+                    .push((i, offset)),
+            }
+        }
+        for (key, miss) in misses {
+            let (e, build_id, items) = (miss.entry, miss.build_id, miss.items);
+            let module = e.path.clone().unwrap_or_default();
+            let results = match procfs::open_mapped(pid, e.start, e.end, &module, &e.dev, e.inode) {
+                Ok(opened) => {
+                    self.sources.insert(opened.path.clone());
+                    let src = Source::Elf(Elf::new(opened.path));
+                    let offsets: Vec<u64> = items.iter().map(|&(_, o)| o).collect();
+                    self.symbolizer
+                        .symbolize(&src, Input::FileOffset(&offsets))
+                        .unwrap_or_default()
+                }
+                Err(_) => Vec::new(),
+            };
             if self.cache.len() + items.len() > self.capacity {
                 self.cache.clear();
             }
@@ -143,7 +176,7 @@ impl Symbolize for NativeSymbolizer {
                     Some(Symbolized::Sym(sym)) => frames_of(sym, &module, build_id.as_deref(), addrs[i]),
                     _ => vec![Frame {
                         module: Some(module.clone()),
-                        build_id: build_id.clone(),
+                        build_id: build_id.as_deref().map(str::to_string),
                         ..Frame::unknown(addrs[i])
                     }],
                 };
@@ -170,20 +203,8 @@ impl Symbolize for NativeSymbolizer {
     }
 }
 
-fn binary_key(path: &std::path::Path, build_id: Option<&[u8]>) -> String {
-    match build_id {
-        Some(b) => format!("build-id:{}", hex(b)),
-        None => format!("path:{}", path.display()),
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Where memwatch can read the binary the process sees at `path`.
-fn open_path(pid: u32, path: &std::path::Path) -> PathBuf {
-    procfs::openable_path(pid, &path.to_string_lossy())
 }
 
 #[cfg(test)]
@@ -217,7 +238,7 @@ mod tests {
         for i in 0..1000 {
             s.bound_sources();
             s.sources
-                .insert(PathBuf::from(format!("/proc/{i}/root/usr/lib/libc.so.6")));
+                .insert(PathBuf::from(format!("/proc/{i}/map_files/7f0000000000-7f0000028000")));
             assert!(s.sources.len() <= MAX_SOURCES);
         }
         // Made afresh, it still symbolizes.

@@ -1,16 +1,12 @@
 //! ELF facts memwatch needs from an object: where the allocator functions are
 //! and which file offsets they have. Parsed once per (device, inode).
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use super::{LIBC_FUNCTIONS, PYTHON_FUNCTIONS};
+use crate::process::procfs::Opened;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ElfError {
@@ -124,23 +120,22 @@ pub struct ElfCache {
 }
 
 impl ElfCache {
-    pub fn get(&mut self, path: &Path, dev: &str, inode: u64) -> Result<Arc<ElfInfo>, ElfError> {
+    /// The facts of an object a process maps, opened by
+    /// [`procfs::open_mapped`](crate::process::procfs::open_mapped).
+    pub fn get(&mut self, opened: &Opened, dev: &str, inode: u64) -> Result<Arc<ElfInfo>, ElfError> {
         let key = (dev.to_string(), inode);
         if let Some(info) = self.by_file.get(&key) {
             return Ok(info.clone());
         }
-        let file = File::open(path).map_err(|source| ElfError::Open {
-            path: path.into(),
-            source,
-        })?;
+        let path = &opened.path;
         // SAFETY: the mapping is read-only; a concurrent truncation of a
         // mapped library would already break the process that maps it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ElfError::Open {
-            path: path.into(),
+        let map = unsafe { memmap2::Mmap::map(&opened.file) }.map_err(|source| ElfError::Open {
+            path: path.clone(),
             source,
         })?;
         let info = Arc::new(ElfInfo::parse(&map).map_err(|source| ElfError::Parse {
-            path: path.into(),
+            path: path.clone(),
             source,
         })?);
         // Bounded by the number of distinct mapped objects; trim if a host

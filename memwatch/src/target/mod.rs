@@ -77,7 +77,8 @@ pub struct AllocatorTarget {
     pub family: Family,
     /// The path as the process sees it.
     pub path: String,
-    /// Where memwatch opens it (through /proc/PID/root for containers).
+    /// Where memwatch opened it and attaches its probes: a path that reached
+    /// this very inode (see [`procfs::open_mapped`]).
     pub open_path: PathBuf,
     pub dev: String,
     pub inode: u64,
@@ -172,16 +173,14 @@ fn targets_of(
     cache: &mut elf::ElfCache,
     wanted: Wanted,
 ) -> Result<Vec<AllocatorTarget>, elf::ElfError> {
-    let open_path = if file.deleted {
-        // A replaced file is still reachable through its mapping.
-        PathBuf::from(format!(
-            "/proc/{pid}/map_files/{:x}-{:x}",
-            file.first_start, file.first_end
-        ))
-    } else {
-        procfs::openable_path(pid, &file.path)
-    };
-    let info = cache.get(&open_path, &file.dev, file.inode)?;
+    let opened = procfs::open_mapped(pid, file.first_start, file.first_end, &file.path, &file.dev, file.inode)
+        .map_err(|source| elf::ElfError::Open {
+            path: file.path.clone().into(),
+            source,
+        })?;
+    let info = cache.get(&opened, &file.dev, file.inode)?;
+    // The kernel resolves this path to the inode the probes go on.
+    let open_path = opened.path;
     let mut out = Vec::new();
     if info.defines("malloc") || info.defines("free") {
         let functions: Vec<(&str, CallKind)> = LIBC_FUNCTIONS

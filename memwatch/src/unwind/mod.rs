@@ -12,7 +12,6 @@ pub mod table;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
     time::Instant,
 };
 
@@ -295,12 +294,8 @@ impl Unwinder {
                 m.kind = MappingKind::Trampoline as u32;
             } else if let Some(path) = &e.path {
                 let key = (e.dev.clone(), e.inode);
-                let open = if e.deleted {
-                    PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", e.start, e.end))
-                } else {
-                    procfs::openable_path(pid, path)
-                };
-                let o = self.object(rows, &key, path, &open);
+                let open = || procfs::open_mapped(pid, e.start, e.end, path, &e.dev, e.inode).map(|o| o.file);
+                let o = self.object(rows, &key, path, open);
                 if let (Some((rows, len)), Some(bias)) = (o.rows, table::bias(&o.segments, e.start, e.offset)) {
                     m.kind = MappingKind::Table as u32;
                     m.rows = rows;
@@ -326,7 +321,13 @@ impl Unwinder {
     }
 
     /// The object's table, loaded into the rows the first time.
-    fn object(&mut self, rows: &mut RowStore, key: &ObjectKey, path: &str, open: &std::path::Path) -> &mut Object {
+    fn object(
+        &mut self,
+        rows: &mut RowStore,
+        key: &ObjectKey,
+        path: &str,
+        open: impl FnOnce() -> std::io::Result<std::fs::File>,
+    ) -> &mut Object {
         if !self.objects.contains_key(key) {
             let o = self.load(rows, path, open);
             self.objects.insert(key.clone(), o);
@@ -334,7 +335,12 @@ impl Unwinder {
         self.objects.get_mut(key).expect("inserted")
     }
 
-    fn load(&mut self, rows: &mut RowStore, path: &str, open: &std::path::Path) -> Object {
+    fn load(
+        &mut self,
+        rows: &mut RowStore,
+        path: &str,
+        open: impl FnOnce() -> std::io::Result<std::fs::File>,
+    ) -> Object {
         let mut o = Object {
             path: path.to_string(),
             rows: None,
@@ -346,7 +352,7 @@ impl Unwinder {
             users: 0,
             last_used: Instant::now(),
         };
-        let built = std::fs::File::open(open)
+        let built = open()
             .map_err(|e| format!("cannot open it: {e}"))
             // SAFETY: read-only; a mapped library truncated under us would
             // already break the process that maps it.

@@ -84,11 +84,18 @@ pub fn fixture_binary(name: &str) -> PathBuf {
 
 /// Compiles a C fixture once per test binary and build, -O1 with debug info.
 pub fn fixture_binary_as(name: &str, build: Build) -> PathBuf {
+    fixture_binary_into(name, build, &build.name(name), &[])
+}
+
+/// [`fixture_binary_as`] into the file `out`, with `extra` flags (for the
+/// linker, say).
+pub fn fixture_binary_into(name: &str, build: Build, out: &str, extra: &[&str]) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(format!("{name}.c"));
-    let flags = ["-O1", "-g", build.flag(), "-fno-inline", "-fno-builtin", "-pthread"];
-    compile(&build.name(name), &[src], &flags)
+    let mut flags = vec!["-O1", "-g", build.flag(), "-fno-inline", "-fno-builtin", "-pthread"];
+    flags.extend_from_slice(extra);
+    compile(out, &[src], &flags)
 }
 
 /// Compiles `sources` into `out` (in the tests' temporary directory) with
@@ -170,8 +177,13 @@ impl Fixture {
     }
 
     pub fn start_from(binary: &std::path::Path, args: &[&str]) -> Fixture {
-        let mut child = Command::new(binary)
-            .args(args)
+        Fixture::start_command(Command::new(binary).args(args))
+    }
+
+    /// A fixture started by `command`, which may run it through a wrapper
+    /// (chroot, unshare): `pid` is then the wrapper's until the test sets it.
+    pub fn start_command(command: &mut Command) -> Fixture {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
