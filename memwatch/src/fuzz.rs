@@ -9,11 +9,12 @@
 use memwatch_common::cookie::CallKind;
 
 use crate::{
+    process::cgroup,
     process::procfs,
     python,
     target::{LIBC_FUNCTIONS, PYTHON_FUNCTIONS, elf::ElfInfo, placement},
     unwind::table,
-    watch::{cgroup, procmem},
+    watch::procmem,
 };
 
 /// What memwatch reads from a mapped object: its allocator functions and

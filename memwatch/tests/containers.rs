@@ -151,8 +151,14 @@ fn a_process_started_as_container_runtimes_do_is_tracked_exactly() {
     let m = maps(fx.pid);
     assert!(m.contains(&format!(" {libc}\n")) && m.contains(" /leaker\n"), "{m}");
     assert!(!Path::new(&libc).exists());
-    tracks_exactly(&mut fx, "/leaker", &libc);
+    // Placed as docker places a container (before memwatch reads it, when
+    // it starts tracking), and named so in /leaks, with its pid inside.
+    let cgroup = ContainerCgroup::join(fx.pid);
+    let p = tracks_exactly(&mut fx, "/leaker", &libc);
+    assert_eq!(p["container"], CONTAINER_ID, "{p:#}");
+    assert_eq!(p["nspid"], 1, "the first process of its pid namespace: {p:#}");
     assert!(fx.exit().success());
+    drop(cgroup);
 }
 
 #[test]
@@ -197,7 +203,7 @@ fn a_process_whose_files_were_replaced_on_disk_is_tracked_exactly() {
 /// against the fixture's own counts: every leaked byte and allocation at its
 /// leak site in `exe`, with its whole call chain into `libc`, where the
 /// probes are.
-fn tracks_exactly(fx: &mut Fixture, exe: &str, libc: &str) {
+fn tracks_exactly(fx: &mut Fixture, exe: &str, libc: &str) -> serde_json::Value {
     let pid = fx.pid;
     let d = Daemon::start(FAST, &["--pid", &pid.to_string()]);
     d.wait_tracked(pid);
@@ -272,4 +278,33 @@ fn tracks_exactly(fx: &mut Fixture, exe: &str, libc: &str) {
         p["totals"]["allocations"],
         p["totals"]["frees"],
     );
+    p.clone()
+}
+
+/// A cgroup named as docker's systemd driver names a container's scope, in
+/// the memory controller's v1 hierarchy (these hosts are hybrid) or the
+/// unified one; removed when dropped, once its process has exited.
+struct ContainerCgroup(PathBuf);
+
+const CONTAINER_ID: &str = "5e1f0c2d3b4a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+impl ContainerCgroup {
+    fn join(pid: u32) -> ContainerCgroup {
+        let base = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.join("cgroup.procs").exists())
+            .expect("a cgroup hierarchy with a memory controller or the unified one");
+        let dir = base.join(format!("memwatch-test.slice/docker-{CONTAINER_ID}.scope"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        ContainerCgroup(dir)
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+        let _ = fs::remove_dir(self.0.parent().unwrap());
+    }
 }

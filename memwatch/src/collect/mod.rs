@@ -378,6 +378,8 @@ impl Collector {
                 exe: inc.exe.display().to_string(),
                 exe_name: inc.exe_name(),
                 cmdline: inc.cmdline.clone(),
+                place: inc.place.clone(),
+                nspid: inc.nspid,
                 selection: inc.selection.clone(),
                 tracked_since_unix: inc.tracked_since_unix,
                 counters,

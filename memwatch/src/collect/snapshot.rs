@@ -40,6 +40,8 @@ pub struct ProcessSnapshot {
     pub exe: String,
     pub exe_name: String,
     pub cmdline: String,
+    pub place: crate::process::cgroup::Placement,
+    pub nspid: Option<u32>,
     pub selection: Selection,
     pub tracked_since_unix: f64,
     /// Since tracking began (this generation), summed over allocator families.

@@ -173,7 +173,8 @@ async fn status(State(s): State<AppState>) -> Response {
         "snapshot_unix": snap.taken_at_unix,
         "scan_seconds": snap.scan_seconds,
         "tracked_processes": snap.processes.iter().map(|p| serde_json::json!({
-            "pid": p.pid, "comm": p.comm, "selection": p.selection,
+            "pid": p.pid, "nspid": p.nspid, "comm": p.comm, "selection": p.selection,
+            "unit": p.place.unit, "container": p.place.container, "pod": p.place.pod,
             "live_bytes": p.allocations.iter().map(|a| a.size).sum::<u64>(),
             "live_allocations": p.allocations.len(),
             "python": p.python,

@@ -81,9 +81,16 @@ pub struct GrowthStackReport {
 #[derive(Debug, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
+    /// The pid inside its own pid namespace (a container's), as `docker
+    /// top` and the container's logs show it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nspid: Option<u32>,
     pub comm: String,
     pub exe: String,
     pub cmdline: String,
+    /// Its systemd unit, container (whole id), pod UID and QoS class.
+    #[serde(flatten)]
+    pub place: crate::process::cgroup::Placement,
     pub selection: Selection,
     pub tracked_since_unix: f64,
     /// Live bytes and allocations (those at least `min_age` old).
@@ -253,9 +260,11 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
             let c = &p.counters;
             ProcessReport {
                 pid: p.pid,
+                nspid: p.nspid,
                 comm: p.comm.clone(),
                 exe: p.exe.clone(),
                 cmdline: p.cmdline.clone(),
+                place: p.place.clone(),
                 selection: p.selection.clone(),
                 tracked_since_unix: p.tracked_since_unix,
                 live_bytes: agg.live_bytes,
@@ -339,6 +348,8 @@ pub(crate) mod tests {
 
     /// Two processes: 42 leaks 3 × 1000 bytes from `leak_here` (old) and
     /// holds one young 64-byte block; 7 holds 10 bytes with an unknown stack.
+    const CONTAINER: &str = "3f4c0a9b8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4e3d";
+
     pub(crate) fn fake_snapshot() -> Snapshot {
         let s = 1_000_000_000;
         let mk = |stack_id, size, ts| LiveAlloc {
@@ -355,6 +366,8 @@ pub(crate) mod tests {
             exe: "/usr/bin/leaky".into(),
             exe_name: "leaky".into(),
             cmdline: "leaky --fast".into(),
+            place: crate::process::cgroup::parse(&format!("0::/system.slice/docker-{CONTAINER}.scope\n")),
+            nspid: Some(7),
             selection: Selection::Pid,
             tracked_since_unix: 1000.0,
             counters: ProcCounters {
@@ -571,6 +584,33 @@ pub(crate) mod tests {
         }
         assert_eq!(f["kind"], "native");
         assert_eq!(p["selection"]["by"], "pid");
+    }
+
+    #[test]
+    fn a_containers_process_is_named_by_its_container_and_inner_pid() {
+        let r = build(&fake_snapshot(), &q(None, 0, 20), 100_000_000_000, 5001.0).unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        let p42 = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == 42)
+            .unwrap();
+        assert_eq!(p42["container"], CONTAINER);
+        assert_eq!(p42["nspid"], 7);
+        assert!(p42.get("unit").is_none() && p42.get("pod").is_none(), "{p42}");
+        let p7 = v["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == 7)
+            .unwrap();
+        assert_eq!(p7["container"], CONTAINER, "a clone of 42's");
+        let text = text::render(&r);
+        assert!(
+            text.contains("\n  container 3f4c0a9b8e7d  pid 7 in its namespace\n"),
+            "{text}"
+        );
     }
 
     #[test]

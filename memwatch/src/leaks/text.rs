@@ -68,6 +68,9 @@ pub fn render(r: &LeaksReport) -> String {
             p.rates.frees_per_second,
             signed_bytes(p.rates.allocated_bytes_per_second - p.rates.freed_bytes_per_second),
         );
+        if let Some(place) = place_line(&p.place, p.nspid) {
+            let _ = writeln!(out, "  {place}");
+        }
         if let Some(g) = &p.growth {
             let _ = writeln!(
                 out,
@@ -145,11 +148,31 @@ fn render_frames(out: &mut String, frames: &[crate::symbolize::Frame], walk: &Wa
     }
 }
 
+/// Where a tracked process runs, as `docker ps`, `kubectl` and systemd
+/// name it: `unit nginx.service`, `container 3f4c0a9b8e7d (pid 7 inside)`,
+/// `pod 0d3a… (burstable)`.
+fn place_line(place: &crate::process::cgroup::Placement, nspid: Option<u32>) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(u) = &place.unit {
+        parts.push(format!("unit {u}"));
+    }
+    if let Some(c) = place.container_short() {
+        parts.push(format!("container {c}"));
+    }
+    if let Some(pod) = &place.pod {
+        parts.push(format!("pod {pod} ({})", place.qos.as_deref().unwrap_or("?")));
+    }
+    if let Some(n) = nspid {
+        parts.push(format!("pid {n} in its namespace"));
+    }
+    (!parts.is_empty()).then(|| parts.join("  "))
+}
+
 fn render_suspect(out: &mut String, s: &SuspectReport) {
     let place = s
         .unit
         .as_deref()
-        .or(s.container.as_deref())
+        .or(s.container.as_deref().map(|c| c.get(..12).unwrap_or(c)))
         .map(|u| format!(" [{u}]"))
         .unwrap_or_default();
     let state = match s.alert {

@@ -736,6 +736,55 @@ mod tests {
     }
 
     #[test]
+    fn five_hundred_containers_make_a_bounded_number_of_series() {
+        use crate::collect::snapshot::WatchSnapshot;
+        // 500 containers, each a process of its own, placed as docker's
+        // systemd driver places them; the group's unit label is the short id.
+        let groups: Vec<HostGroup> = (0..500u64)
+            .map(|i| {
+                let id = format!("{i:012x}{}", "e".repeat(52));
+                let place = crate::process::cgroup::parse(&format!("0::/system.slice/docker-{id}.scope\n"));
+                HostGroup {
+                    exe_name: "worker".into(),
+                    unit: place.group().unwrap().to_string(),
+                    processes: 1,
+                    resident_bytes: 1000 + i,
+                    anon_bytes: 500 + i,
+                    growth_bytes_per_second: 0.0,
+                    pending: usize::from(i % 100 == 0),
+                    firing: 0,
+                }
+            })
+            .collect();
+        assert!(groups.iter().all(|g| g.unit.len() == 12));
+        assert_eq!(groups[7].unit, "000000000007");
+        let count = |top: usize| {
+            let m = Metrics::new(top);
+            m.update(&Snapshot {
+                watch: WatchSnapshot {
+                    enabled: true,
+                    watched_processes: 500,
+                    groups: groups.clone(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            });
+            let t = m.encode();
+            let group_series = t.lines().filter(|l| l.starts_with("memwatch_group_")).count();
+            let all = t.lines().filter(|l| l.starts_with("memwatch_")).count();
+            (group_series, all)
+        };
+        // Per group shown (alerting first, then the largest): resident,
+        // anon, processes, growth and its pending and firing alerts; the
+        // rest sum into exe="other".
+        let (groups_10, all_10) = count(10);
+        assert_eq!(groups_10, 11 * 6, "top 10 and other");
+        let (groups_50, _) = count(50);
+        assert_eq!(groups_50, 51 * 6);
+        eprintln!("500 containers: {groups_10} group series of {all_10} memwatch_ series in all (top 10)");
+    }
+
+    #[test]
     fn host_groups_are_bounded_and_alerting_ones_come_first() {
         use crate::collect::snapshot::WatchSnapshot;
         let m = Metrics::new(2);

@@ -7,6 +7,7 @@
 //! it. Records and counters of retired generations are swept by the scan.
 
 mod backoff;
+pub mod cgroup;
 pub mod procfs;
 
 use std::{collections::BTreeMap, path::PathBuf};
@@ -52,6 +53,11 @@ pub struct Incarnation {
     pub comm: String,
     pub exe: PathBuf,
     pub cmdline: String,
+    /// Its systemd unit, container and pod, read once: a process does not
+    /// change containers.
+    pub place: cgroup::Placement,
+    /// Its pid inside its own pid namespace, when that is not the host's.
+    pub nspid: Option<u32>,
     pub selection: Selection,
     pub tracked_since_unix: f64,
     pub sites: Vec<probes::AttachedSite>,
@@ -370,6 +376,7 @@ impl ProcessTable {
                 tracing::info!(pid, module = %t.path, missing = ?t.missing, "allocator functions not defined by this object");
             }
         }
+        let (place, nspid) = cgroup::read(pid);
         let inc = Incarnation {
             pid,
             generation,
@@ -378,6 +385,8 @@ impl ProcessTable {
             comm: stat.comm,
             exe,
             cmdline: procfs::read_cmdline(pid, self.cmdline_arguments).unwrap_or_default(),
+            place,
+            nspid,
             selection,
             tracked_since_unix: unix_now(),
             sites,

@@ -8,7 +8,6 @@
 //! of seconds costs the watched processes nothing.
 
 pub mod alert;
-pub mod cgroup;
 pub mod escalation;
 pub mod estimator;
 pub mod procmem;
@@ -19,7 +18,11 @@ use std::{
     path::PathBuf,
 };
 
-use crate::{collect::stack_report::StackReport, config::Detect, process::procfs};
+use crate::{
+    collect::stack_report::StackReport,
+    config::Detect,
+    process::{cgroup, procfs},
+};
 use alert::{Alert, Timing, Transition};
 use estimator::{Estimate, Params, Sample, Verdict};
 
@@ -63,7 +66,7 @@ impl Watched {
 
     /// The systemd unit or, failing that, the container id.
     pub fn unit(&self) -> Option<&str> {
-        self.cgroup.unit.as_deref().or(self.cgroup.container.as_deref())
+        self.cgroup.group()
     }
 }
 
