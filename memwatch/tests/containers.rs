@@ -16,15 +16,6 @@ use std::{
 
 use common::*;
 
-const LEAKS: [(&str, u64); 4] = [
-    ("leak_with_malloc", 4000),
-    ("leak_with_calloc", 1000),
-    ("leak_with_realloc", 3000),
-    ("leak_with_memalign", 2000),
-];
-/// Leaks of each kind: 2 threads × 50.
-const LEAKS_PER_KIND: u64 = 100;
-
 /// Where the root keeps its libraries: a directory the host does not have,
 /// so that no path the process maps is a host file's.
 const LIB_DIR: &str = "/opt/lib";

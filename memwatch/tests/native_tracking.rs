@@ -7,15 +7,6 @@ use std::{io::Read, os::unix::fs::FileExt, time::Duration};
 
 use common::*;
 
-const LEAKS: [(&str, u64); 4] = [
-    ("leak_with_malloc", 4000),
-    ("leak_with_calloc", 1000),
-    ("leak_with_realloc", 3000),
-    ("leak_with_memalign", 2000),
-];
-/// Leaks of each kind: 2 threads × 50.
-const LEAKS_PER_KIND: u64 = 100;
-
 fn process(leaks: &serde_json::Value, pid: u32) -> &serde_json::Value {
     leaks["processes"]
         .as_array()

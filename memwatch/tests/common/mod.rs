@@ -13,6 +13,16 @@ use std::{
 
 pub const IGNORE_REASON: &str = "needs root and eBPF; run with `cargo xtask test`";
 
+/// What fixtures/leaker.c leaks: (function, bytes a block) ...
+pub const LEAKS: [(&str, u64); 4] = [
+    ("leak_with_malloc", 4000),
+    ("leak_with_calloc", 1000),
+    ("leak_with_realloc", 3000),
+    ("leak_with_memalign", 2000),
+];
+/// ... and how many blocks of each kind: 2 threads × 50.
+pub const LEAKS_PER_KIND: u64 = 100;
+
 pub fn require_root() {
     // SAFETY: plain syscall.
     assert_eq!(
