@@ -16,39 +16,9 @@ use anyhow::{Context as _, anyhow, bail};
 use aya_build::Toolchain;
 use sha2::{Digest, Sha256};
 
-/// What decides the bytecode besides the source.
-struct Pins {
-    toolchain: String,
-    bpf_linker: String,
-    llvm_major: String,
-    llvm_package_version: String,
-}
-
-fn pins(ebpf: &cargo_metadata::Package, root_dir: &str) -> anyhow::Result<Pins> {
-    let path = format!("{root_dir}/rust-toolchain.toml");
-    println!("cargo:rerun-if-changed={path}");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let file: toml::Table = text.parse().with_context(|| format!("parsing {path}"))?;
-    let toolchain = file
-        .get("toolchain")
-        .and_then(|t| t.get("channel"))
-        .and_then(|c| c.as_str())
-        .ok_or_else(|| anyhow!("{path} names no toolchain.channel"))?
-        .to_string();
-    let meta = &ebpf.metadata["memwatch"];
-    let pin = |key: &str| {
-        meta[key]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("memwatch-ebpf/Cargo.toml has no [package.metadata.memwatch] {key}"))
-    };
-    Ok(Pins {
-        toolchain,
-        bpf_linker: pin("bpf-linker")?,
-        llvm_major: pin("llvm-major")?,
-        llvm_package_version: pin("llvm-package-version")?,
-    })
-}
+#[path = "../memwatch-ebpf/pins.rs"]
+mod pins;
+use pins::Pins;
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
@@ -69,9 +39,11 @@ fn installed(pins: &Pins) -> [Option<String>; 3] {
 fn check(pins: &Pins, [rustc, linker, llvm]: &[Option<String>; 3]) -> anyhow::Result<()> {
     let mut wrong = Vec::new();
     if rustc.is_none() {
+        let components: Vec<String> = pins.components.iter().map(|c| format!(" --component {c}")).collect();
         wrong.push(format!(
-            "the toolchain {} with rust-src (rustup toolchain install {} --profile minimal --component rust-src)",
-            pins.toolchain, pins.toolchain
+            "the toolchain {0} (rustup toolchain install {0} --profile minimal{1})",
+            pins.toolchain,
+            components.concat()
         ));
     }
     if linker.as_deref() != Some(pins.bpf_linker.as_str()) {
@@ -130,7 +102,10 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let pins = pins(&ebpf, &root_dir)?;
+    for file in ["rust-toolchain.toml", "Cargo.toml", "pins.rs"] {
+        println!("cargo:rerun-if-changed={root_dir}/{file}");
+    }
+    let pins = pins::read(std::path::Path::new(&root_dir))?;
     let found = installed(&pins);
     check(&pins, &found)?;
     let package = aya_build::Package {

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 
 use crate::{check, workspace_root};
 
@@ -59,55 +59,13 @@ fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
     )
 }
 
-/// What decides the eBPF bytecode: the nightly in
-/// memwatch-ebpf/rust-toolchain.toml, bpf-linker and the LLVM it links with
-/// in memwatch-ebpf/Cargo.toml's [package.metadata.memwatch] (memwatch's
-/// build.rs checks the same pins).
-pub struct Pins {
-    pub toolchain: String,
-    /// rust-src for `-Z build-std=core`, clippy for `cargo xtask test`.
-    components: Vec<String>,
-    bpf_linker: String,
-    llvm_major: String,
-    llvm_package_version: String,
-}
+#[path = "../../memwatch-ebpf/pins.rs"]
+mod pins;
+pub use pins::Pins;
 
-fn read_toml(path: &std::path::Path) -> anyhow::Result<toml::Table> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.parse().with_context(|| format!("parsing {}", path.display()))
-}
-
+/// The pins in memwatch-ebpf/ (memwatch's build.rs checks the same).
 pub fn pins() -> anyhow::Result<Pins> {
-    let dir = workspace_root().join("memwatch-ebpf");
-    let toolchain = read_toml(&dir.join("rust-toolchain.toml"))?;
-    let manifest = read_toml(&dir.join("Cargo.toml"))?;
-    let meta = manifest
-        .get("package")
-        .and_then(|p| p.get("metadata"))
-        .and_then(|m| m.get("memwatch"));
-    let pin = |key: &str| -> anyhow::Result<String> {
-        meta.and_then(|m| m.get(key))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-            .ok_or_else(|| anyhow!("memwatch-ebpf/Cargo.toml has no [package.metadata.memwatch] {key}"))
-    };
-    let table = toolchain.get("toolchain");
-    let components = table
-        .and_then(|t| t.get("components"))
-        .and_then(|c| c.as_array())
-        .map(|c| c.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    Ok(Pins {
-        components,
-        toolchain: table
-            .and_then(|t| t.get("channel"))
-            .and_then(|c| c.as_str())
-            .ok_or_else(|| anyhow!("memwatch-ebpf/rust-toolchain.toml names no toolchain.channel"))?
-            .to_string(),
-        bpf_linker: pin("bpf-linker")?,
-        llvm_major: pin("llvm-major")?,
-        llvm_package_version: pin("llvm-package-version")?,
-    })
+    pins::read(&workspace_root().join("memwatch-ebpf"))
 }
 
 fn installed_version(package: &str) -> String {
