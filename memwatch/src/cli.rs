@@ -26,6 +26,13 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// Show the state of a running daemon.
     Status(StatusArgs),
+    /// Start exact tracking in a running daemon: a process by pid, or every
+    /// process whose executable matches a glob (now and later), for a while
+    /// or until untracked. Over the control socket (root, or control.group).
+    Track(TrackArgs),
+    /// Stop exact tracking started by `track` (or by the config, until the
+    /// next reload): its probes are detached, its stacks stay in /leaks.
+    Untrack(UntrackArgs),
     /// Take a census of a Python process's live objects by type, through a running daemon.
     Objects(ObjectsArgs),
     /// Run a command under exact tracking and report what it did not free
@@ -65,6 +72,56 @@ pub struct CheckArgs {
     /// The command and its arguments, after `--`.
     #[arg(required = true, last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SocketArgs {
+    /// The daemon's control socket (default: control.socket from --config,
+    /// or /run/memwatch/control.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Read the control socket's path from this config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "exe"])))]
+pub struct TrackArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// The process to track.
+    pub pid: Option<u32>,
+    /// Track processes whose executable matches this glob, now and later.
+    #[arg(long, value_name = "GLOB")]
+    pub exe: Option<String>,
+    /// End by itself after this long: 90s, 10m, 1h30m (default: until untracked).
+    #[arg(long = "for", value_name = "DURATION", value_parser = crate::control::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["pid", "exe"])))]
+pub struct UntrackArgs {
+    #[command(flatten)]
+    pub socket: SocketArgs,
+    /// The process to stop tracking.
+    pub pid: Option<u32>,
+    /// The glob given to `track --exe` (or in the config's track.exe).
+    #[arg(long, value_name = "GLOB")]
+    pub exe: Option<String>,
+}
+
+fn target(pid: Option<u32>, exe: Option<String>) -> crate::control::Target {
+    match (pid, exe) {
+        (Some(p), _) => crate::control::Target::Pid(p),
+        (None, Some(g)) => crate::control::Target::Exe(g),
+        // clap's group requires one.
+        (None, None) => unreachable!("clap requires a pid or --exe"),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +206,9 @@ pub struct RunArgs {
     /// (overrides `web_config_file`).
     #[arg(long, value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// The control socket `memwatch track` talks to (overrides `control.socket`).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -158,6 +218,13 @@ pub fn main() -> ExitCode {
         Command::Leaks(a) => client_call(&a.client, |addr| crate::client::leaks(addr, &a)),
         Command::Status(a) => client_call(&a.client, |addr| crate::client::status(addr, a.client.json)),
         Command::Objects(a) => client_call(&a.client, |addr| crate::client::objects(addr, &a)),
+        Command::Track(a) => socket_call(&a.socket, |s| {
+            let for_seconds = a.duration.map(|d| d.as_secs_f64());
+            crate::client::socket::track(s, target(a.pid, a.exe.clone()), for_seconds, a.socket.json)
+        }),
+        Command::Untrack(a) => socket_call(&a.socket, |s| {
+            crate::client::socket::untrack(s, target(a.pid, a.exe.clone()), a.socket.json)
+        }),
         Command::Check(a) => check(a),
         Command::CloseProbes { parent, fds } => {
             crate::check::close_probes_after(parent, &fds);
@@ -205,6 +272,17 @@ fn client_call(c: &ClientArgs, f: impl FnOnce(&str) -> anyhow::Result<()>) -> Ex
     }
 }
 
+fn socket_call(s: &SocketArgs, f: impl FnOnce(&std::path::Path) -> anyhow::Result<()>) -> ExitCode {
+    let result = crate::client::socket::path(s.socket.clone(), s.config.as_deref()).and_then(|p| f(&p));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memwatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run(args: RunArgs) -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
@@ -212,6 +290,7 @@ fn run(args: RunArgs) -> ExitCode {
         pids: args.pids,
         exe: args.exe,
         log: args.log,
+        control_socket: args.control_socket,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -234,7 +313,11 @@ fn run(args: RunArgs) -> ExitCode {
             "serving /leaks beyond loopback with no authentication: set web_config_file (TLS, basic auth)"
         );
     }
-    match crate::daemon::run(config, web) {
+    let source = crate::daemon::Source {
+        path: args.config,
+        overrides,
+    };
+    match crate::daemon::run(config, web, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -299,5 +382,32 @@ mod tests {
             Cli::try_parse_from(["memwatch", "status"]).unwrap().command,
             Command::Status(_)
         ));
+    }
+
+    #[test]
+    fn track_takes_a_pid_or_a_glob_and_a_duration() {
+        let cli = Cli::try_parse_from(["memwatch", "track", "4242", "--for", "10m"]).unwrap();
+        let Command::Track(t) = cli.command else {
+            panic!("track")
+        };
+        assert_eq!(
+            (t.pid, t.duration),
+            (Some(4242), Some(std::time::Duration::from_secs(600)))
+        );
+        let cli = Cli::try_parse_from(["memwatch", "track", "--exe", "redis*", "--socket", "/tmp/s"]).unwrap();
+        let Command::Track(t) = cli.command else {
+            panic!("track")
+        };
+        assert_eq!(target(t.pid, t.exe), crate::control::Target::Exe("redis*".into()));
+        assert_eq!(t.socket.socket.as_deref(), Some(std::path::Path::new("/tmp/s")));
+        assert!(Cli::try_parse_from(["memwatch", "track"]).is_err());
+        assert!(Cli::try_parse_from(["memwatch", "track", "1", "--exe", "x"]).is_err());
+        assert!(Cli::try_parse_from(["memwatch", "track", "1", "--for", "soon"]).is_err());
+        let cli = Cli::try_parse_from(["memwatch", "untrack", "--exe", "x*"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Untrack(UntrackArgs { exe: Some(_), .. })
+        ));
+        assert!(Cli::try_parse_from(["memwatch", "untrack"]).is_err());
     }
 }

@@ -59,6 +59,15 @@ pub struct FileConfig {
     pub unwind: UnwindFile,
     #[serde(default)]
     pub python: PythonFile,
+    #[serde(default)]
+    pub control: ControlFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlFile {
+    pub socket: Option<PathBuf>,
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +168,7 @@ pub struct Overrides {
     pub pids: Vec<u32>,
     pub exe: Vec<String>,
     pub log: Option<String>,
+    pub control_socket: Option<PathBuf>,
 }
 
 /// A process selector by executable: a glob with a `/` matches the full path,
@@ -214,6 +224,51 @@ pub struct Config {
     /// How often tracked Python processes get a census for the metrics
     /// (None: never).
     pub python_census_interval: Option<Duration>,
+    pub control: ControlAccess,
+}
+
+/// Who may steer the daemon through its control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlAccess {
+    pub socket: PathBuf,
+    /// Members of this group may, besides root and memwatch's own user.
+    pub group: Option<(String, u32)>,
+}
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/memwatch/control.sock";
+
+/// A group's id by name, from the system's group database.
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: valid pointers and a buffer of the length given.
+    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
+}
+
+fn control(f: &ControlFile, o: &Overrides) -> Result<ControlAccess, ConfigError> {
+    let (socket, key) = match (&o.control_socket, &f.socket) {
+        (Some(s), _) => (s.clone(), "--control-socket"),
+        (None, Some(s)) => (s.clone(), "control.socket"),
+        (None, None) => (PathBuf::from(DEFAULT_CONTROL_SOCKET), "control.socket"),
+    };
+    if !socket.is_absolute() {
+        return Err(value_error(
+            key,
+            format!("must be an absolute path, got {}", socket.display()),
+        ));
+    }
+    let group = match &f.group {
+        None => None,
+        Some(name) => Some((
+            name.clone(),
+            group_id(name)
+                .ok_or_else(|| value_error("control.group", format!("no group named {name:?} on this host")))?,
+        )),
+    };
+    Ok(ControlAccess { socket, group })
 }
 
 /// Stack walking by call-frame information.
@@ -392,6 +447,7 @@ impl Config {
             )?)
             .filter(|&s| s > 0.0)
             .map(|s| Duration::from_secs_f64(s.max(1.0))),
+            control: control(&file.control, o)?,
             unwind: Unwind {
                 enabled: file.unwind.enabled.unwrap_or(true),
                 frame_pointer_objects: file.unwind.frame_pointer_objects.unwrap_or(true),
@@ -406,6 +462,43 @@ impl Config {
                 100_000_000,
             )? as usize,
         })
+    }
+}
+
+impl Config {
+    /// The keys that differ from `new` but apply only at a restart: what a
+    /// reload keeps as it is, and says so. Selection, detection thresholds,
+    /// escalation and the scan interval apply at once.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let d = (&self.detect, &new.detect);
+        let differ = [
+            ("listen", self.listen != new.listen),
+            ("web_config_file", self.web_config_file != new.web_config_file),
+            ("log", self.log != new.log),
+            ("maps", self.maps != new.maps),
+            ("unwind", self.unwind != new.unwind),
+            ("probes.placement", self.placement != new.placement),
+            (
+                "python",
+                self.python_objects != new.python_objects || self.python_census_interval != new.python_census_interval,
+            ),
+            ("detect.enabled", d.0.enabled != d.1.enabled),
+            (
+                "detect.sample_interval_seconds",
+                d.0.sample_interval != d.1.sample_interval,
+            ),
+            (
+                "report",
+                self.stacks_per_process != new.stacks_per_process || self.cmdline_arguments != new.cmdline_arguments,
+            ),
+            ("metrics.top_processes", self.top_processes != new.top_processes),
+            (
+                "symbolize.cache_entries",
+                self.symbol_cache_entries != new.symbol_cache_entries,
+            ),
+            ("control", self.control != new.control),
+        ];
+        differ.into_iter().filter(|(_, d)| *d).map(|(k, _)| k).collect()
     }
 }
 
@@ -588,6 +681,35 @@ mod tests {
         assert_eq!(c.escalation.window_seconds, d.escalation.window_seconds);
         assert_eq!(c.escalation.max_concurrent, d.escalation.max_concurrent);
         assert_eq!(c.escalation.max_hits, d.escalation.max_hits);
+        assert_eq!(c.control, d.control);
+    }
+
+    #[test]
+    fn the_control_socket_and_group_are_checked() {
+        let d = build("").unwrap();
+        assert_eq!(d.control.socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(d.control.group, None);
+        let c = build("[control]\nsocket = \"/run/x.sock\"\ngroup = \"root\"\n").unwrap();
+        assert_eq!(c.control.group, Some(("root".into(), 0)));
+        let e = build("[control]\ngroup = \"no-such-group-here\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("control.group") && e.contains("no-such-group-here"), "{e}");
+        let e = build("[control]\nsocket = \"relative.sock\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("control.socket") && e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn a_reload_names_what_waits_for_a_restart() {
+        let old = build("").unwrap();
+        let new = build(
+            "listen = \"127.0.0.1:1\"\n[maps]\nstacks = 4096\n[track]\nexe = [\"x\"]\n[detect]\nwindow_seconds = 60\n[escalation]\nmax_concurrent = 1\n",
+        )
+        .unwrap();
+        assert_eq!(old.needs_restart(&new), ["listen", "maps"]);
+        assert!(old.needs_restart(&old).is_empty());
     }
 
     #[test]
@@ -665,8 +787,10 @@ mod tests {
             pids: vec![7, 5],
             exe: vec!["b".into()],
             log: None,
+            control_socket: Some("/tmp/memwatch.sock".into()),
         };
         let c = Config::build(file, &o).unwrap();
+        assert_eq!(c.control.socket, PathBuf::from("/tmp/memwatch.sock"));
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.web_config_file, Some(PathBuf::from("/tmp/web.yml")));
         assert_eq!(c.pids, vec![5, 7]);

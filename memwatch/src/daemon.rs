@@ -1,5 +1,6 @@
-//! `memwatch run`: binds the API, loads the eBPF programs, starts the
-//! collector and serves until SIGINT or SIGTERM, then detaches everything.
+//! `memwatch run`: binds the API and the control socket, loads the eBPF
+//! programs, starts the collector and serves until SIGINT or SIGTERM, then
+//! detaches everything. SIGHUP re-reads the config.
 
 use std::{
     sync::{
@@ -13,15 +14,22 @@ use anyhow::Context;
 
 use crate::{
     collect::{Collector, snapshot::SharedSnapshot},
-    config::Config,
-    http::{AppState, Web, router, tls::TlsListener},
+    config::{Config, Overrides},
+    control::{self, Control},
+    http::{AppState, ReloadStatus, Web, control::Door, router, tls::TlsListener},
     kernel::Kernel,
     metrics::Metrics,
     symbolize::native::NativeSymbolizer,
     watch::{Watcher, sampler::SharedWatcher},
 };
 
-pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
+/// Where the config came from, to read it again on SIGHUP.
+pub struct Source {
+    pub path: Option<std::path::PathBuf>,
+    pub overrides: Overrides,
+}
+
+pub fn run(config: Config, web: Web, source: Source) -> anyhow::Result<()> {
     // Threads come and go (detaching, censuses); glibc gives new threads
     // new arenas up to 8 per core, each keeping its freed pages, and the
     // soak saw 3 MiB more each minute until they were all made. Two arenas
@@ -35,6 +43,8 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
         std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    let socket = bind_control(&config, &source)?;
+    let socket_path = socket.as_ref().map(|s| s.1.clone());
 
     let kernel = Kernel::load(
         config.maps,
@@ -60,13 +70,14 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
     // The collector owns the kernel side on its own thread (blazesym's
     // symbolizer is not Send, so it is created there). Startup errors come
     // back before the API starts serving.
+    let (control, inbox) = control::channel();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let collector_thread = {
         let (shutdown, shared, metrics, config) = (shutdown.clone(), shared.clone(), metrics.clone(), config.clone());
         let watcher = watcher.clone();
         std::thread::Builder::new().name("collector".into()).spawn(move || {
             let symbolizer = Box::new(NativeSymbolizer::new(config.symbol_cache_entries));
-            let mut collector = Collector::new(kernel, config, symbolizer, shared, metrics, watcher);
+            let mut collector = Collector::new(kernel, config, symbolizer, shared, metrics, watcher, Some(inbox));
             let started = collector.start();
             let ok = started.is_ok();
             let _ = started_tx.send(started);
@@ -86,6 +97,13 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
         metrics,
         default_limit: config.stacks_per_process,
         stale_after: (config.collect_interval * 3).max(Duration::from_secs(30)),
+        control: Some(control.clone()),
+        door: if web.authenticates() {
+            Door::Open
+        } else {
+            Door::Closed(crate::http::control::NO_AUTH)
+        },
+        reload: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -97,6 +115,17 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
     if let Some(every) = config.python_census_interval {
         runtime.spawn(census_metrics(shared_for_census, metrics_for_census, every));
     }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    runtime.spawn(signals(stop_tx, state.clone(), control, source));
+    let unix_state = AppState {
+        door: Door::Open,
+        ..state.clone()
+    };
+    let admits = crate::http::control::Admits {
+        // SAFETY: geteuid cannot fail.
+        own_uid: unsafe { libc::geteuid() },
+        group: config.control.group.clone(),
+    };
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let app = web.wrap(router(state));
@@ -104,16 +133,41 @@ pub fn run(config: Config, web: Web) -> anyhow::Result<()> {
             address = %local,
             tls = web.tls.is_some(),
             basic_auth = web.authenticates(),
+            control_socket = socket.as_ref().map(|s| s.1.display().to_string()),
             "serving /metrics, /leaks and /healthz"
         );
+        if let Some((unix, _)) = socket {
+            let unix = tokio::net::UnixListener::from_std(unix)?;
+            let app = router(unix_state)
+                .layer(axum::middleware::from_fn_with_state(
+                    admits,
+                    crate::http::control::admit,
+                ))
+                .into_make_service_with_connect_info::<crate::http::control::Peer>();
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(unix, app).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "the control socket failed");
+                }
+            });
+        }
         match web.tls {
             Some(tls) => {
                 let listener = TlsListener::new(listener, tls)?;
-                axum::serve(listener, app).with_graceful_shutdown(signal()).await
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped(stop_rx))
+                    .await
             }
-            None => axum::serve(listener, app).with_graceful_shutdown(signal()).await,
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped(stop_rx))
+                    .await
+            }
         }
     });
+    if let Some(path) = &socket_path {
+        let _ = std::fs::remove_file(path);
+    }
     notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.store(true, Ordering::Relaxed);
     if collector_thread.join().is_err() {
@@ -165,11 +219,95 @@ pub fn notify(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-async fn signal() {
+/// Binds the control socket. One asked for by name that cannot be bound
+/// stops the daemon; the default one only warns (another memwatch may hold
+/// it, or this user may not write /run/memwatch): `memwatch track` will not
+/// reach this daemon then.
+fn bind_control(
+    config: &Config,
+    source: &Source,
+) -> anyhow::Result<Option<(std::os::unix::net::UnixListener, std::path::PathBuf)>> {
+    let path = &config.control.socket;
+    match crate::http::control::bind(path, config.control.group.is_some()) {
+        Ok(l) => Ok(Some((l, path.clone()))),
+        Err(e)
+            if path.as_os_str() == crate::config::DEFAULT_CONTROL_SOCKET
+                && source.overrides.control_socket.is_none() =>
+        {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "no control socket: memwatch track cannot reach this daemon"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.context("control socket (control.socket)")),
+    }
+}
+
+/// Resolves once shutdown is asked for.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&stop| stop).await;
+}
+
+/// SIGINT and SIGTERM stop the daemon; SIGHUP re-reads the config.
+async fn signals(stop: tokio::sync::watch::Sender<bool>, state: AppState, control: Control, source: Source) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    let source = std::sync::Arc::new(source);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reading the config again");
+                let (control, source) = (control.clone(), source.clone());
+                let status = tokio::task::spawn_blocking(move || reload(&control, &source)).await;
+                let status = status.unwrap_or_else(|e| ReloadStatus {
+                    at_unix: crate::process::unix_now(),
+                    applied: false,
+                    message: format!("the reload failed: {e}"),
+                });
+                state.metrics.config_reload(status.applied);
+                *state.reload.lock().expect("not poisoned") = Some(status);
+            }
+        }
+    }
+    let _ = stop.send(true);
+}
+
+/// Reads the config again and has the collector apply it; a config that
+/// does not load changes nothing.
+fn reload(control: &Control, source: &Source) -> ReloadStatus {
+    let at_unix = crate::process::unix_now();
+    notify(&[sd_notify::NotifyState::Reloading]);
+    let outcome = Config::load(source.path.as_deref(), &source.overrides)
+        .map_err(|e| format!("the config was not reloaded, the one in force stays: {e}"))
+        .and_then(|c| control.ask(control::Request::Reload(Box::new(c))))
+        .and_then(|reply| {
+            if reply.ok {
+                Ok(reply.message)
+            } else {
+                Err(reply.message)
+            }
+        });
+    notify(&[sd_notify::NotifyState::Ready]);
+    match outcome {
+        Ok(message) => {
+            tracing::info!("{message}");
+            ReloadStatus {
+                at_unix,
+                applied: true,
+                message,
+            }
+        }
+        Err(message) => {
+            tracing::error!("{message}");
+            ReloadStatus {
+                at_unix,
+                applied: false,
+                message,
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod client;
 pub mod clock;
 pub mod collect;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod export;
 #[doc(hidden)]

@@ -211,6 +211,20 @@ fn tracks_exactly(fx: &mut Fixture, exe: &str, libc: &str) -> serde_json::Value 
         .find(|s| s["function"] == "malloc")
         .unwrap_or_else(|| panic!("malloc is probed: {probes:#}"));
     assert_eq!(malloc["module"], libc, "{malloc}");
+    // /probes names the process where it runs, as /leaks does.
+    let unwound = probes["unwind"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} in /probes: {probes:#}"));
+    let place = memwatch::process::cgroup::read(pid);
+    assert_eq!(unwound["nspid"], serde_json::json!(place.1), "{unwound:#}");
+    assert_eq!(
+        unwound["container"],
+        serde_json::json!(place.0.container),
+        "{unwound:#}"
+    );
     // Opened, and attached to, through the mapping: the kernel resolves the
     // path to the inode mapped, whatever the process's root.
     let targets = memwatch::target::find_targets(pid, &mut Default::default(), Default::default()).unwrap();

@@ -11,10 +11,11 @@ pub mod history;
 pub mod rates;
 pub mod snapshot;
 pub mod stack_report;
+mod tracks;
 mod watching;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     os::fd::{AsFd, AsRawFd},
     sync::{
         Arc,
@@ -34,13 +35,14 @@ use memwatch_common::{
 use crate::{
     clock::monotonic_ns,
     config::Config,
+    control::Inbox,
     kernel::Kernel,
     metrics::Metrics,
     process::{ProcessTable, Selection, unix_now},
     symbolize::{Frame, Stack, Symbolize, Walk, python::PythonSymbolizer},
     watch::sampler::SharedWatcher,
 };
-use snapshot::{GroupTotals, LiveAlloc, ProcessSnapshot, SharedSnapshot, Snapshot};
+use snapshot::{EndedProcess, GroupTotals, LiveAlloc, ProcessSnapshot, SharedSnapshot, Snapshot};
 
 /// A stack id is dropped from the kernel after this many scans unreferenced.
 const STACK_GRACE_SCANS: u32 = 2;
@@ -49,6 +51,8 @@ const STACK_GRACE_SCANS: u32 = 2;
 const DRAIN_BUDGET: Duration = Duration::from_millis(250);
 /// Executable names with their own running totals; more are folded together.
 const MAX_GROUPS: usize = 10_000;
+/// Processes whose tracking ended kept for /leaks.
+const ENDED_KEPT: usize = 32;
 
 pub struct Collector {
     kernel: Kernel,
@@ -73,6 +77,13 @@ pub struct Collector {
     /// Host-wide leak detection, sampled on its own thread (None when
     /// turned off); the collector escalates its suspects.
     watcher: Option<SharedWatcher>,
+    /// Control requests (None while they are served, or without control).
+    inbox: Option<Inbox>,
+    /// The selections in force.
+    tracks: Vec<tracks::Selected>,
+    /// Processes were tracked or untracked since the last scan.
+    selection_changed: bool,
+    ended: VecDeque<Arc<EndedProcess>>,
 }
 
 /// The stack with its Python frames in place of the interpreter's, in a
@@ -107,6 +118,7 @@ impl Collector {
         shared: SharedSnapshot,
         metrics: Arc<Metrics>,
         watcher: Option<SharedWatcher>,
+        inbox: Option<Inbox>,
     ) -> Self {
         Collector {
             kernel,
@@ -124,19 +136,21 @@ impl Collector {
             previous: HashMap::new(),
             history: Default::default(),
             watcher,
+            inbox,
+            tracks: Vec::new(),
+            selection_changed: false,
+            ended: VecDeque::new(),
         }
     }
 
     /// Tracks the configured processes. A pid that cannot be tracked is
     /// reported and skipped; memwatch keeps running.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        self.kernel.set_report_all_execs(self.table.has_globs())?;
-        for pid in self.config.pids.clone() {
-            if let Err(e) = self.table.track(&mut self.kernel, pid, Selection::Pid) {
-                tracing::warn!(pid, error = %e, "cannot track process");
-            }
+        self.kernel.set_report_all_execs(!self.config.exe.is_empty())?;
+        self.tracks = tracks::from_config(&self.config);
+        for (pid, e) in self.apply("") {
+            tracing::warn!(pid, error = %e, "cannot track process");
         }
-        self.table.discover(&mut self.kernel);
         self.act_on_suspects();
         self.scan();
         Ok(())
@@ -144,9 +158,8 @@ impl Collector {
 
     /// Runs until `shutdown` is set, then detaches every probe.
     pub fn run(mut self, shutdown: Arc<AtomicBool>) {
-        let interval = self.config.collect_interval;
         let sample_every = self.config.detect.sample_interval;
-        let mut next_scan = Instant::now() + interval;
+        let mut next_scan = Instant::now() + self.config.collect_interval;
         let mut next_sample = Instant::now() + sample_every;
         // Under systemd's watchdog, the collector pings it: a stuck collector
         // (not just a live HTTP server) gets the service restarted.
@@ -171,6 +184,8 @@ impl Collector {
             if self.table.has_pending() {
                 self.table.retry_pending(&mut self.kernel);
             }
+            self.serve_requests();
+            self.expire_tracks();
             if self.watcher.is_some() && Instant::now() >= next_sample {
                 self.act_on_suspects();
                 next_sample += sample_every;
@@ -181,7 +196,7 @@ impl Collector {
             if Instant::now() >= next_scan {
                 self.scan();
                 self.enforce_budget();
-                next_scan = Instant::now() + interval;
+                next_scan = Instant::now() + self.config.collect_interval;
             }
             if let Some(every) = watchdog
                 && Instant::now() >= next_ping
@@ -235,7 +250,21 @@ impl Collector {
     /// Reads the final counters of generations that ended (exit, exec,
     /// untracking), adds them to the running totals and frees their slot.
     fn fold_retired(&mut self) {
-        for r in self.table.take_retired() {
+        let retired = self.table.take_retired();
+        let last = (!retired.is_empty()).then(|| self.shared.get());
+        for r in retired {
+            if let (Some(ended), Some(last)) = (&r.ended, &last)
+                && ended.selection != Selection::Suspect
+                && let Some(p) = last
+                    .processes
+                    .iter()
+                    .find(|p| p.pid == r.pid && p.generation == r.generation)
+            {
+                let e = EndedProcess::of(p, last.taken_at_unix, ended.why.clone(), self.config.stacks_per_process);
+                self.ended.retain(|x| x.pid != r.pid);
+                self.ended.push_front(Arc::new(e));
+                self.ended.truncate(ENDED_KEPT);
+            }
             // Its code objects' addresses may be reused by the next image.
             self.python.forget(r.pid);
             let group = if self.retired_groups.len() >= MAX_GROUPS && !self.retired_groups.contains_key(&r.exe_name) {
@@ -279,6 +308,7 @@ impl Collector {
         let (read_ns, read_unix) = (monotonic_ns(), unix_now());
         self.table.reconcile(&mut self.kernel);
         self.fold_retired();
+        self.prune_tracks();
 
         // Counters of the current generations.
         let mut current: HashMap<(u32, u32), ProcCounters> = HashMap::new();
@@ -446,6 +476,8 @@ impl Collector {
                     .inspect_err(|e| tracing::warn!(error = %e, "reading stack walk counters failed"))
                     .ok(),
             },
+            tracks: self.track_list(),
+            ended: self.ended.iter().cloned().collect(),
         };
         self.metrics.update(&snapshot);
         self.shared.set(snapshot);

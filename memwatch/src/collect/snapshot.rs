@@ -72,6 +72,54 @@ impl ProcessSnapshot {
     }
 }
 
+/// A process whose exact tracking ended (untracked, its track's time up,
+/// or exited), as the last scan before saw it: its stacks stay in /leaks.
+#[derive(Debug, Clone)]
+pub struct EndedProcess {
+    pub pid: u32,
+    pub nspid: Option<u32>,
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: String,
+    pub place: crate::process::cgroup::Placement,
+    pub selection: Selection,
+    pub tracked_since_unix: f64,
+    pub ended_unix: f64,
+    pub why: String,
+    /// As of the scan at `seen_unix`.
+    pub seen_unix: f64,
+    pub counters: ProcCounters,
+    pub live_bytes: u64,
+    pub live_allocations: u64,
+    pub stack_count: usize,
+    /// The largest, at most `report.stacks_per_process`.
+    pub stacks: Vec<StackReport>,
+}
+
+impl EndedProcess {
+    pub fn of(p: &ProcessSnapshot, seen_unix: f64, why: String, limit: usize) -> Self {
+        let agg = super::aggregate::aggregate(&p.allocations, None);
+        EndedProcess {
+            pid: p.pid,
+            nspid: p.nspid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
+            place: p.place.clone(),
+            selection: p.selection.clone(),
+            tracked_since_unix: p.tracked_since_unix,
+            ended_unix: crate::process::unix_now(),
+            why,
+            seen_unix,
+            counters: p.counters,
+            live_bytes: agg.live_bytes,
+            live_allocations: agg.live_allocations,
+            stack_count: agg.stacks.len(),
+            stacks: super::stack_report::stack_reports(p, &agg, limit, crate::clock::monotonic_ns()),
+        }
+    }
+}
+
 /// Counters of an executable name, across all its processes ever tracked.
 #[derive(Debug, Clone, Default)]
 pub struct GroupTotals {
@@ -117,6 +165,10 @@ pub struct Snapshot {
     /// process groups, and the watcher's own counts.
     pub watch: WatchSnapshot,
     pub unwind: UnwindSnapshot,
+    /// The selections in force.
+    pub tracks: Vec<crate::control::Track>,
+    /// Processes whose tracking ended, newest first (bounded).
+    pub ended: Vec<Arc<EndedProcess>>,
 }
 
 /// Stack walking: the tables loaded and the kernel's walk counters.
@@ -149,8 +201,8 @@ pub struct SuspectSnapshot {
     pub comm: String,
     pub exe: String,
     pub cmdline: String,
-    pub unit: Option<String>,
-    pub container: Option<String>,
+    pub place: crate::process::cgroup::Placement,
+    pub nspid: Option<u32>,
     pub memory: Memory,
     pub estimate: Estimate,
     pub alert: Alert,
@@ -227,8 +279,8 @@ impl SuspectSnapshot {
             comm: w.comm.clone(),
             exe: w.exe.display().to_string(),
             cmdline: w.cmdline.clone(),
-            unit: w.cgroup.unit.clone(),
-            container: w.cgroup.container.clone(),
+            place: w.cgroup.clone(),
+            nspid: w.nspid,
             memory: w.memory,
             estimate: w.estimate.clone(),
             alert: w.alert,

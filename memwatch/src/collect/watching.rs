@@ -210,7 +210,8 @@ impl Collector {
         let now = unix_now();
         for (pid, outcome, reason) in ends {
             let mut evidence = Vec::new();
-            if self.table.get(pid).is_some() {
+            // Tracked by pid since (a control request): it stays tracked.
+            if self.table.get(pid).is_some_and(|p| p.selection == Selection::Suspect) {
                 if let Some(p) = snapshot.processes.iter().find(|p| p.pid == pid) {
                     let agg = aggregate(&p.allocations, None);
                     evidence = stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());

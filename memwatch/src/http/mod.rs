@@ -4,6 +4,7 @@
 //! the router (`auth`) and the listener (`tls`).
 
 pub mod auth;
+pub mod control;
 pub mod tls;
 pub mod web_config;
 
@@ -14,7 +15,7 @@ use axum::{
     extract::{RawQuery, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 
 use crate::{
@@ -34,6 +35,20 @@ pub struct AppState {
     pub default_limit: usize,
     /// /healthz fails when the last scan is older than this.
     pub stale_after: Duration,
+    /// Where control requests go (None: this daemon takes none).
+    pub control: Option<crate::control::Control>,
+    /// Whether this listener may send them.
+    pub door: control::Door,
+    /// The last SIGHUP's outcome, for /status.
+    pub reload: Arc<std::sync::Mutex<Option<ReloadStatus>>>,
+}
+
+/// What became of the last config re-read.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    pub at_unix: f64,
+    pub applied: bool,
+    pub message: String,
 }
 
 /// How the API is exposed: from the web config file, checked at startup.
@@ -77,6 +92,9 @@ pub fn router(state: AppState) -> Router {
         .route("/probes", get(probes))
         .route("/status", get(status))
         .route("/objects", get(objects))
+        .route("/control/track", post(control::track))
+        .route("/control/untrack", post(control::untrack))
+        .route("/control/tracks", get(control::tracks))
         .fallback(not_found)
         .with_state(state)
 }
@@ -192,6 +210,9 @@ async fn status(State(s): State<AppState>) -> Response {
             "tables_without_room": snap.unwind.totals.objects_without_room,
         },
         "kernel_events_lost": lost,
+        "tracks": snap.tracks,
+        "ended_processes": snap.ended.len(),
+        "last_reload": s.reload.lock().expect("not poisoned").clone(),
         "attach_failures": snap.failures,
         "exited_before_attach_total": snap.exited_before_attach_total,
         "watch": {
@@ -219,7 +240,13 @@ async fn probes(State(s): State<AppState>) -> Response {
     let unwind: Vec<serde_json::Value> = snapshot
         .processes
         .iter()
-        .map(|p| serde_json::json!({ "pid": p.pid, "comm": p.comm, "modules": p.unwind, "python": p.python }))
+        .map(|p| {
+            let mut v = serde_json::json!({ "pid": p.pid, "nspid": p.nspid, "comm": p.comm, "modules": p.unwind, "python": p.python });
+            if let (Some(o), Ok(serde_json::Value::Object(place))) = (v.as_object_mut(), serde_json::to_value(&p.place)) {
+                o.extend(place);
+            }
+            v
+        })
         .collect();
     let body = serde_json::json!({ "placement": snapshot.placement, "sites": sites, "unwind": unwind });
     json(&body)
@@ -358,6 +385,9 @@ mod tests {
             metrics,
             default_limit: 20,
             stale_after: Duration::from_secs(60),
+            control: None,
+            door: control::Door::Closed(control::NO_AUTH),
+            reload: Default::default(),
         })
     }
 
@@ -448,10 +478,97 @@ mod tests {
             metrics: Arc::new(Metrics::new(1)),
             default_limit: 1,
             stale_after: Duration::from_secs(60),
+            control: None,
+            door: control::Door::Closed(control::NO_AUTH),
+            reload: Default::default(),
         });
         let (status, _, body) = get(r, "/healthz", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.starts_with("stale"), "{body}");
+    }
+
+    async fn post(app: Router, uri: &str, body: &str) -> (StatusCode, String) {
+        let req = axum::http::Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// A router whose control requests a thread answers as the collector would.
+    fn steerable() -> (Router, std::thread::JoinHandle<Vec<String>>) {
+        let (control, inbox) = crate::control::channel();
+        let shared = SharedSnapshot::default();
+        let r = router(AppState {
+            snapshot: shared,
+            censuses: Default::default(),
+            metrics: Arc::new(Metrics::new(1)),
+            default_limit: 1,
+            stale_after: Duration::from_secs(60),
+            control: Some(control),
+            door: control::Door::Open,
+            reload: Default::default(),
+        });
+        let answering = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline && seen.len() < 2 {
+                for (req, answer) in inbox.pending() {
+                    let ok = !matches!(req, crate::control::Request::Untrack(_));
+                    seen.push(format!("{req:?}"));
+                    let _ = answer.send(crate::control::Reply {
+                        ok,
+                        message: if ok { "tracking".into() } else { "not tracked".into() },
+                        tracks: vec![],
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        });
+        (r, answering)
+    }
+
+    #[tokio::test]
+    async fn control_is_refused_on_a_listener_without_auth() {
+        let (status, body) = post(app(fake_snapshot()), "/control/track", r#"{"pid": 1}"#).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("basic auth"), "{body}");
+        let (status, body) = post(app(fake_snapshot()), "/control/untrack", r#"{"pid": 1}"#).await;
+        assert_eq!((status, body.contains("basic auth")), (StatusCode::FORBIDDEN, true));
+        // Reading the selections is not control.
+        let (status, _, body) = get(app(fake_snapshot()), "/control/tracks", None).await;
+        assert_eq!((status, body.trim()), (StatusCode::OK, "[]"));
+        let (status, _, _) = get(app(fake_snapshot()), "/control/track", None).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn control_requests_reach_the_collector_and_bad_ones_do_not() {
+        let (r, answering) = steerable();
+        let (status, body) = post(r.clone(), "/control/track", r#"{"pid": 42, "for_seconds": 5}"#).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"ok\": true") && body.contains("tracking"), "{body}");
+        let (status, body) = post(r.clone(), "/control/untrack", r#"{"exe": "x*"}"#).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains("not tracked"), "{body}");
+        for bad in [
+            r#"{"pid": 0}"#,
+            r#"{"pid": 1, "for_seconds": -1}"#,
+            r#"{"nope": 1}"#,
+            "not json",
+        ] {
+            let (status, body) = post(r.clone(), "/control/track", bad).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+            assert!(!body.trim().is_empty(), "{bad}: no message");
+        }
+        let seen = answering.join().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen[0].contains("Pid(42)") && seen[0].contains("Some(5.0)"), "{seen:?}");
+        assert!(seen[1].contains("Exe(\"x*\")"), "{seen:?}");
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use crate::{
         aggregate::{Aggregated, aggregate},
         history,
         rates::Rates,
-        snapshot::{ProcessSnapshot, Snapshot, SuspectSnapshot},
+        snapshot::{EndedProcess, ProcessSnapshot, Snapshot, SuspectSnapshot},
     },
     process::Selection,
     symbolize::{Frame, WalkReport},
@@ -35,6 +35,9 @@ pub struct LeaksReport {
     pub suspects: Vec<SuspectReport>,
     /// Processes tracked exactly (by --pid, --exe, or escalation).
     pub processes: Vec<ProcessReport>,
+    /// Processes whose exact tracking ended (untracked, their track's time
+    /// up, or exited), newest first, as the last scan before saw them.
+    pub ended: Vec<ProcessReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,8 +46,12 @@ pub struct SuspectReport {
     pub comm: String,
     pub exe: String,
     pub cmdline: String,
-    pub unit: Option<String>,
-    pub container: Option<String>,
+    /// Its systemd unit, container (whole id), pod UID and QoS class.
+    #[serde(flatten)]
+    pub place: crate::process::cgroup::Placement,
+    /// The pid inside its own pid namespace (a container's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nspid: Option<u32>,
     pub exited: bool,
     pub alert: Alert,
     pub growth: GrowthReport,
@@ -108,6 +115,55 @@ pub struct ProcessReport {
     /// With `?since=`: the change of the whole live heap over the window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth: Option<WindowGrowth>,
+    /// When and why its tracking ended (in `ended` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<TrackingEnded>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrackingEnded {
+    pub at_unix: f64,
+    pub why: String,
+    /// The scan its figures and stacks are from.
+    pub seen_unix: f64,
+}
+
+fn totals(c: &memwatch_common::alloc::ProcCounters) -> Totals {
+    Totals {
+        allocations: c.allocations,
+        frees: c.frees,
+        allocated_bytes: c.allocated_bytes,
+        freed_bytes: c.freed_bytes,
+        untracked_frees: c.untracked_frees,
+        lost_allocations: c.lost_allocations,
+        lost_bytes: c.lost_bytes,
+    }
+}
+
+fn ended_report(e: &EndedProcess, limit: usize) -> ProcessReport {
+    ProcessReport {
+        pid: e.pid,
+        nspid: e.nspid,
+        comm: e.comm.clone(),
+        exe: e.exe.clone(),
+        cmdline: e.cmdline.clone(),
+        place: e.place.clone(),
+        selection: e.selection.clone(),
+        tracked_since_unix: e.tracked_since_unix,
+        live_bytes: e.live_bytes,
+        live_allocations: e.live_allocations,
+        rates: Rates::default(),
+        totals: totals(&e.counters),
+        stack_count: e.stack_count,
+        stacks: e.stacks.iter().take(limit).cloned().collect(),
+        python: None,
+        growth: None,
+        ended: Some(TrackingEnded {
+            at_unix: e.ended_unix,
+            why: e.why.clone(),
+            seen_unix: e.seen_unix,
+        }),
+    }
 }
 
 /// Growth over a window, from the reading kept closest before its start.
@@ -160,8 +216,8 @@ fn suspect_report(s: &SuspectSnapshot, limit: usize, now_unix: f64) -> SuspectRe
         comm: s.comm.clone(),
         exe: s.exe.clone(),
         cmdline: s.cmdline.clone(),
-        unit: s.unit.clone(),
-        container: s.container.clone(),
+        place: s.place.clone(),
+        nspid: s.nspid,
         exited: s.exited,
         alert: s.alert,
         growth: GrowthReport {
@@ -234,6 +290,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
     if let Some(pid) = q.pid
         && !snapshot.processes.iter().any(|p| p.pid == pid)
         && !snapshot.watch.suspects.iter().any(|s| s.pid == pid)
+        && !snapshot.ended.iter().any(|e| e.pid == pid)
     {
         return Err(LeaksError::NotTracked {
             pid,
@@ -270,19 +327,12 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
                 live_bytes: agg.live_bytes,
                 live_allocations: agg.live_allocations,
                 rates: p.rates,
-                totals: Totals {
-                    allocations: c.allocations,
-                    frees: c.frees,
-                    allocated_bytes: c.allocated_bytes,
-                    freed_bytes: c.freed_bytes,
-                    untracked_frees: c.untracked_frees,
-                    lost_allocations: c.lost_allocations,
-                    lost_bytes: c.lost_bytes,
-                },
+                totals: totals(c),
                 stack_count: agg.stacks.len(),
                 stacks,
                 python: p.python.clone(),
                 growth,
+                ended: None,
             }
         })
         .collect();
@@ -318,6 +368,12 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         min_age_seconds: q.min_age.as_secs_f64(),
         suspects,
         processes,
+        ended: snapshot
+            .ended
+            .iter()
+            .filter(|e| q.pid.is_none_or(|pid| pid == e.pid))
+            .map(|e| ended_report(e, q.limit))
+            .collect(),
     })
 }
 
@@ -506,8 +562,8 @@ pub(crate) mod tests {
         assert_eq!(e.to_string(), "process 5 is not tracked (no process is)");
     }
 
-    #[test]
-    fn a_suspect_alone_is_found_by_pid() {
+    /// A firing suspect, pid 99, in a unit and a pod.
+    fn a_suspect(snap: &mut Snapshot) {
         use crate::{
             collect::snapshot::SuspectSnapshot,
             watch::{
@@ -516,14 +572,18 @@ pub(crate) mod tests {
                 procmem::Memory,
             },
         };
-        let mut snap = fake_snapshot();
         snap.watch.suspects.push(SuspectSnapshot {
             pid: 99,
             comm: "grower".into(),
             exe: "/srv/grower".into(),
             cmdline: String::new(),
-            unit: Some("grower.service".into()),
-            container: None,
+            place: crate::process::cgroup::Placement {
+                unit: Some("grower.service".into()),
+                pod: Some("0d3a5c1e-7b2f-4e8a-9c6d-1f2e3a4b5c6d".into()),
+                qos: Some("burstable".into()),
+                ..Default::default()
+            },
+            nspid: Some(12),
             memory: Memory {
                 rss: 100,
                 anon: 80,
@@ -548,6 +608,12 @@ pub(crate) mod tests {
             growth: vec![],
             exited: false,
         });
+    }
+
+    #[test]
+    fn a_suspect_alone_is_found_by_pid() {
+        let mut snap = fake_snapshot();
+        a_suspect(&mut snap);
         let r = build(&snap, &q(Some(99), 0, 20), 0, 100.0).unwrap();
         assert!(r.processes.is_empty());
         assert_eq!(r.suspects.len(), 1);
@@ -609,6 +675,29 @@ pub(crate) mod tests {
         let text = text::render(&r);
         assert!(
             text.contains("\n  container 3f4c0a9b8e7d  pid 7 in its namespace\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_suspect_is_named_by_its_unit_pod_and_inner_pid() {
+        let mut snap = fake_snapshot();
+        a_suspect(&mut snap);
+        let r = build(&snap, &q(None, 0, 20), 100_000_000_000, 5001.0).unwrap();
+        let v = serde_json::to_value(&r).unwrap();
+        let s = &v["suspects"][0];
+        assert_eq!(s["unit"], "grower.service", "{s}");
+        assert_eq!(s["pod"], "0d3a5c1e-7b2f-4e8a-9c6d-1f2e3a4b5c6d", "{s}");
+        assert_eq!(
+            (s["qos"].as_str(), s["nspid"].as_u64()),
+            (Some("burstable"), Some(12)),
+            "{s}"
+        );
+        let text = text::render(&r);
+        assert!(
+            text.contains(
+                "  unit grower.service  pod 0d3a5c1e-7b2f-4e8a-9c6d-1f2e3a4b5c6d (burstable)  pid 12 in its namespace\n"
+            ),
             "{text}"
         );
     }

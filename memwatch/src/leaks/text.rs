@@ -56,43 +56,61 @@ pub fn render(r: &LeaksReport) -> String {
         }
     }
     for p in &r.processes {
-        let _ = writeln!(out);
-        let _ = writeln!(
-            out,
-            "PID {} ({})  live {} in {} allocation(s)  alloc {:.0}/s  free {:.0}/s  net {}/s",
-            p.pid,
-            p.comm,
-            bytes(p.live_bytes),
-            p.live_allocations,
-            p.rates.allocations_per_second,
-            p.rates.frees_per_second,
-            signed_bytes(p.rates.allocated_bytes_per_second - p.rates.freed_bytes_per_second),
-        );
-        if let Some(place) = place_line(&p.place, p.nspid) {
-            let _ = writeln!(out, "  {place}");
-        }
-        if let Some(g) = &p.growth {
-            let _ = writeln!(
-                out,
-                "  growth over the last {}: {} in {:+} allocation(s)",
-                duration(g.window_seconds),
-                change(g.growth_bytes),
-                g.growth_allocations
-            );
-        }
-        if p.stacks.is_empty() {
-            let _ = writeln!(out, "  no live allocations");
-        }
-        render_stacks(&mut out, &p.stacks);
-        if p.stack_count > p.stacks.len() {
-            let _ = writeln!(
-                out,
-                "  … {} more stack(s); raise ?limit=",
-                p.stack_count - p.stacks.len()
-            );
+        render_process(&mut out, p);
+    }
+    if !r.ended.is_empty() {
+        let _ = writeln!(out, "\nTRACKING ENDED (as the last scan before saw them)");
+        for p in &r.ended {
+            render_process(&mut out, p);
         }
     }
     out
+}
+
+fn render_process(out: &mut String, p: &super::ProcessReport) {
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "PID {} ({})  live {} in {} allocation(s)  alloc {:.0}/s  free {:.0}/s  net {}/s",
+        p.pid,
+        p.comm,
+        bytes(p.live_bytes),
+        p.live_allocations,
+        p.rates.allocations_per_second,
+        p.rates.frees_per_second,
+        signed_bytes(p.rates.allocated_bytes_per_second - p.rates.freed_bytes_per_second),
+    );
+    if let Some(place) = place_line(&p.place, p.nspid) {
+        let _ = writeln!(out, "  {place}");
+    }
+    if let Some(e) = &p.ended {
+        let _ = writeln!(
+            out,
+            "  tracking ended {} ago: {}",
+            duration((crate::process::unix_now() - e.at_unix).max(0.0)),
+            e.why
+        );
+    }
+    if let Some(g) = &p.growth {
+        let _ = writeln!(
+            out,
+            "  growth over the last {}: {} in {:+} allocation(s)",
+            duration(g.window_seconds),
+            change(g.growth_bytes),
+            g.growth_allocations
+        );
+    }
+    if p.stacks.is_empty() {
+        let _ = writeln!(out, "  no live allocations");
+    }
+    render_stacks(out, &p.stacks);
+    if p.stack_count > p.stacks.len() {
+        let _ = writeln!(
+            out,
+            "  … {} more stack(s); raise ?limit=",
+            p.stack_count - p.stacks.len()
+        );
+    }
 }
 
 fn render_stacks(out: &mut String, stacks: &[StackReport]) {
@@ -169,12 +187,7 @@ fn place_line(place: &crate::process::cgroup::Placement, nspid: Option<u32>) -> 
 }
 
 fn render_suspect(out: &mut String, s: &SuspectReport) {
-    let place = s
-        .unit
-        .as_deref()
-        .or(s.container.as_deref().map(|c| c.get(..12).unwrap_or(c)))
-        .map(|u| format!(" [{u}]"))
-        .unwrap_or_default();
+    let group = s.place.group().map(|u| format!(" [{u}]")).unwrap_or_default();
     let state = match s.alert {
         Alert::Firing { .. } => "FIRING",
         Alert::Pending { .. } => "pending",
@@ -187,7 +200,7 @@ fn render_suspect(out: &mut String, s: &SuspectReport) {
         "PID {} ({}){}  {}{}  heap {}  growing {}/s for {} (confidence {:.2})",
         s.pid,
         s.comm,
-        place,
+        group,
         state,
         if s.exited { " (exited)" } else { "" },
         bytes(s.growth.heap_bytes),
@@ -195,6 +208,9 @@ fn render_suspect(out: &mut String, s: &SuspectReport) {
         duration(s.growth.duration_seconds),
         s.growth.confidence,
     );
+    if let Some(place) = place_line(&s.place, s.nspid) {
+        let _ = writeln!(out, "  {place}");
+    }
     match &s.escalation {
         Some(Status::Running { started, until }) => {
             let _ = writeln!(out, "  exact tracking running ({} window)", duration(until - started));

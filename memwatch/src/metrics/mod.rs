@@ -4,6 +4,7 @@
 //! Labels are bounded: `allocator` (a handful), `reason` (fixed), `exe` for
 //! the top-N executables only. No pid, address or stack labels.
 
+mod control;
 pub mod python;
 mod unwind;
 
@@ -626,6 +627,7 @@ pub struct Metrics {
     probes: ProbeMetrics,
     unwind: unwind::UnwindMetrics,
     python: python::PythonMetrics,
+    control: control::ControlMetrics,
 }
 
 impl Metrics {
@@ -640,6 +642,7 @@ impl Metrics {
             watch: WatchMetrics::register(&registry, top_processes),
             unwind: unwind::UnwindMetrics::register(&registry),
             python: python::PythonMetrics::register(&registry, top_processes),
+            control: control::ControlMetrics::register(&registry),
             registry,
         }
     }
@@ -649,7 +652,18 @@ impl Metrics {
         self.python.update(censuses);
     }
 
+    /// A control request answered (`ok`: carried out).
+    pub fn control_request(&self, name: &str, ok: bool) {
+        self.control.request(name, ok);
+    }
+
+    /// A SIGHUP's config re-read (`applied`, or refused with the old kept).
+    pub fn config_reload(&self, applied: bool) {
+        self.control.reload(applied);
+    }
+
     pub fn update(&self, s: &Snapshot) {
+        self.control.update(s);
         self.allocator.update(s);
         self.kernel.update(s);
         self.processes.update(s);

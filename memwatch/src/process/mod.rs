@@ -97,6 +97,15 @@ pub struct Retired {
     pub slot: u32,
     /// The process is no longer tracked: its slot can be reused once read.
     pub release_slot: bool,
+    /// Why tracking ended (an exec within a tracked process: None).
+    pub ended: Option<Ended>,
+}
+
+/// Tracking of a process that ended, and why.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub why: String,
+    pub selection: Selection,
 }
 
 /// A process memwatch was asked to track but could not.
@@ -135,6 +144,9 @@ pub struct ProcessTable {
     cmdline_arguments: usize,
     /// Unwind tables of the tracked processes (and of leak suspects).
     pub unwind: Unwinder,
+    /// Processes untracked by request that a glob still matches, by start
+    /// time: not tracked again by that glob while they run.
+    excluded: std::collections::HashMap<u32, u64>,
 }
 
 const MAX_FAILURES_KEPT: usize = 100;
@@ -204,6 +216,7 @@ impl ProcessTable {
             backoff: backoff::Backoff::default(),
             cmdline_arguments,
             unwind,
+            excluded: Default::default(),
         }
     }
 
@@ -299,8 +312,51 @@ impl ProcessTable {
         });
     }
 
-    fn glob_for(&self, exe: &std::path::Path) -> Option<String> {
+    /// The glob that selects a process running `exe`, unless it was
+    /// untracked by request.
+    fn glob_for(&self, pid: u32, exe: &std::path::Path) -> Option<String> {
+        if self.is_excluded(pid) {
+            return None;
+        }
         self.globs.iter().find(|g| g.matches(exe)).map(|g| g.pattern.clone())
+    }
+
+    fn is_excluded(&self, pid: u32) -> bool {
+        self.excluded
+            .get(&pid)
+            .is_some_and(|&t| procfs::read_stat(pid).is_ok_and(|s| s.start_time == t))
+    }
+
+    /// The globs in force, replacing those before. A process a glob
+    /// selected that no glob matches any more is left tracked: the caller
+    /// decides (see [`Self::unwanted`]).
+    pub fn set_globs(&mut self, globs: Vec<ExeGlob>) {
+        self.globs = globs;
+        self.pending.retain(|p| p.pattern.is_none());
+    }
+
+    /// Whether a glob in force matches `exe`.
+    pub fn glob_matches(&self, exe: &std::path::Path) -> bool {
+        self.globs.iter().any(|g| g.matches(exe))
+    }
+
+    /// Keeps the globs from tracking `pid` again while it runs (it was
+    /// untracked by request); `track` by pid lifts it.
+    pub fn exclude(&mut self, pid: u32) {
+        if let Ok(s) = procfs::read_stat(pid) {
+            self.excluded.insert(pid, s.start_time);
+        }
+        self.excluded
+            .retain(|&p, &mut t| procfs::read_stat(p).is_ok_and(|s| s.start_time == t));
+    }
+
+    /// Changes why `pid` is tracked (a track by pid of a process a glob
+    /// or an escalation tracks keeps it, whatever becomes of those).
+    pub fn set_selection(&mut self, pid: u32, selection: Selection) {
+        self.excluded.remove(&pid);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.selection = selection;
+        }
     }
 
     /// Starts tracking `pid`. Failures are returned, remembered for status
@@ -395,6 +451,10 @@ impl ProcessTable {
             pid,
             comm = %inc.comm,
             exe = %inc.exe.display(),
+            unit = inc.place.unit.as_deref(),
+            container = inc.place.container_short(),
+            pod = inc.place.pod.as_deref(),
+            nspid = inc.nspid,
             probes = inc.sites.iter().map(|s| s.probe_count()).sum::<usize>(),
             modules = ?targets.iter().map(|t| t.path.as_str()).collect::<Vec<_>>(),
             "tracking process"
@@ -442,6 +502,10 @@ impl ProcessTable {
             exe_name: inc.exe_name(),
             slot: inc.slot,
             release_slot: true,
+            ended: Some(Ended {
+                why: why.to_string(),
+                selection: inc.selection.clone(),
+            }),
         });
         self.reaper.reap(probes::detach(kernel.ebpf_mut(), inc.sites));
         tracing::info!(pid, comm = %inc.comm, probes = n, "stopped tracking process: {why}");
@@ -471,7 +535,9 @@ impl ProcessTable {
                 continue;
             }
             let Ok(exe) = procfs::read_exe(pid) else { continue };
-            let Some(pattern) = self.glob_for(&exe) else { continue };
+            let Some(pattern) = self.glob_for(pid, &exe) else {
+                continue;
+            };
             let Ok(stat) = procfs::read_stat(pid) else { continue };
             if !self.backoff.may_try(pid, stat.start_time, now) {
                 continue;
@@ -500,7 +566,7 @@ impl ProcessTable {
         let Some(inc) = self.procs.get_mut(&pid) else {
             // Untracked: a candidate for the globs.
             if let Ok(exe) = procfs::read_exe(pid)
-                && let Some(pattern) = self.glob_for(&exe)
+                && let Some(pattern) = self.glob_for(pid, &exe)
                 && pid != std::process::id()
             {
                 self.track_new(kernel, pid, pattern);
@@ -517,6 +583,7 @@ impl ProcessTable {
             exe_name,
             slot: inc.slot,
             release_slot: false,
+            ended: None,
         });
         inc.generation = old_generation.wrapping_add(1);
         if let Ok(stat) = procfs::read_stat(pid) {
@@ -613,7 +680,7 @@ impl ProcessTable {
     /// matches a glob (it is the parent's until it execs).
     pub fn on_fork(&mut self, kernel: &mut Kernel, child: u32) {
         if let Ok(exe) = procfs::read_exe(child)
-            && let Some(pattern) = self.glob_for(&exe)
+            && let Some(pattern) = self.glob_for(child, &exe)
         {
             self.track_new(kernel, child, pattern);
         }
@@ -719,6 +786,7 @@ impl ProcessTable {
                             exe_name,
                             slot,
                             release_slot: false,
+                            ended: None,
                         });
                         old = old.wrapping_add(1);
                     }

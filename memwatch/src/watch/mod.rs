@@ -45,6 +45,8 @@ pub struct Watched {
     pub exe: PathBuf,
     pub cmdline: String,
     pub cgroup: cgroup::Placement,
+    /// Its pid inside its own pid namespace, when that is not the host's.
+    pub nspid: Option<u32>,
     pub memory: procmem::Memory,
     series: VecDeque<Sample>,
     pub estimate: Estimate,
@@ -137,23 +139,37 @@ const RESOLVED_SHOWN: f64 = 3600.0;
 
 impl Watcher {
     pub fn new(d: &Detect, cmdline_arguments: usize) -> Self {
-        Watcher {
+        let mut w = Watcher {
             procs: HashMap::new(),
             params: Params {
-                window: d.window_seconds,
-                min_rate: d.min_rate,
-                min_confidence: d.min_confidence,
+                window: 0.0,
+                min_rate: 0.0,
+                min_confidence: 0.0,
             },
-            timing: Timing::new(
-                d.firing_after_seconds,
-                d.resolve_after_seconds,
-                d.sample_interval.as_secs_f64(),
-            ),
-            keep_seconds: 4.0 * d.window_seconds + 2.0 * d.sample_interval.as_secs_f64(),
+            timing: Timing::new(0.0, 0.0, 0.0),
+            keep_seconds: 0.0,
             gone: VecDeque::new(),
             cmdline_arguments,
             counts: Counts::default(),
-        }
+        };
+        w.set_thresholds(d);
+        w
+    }
+
+    /// Judges and times alerts by `d` from the next sample on (a reload);
+    /// the series kept so far stay.
+    pub fn set_thresholds(&mut self, d: &Detect) {
+        self.params = Params {
+            window: d.window_seconds,
+            min_rate: d.min_rate,
+            min_confidence: d.min_confidence,
+        };
+        self.timing = Timing::new(
+            d.firing_after_seconds,
+            d.resolve_after_seconds,
+            d.sample_interval.as_secs_f64(),
+        );
+        self.keep_seconds = 4.0 * d.window_seconds + 2.0 * d.sample_interval.as_secs_f64();
     }
 
     pub fn len(&self) -> usize {
@@ -302,15 +318,15 @@ impl Watcher {
 }
 
 fn new_watched(pid: u32, start_time: u64, comm: String, cmdline_arguments: usize) -> Watched {
+    let (place, nspid) = cgroup::read(pid);
     Watched {
         pid,
         start_time,
         comm,
         exe: procfs::read_exe(pid).unwrap_or_default(),
         cmdline: procfs::read_cmdline(pid, cmdline_arguments).unwrap_or_default(),
-        cgroup: std::fs::read_to_string(procfs::proc_path(pid, "cgroup"))
-            .map(|t| cgroup::parse(&t))
-            .unwrap_or_default(),
+        cgroup: place,
+        nspid,
         memory: procmem::Memory::default(),
         series: VecDeque::new(),
         estimate: Estimate {

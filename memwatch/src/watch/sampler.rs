@@ -39,11 +39,17 @@ impl SharedWatcher {
         for (pid, tr) in w.apply(readings, mono, now) {
             let p = w.get(pid).or_else(|| w.gone().find(|g| g.pid == pid));
             let (comm, rate) = p.map_or((String::new(), 0.0), |p| (p.comm.clone(), p.estimate.rate));
+            // Named as `docker ps`, `kubectl` and systemd name it.
+            let place = p.map(|p| p.cgroup.clone()).unwrap_or_default();
+            let (unit, container) = (place.unit.as_deref(), place.container_short());
+            let (pod, nspid) = (place.pod.as_deref(), p.and_then(|p| p.nspid));
             match tr {
                 Transition::Fired => {
-                    tracing::warn!(pid, comm = %comm, rate_bytes_per_second = rate as u64, "leak alert firing")
+                    tracing::warn!(pid, comm = %comm, unit, container, pod, nspid, rate_bytes_per_second = rate as u64, "leak alert firing")
                 }
-                Transition::Resolved => tracing::info!(pid, comm = %comm, "leak alert resolved"),
+                Transition::Resolved => {
+                    tracing::info!(pid, comm = %comm, unit, container, pod, nspid, "leak alert resolved")
+                }
             }
         }
         w.counts.sample_seconds = started.elapsed().as_secs_f64();

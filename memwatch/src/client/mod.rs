@@ -1,5 +1,8 @@
 //! `memwatch leaks` and `memwatch status`: talk to a running daemon over its
-//! HTTP API and print tables (or the JSON, for scripts).
+//! HTTP API and print tables (or the JSON, for scripts). `socket`: track and
+//! untrack over its control socket.
+
+pub mod socket;
 
 use std::{fmt::Write as _, io::Read, time::Duration};
 
@@ -201,7 +204,47 @@ pub fn render_status(addr: &str, v: &serde_json::Value, now: f64) -> String {
     if let Some(raced) = v["exited_before_attach_total"].as_u64().filter(|&r| r > 0) {
         let _ = writeln!(out, "exited while being attached (not failures): {raced}");
     }
+    render_tracks(&mut out, v, now);
     out
+}
+
+/// The selections in force and the last reload.
+fn render_tracks(out: &mut String, v: &serde_json::Value, now: f64) {
+    let tracks = v["tracks"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(out, "selected: {} track(s)", tracks.len());
+    for t in &tracks {
+        let what = match (t["pid"].as_u64(), t["exe"].as_str()) {
+            (Some(p), _) => format!("pid {p}"),
+            (None, Some(g)) => format!("--exe {g:?}"),
+            _ => "?".into(),
+        };
+        let until = match t["until_unix"].as_f64() {
+            Some(u) => format!(", ends in {}", duration((u - now).max(0.0))),
+            None => String::new(),
+        };
+        let pids: Vec<String> = t["pids"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p.as_u64()).map(|p| p.to_string()).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {what:<24} from {}{until}; tracking {}",
+            t["source"].as_str().unwrap_or("?"),
+            if pids.is_empty() {
+                "no process".to_string()
+            } else {
+                pids.join(", ")
+            }
+        );
+    }
+    if let Some(r) = v["last_reload"].as_object() {
+        let _ = writeln!(
+            out,
+            "last reload {} ago: {}",
+            duration((now - r["at_unix"].as_f64().unwrap_or(now)).max(0.0)),
+            r["message"].as_str().unwrap_or("?")
+        );
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +261,9 @@ mod tests {
             "kernel_events_lost": {"live_map_full": 2, "stale_call": 0},
             "attach_failures": [{"pid": 7, "error": "process 7 does not exist", "at_unix": 99.0}],
             "exited_before_attach_total": 5,
+            "tracks": [{"pid": 42, "source": "control", "since_unix": 90.0, "until_unix": 112.0, "pids": [42]},
+                       {"exe": "redis*", "source": "config", "since_unix": 1.0, "until_unix": null, "pids": []}],
+            "last_reload": {"at_unix": 101.0, "applied": false, "message": "invalid value for `listen`"},
             "watch": {"enabled": true, "watched_processes": 150, "suspects": 1, "alerts_fired_total": 2, "escalations_running": 0},
         });
         let t = render_status("127.0.0.1:9477", &v, 102.0);
@@ -231,6 +277,14 @@ mod tests {
         assert!(t.contains("kernel events lost: live_map_full 2\n"), "{t}");
         assert!(t.contains("attach failures (1), latest: pid 7"), "{t}");
         assert!(t.contains("exited while being attached (not failures): 5"), "{t}");
+        assert!(t.contains("selected: 2 track(s)"), "{t}");
+        assert!(
+            t.contains("pid 42                   from control, ends in 10s; tracking 42"),
+            "{t}"
+        );
+        assert!(t.contains("  --exe \"redis*\" "), "{t}");
+        assert!(t.contains(" from config; tracking no process\n"), "{t}");
+        assert!(t.contains("last reload 1s ago: invalid value for `listen`"), "{t}");
     }
 
     #[test]
