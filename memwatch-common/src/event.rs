@@ -18,6 +18,9 @@ pub enum EventKind {
     /// kernel about (a library loaded since): read the process's mappings
     /// again. Sent once until the daemon rewrites them.
     CodeMapped = 4,
+    /// The kernel's OOM killer chose `tgid` as its victim (global or a
+    /// cgroup's limit): sent for every process on the host.
+    OomVictim = 5,
 }
 
 #[repr(C)]
@@ -50,5 +53,6 @@ pub struct Settings {
     pub stacks_epoch: u32,
     /// The daemon's own tgid, whose growth is not recorded.
     pub daemon_tgid: u32,
-    pub _pad: u32,
+    /// Offset of `pid` in the oom/mark_victim record.
+    pub oom_victim_pid_offset: u32,
 }

@@ -60,6 +60,13 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The OOM killer's victim, host-wide: the daemon keeps a post-mortem.
+#[tracepoint]
+pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
+    maps::count_result(process::try_oom_victim(&ctx));
+    0
+}
+
 /// Anonymous mmap, host-wide: growth attributed to the calling stack.
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {

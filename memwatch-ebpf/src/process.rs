@@ -11,7 +11,7 @@ use memwatch_common::{
 };
 
 use crate::{
-    maps::{EVENTS, TRACKED, settings},
+    maps::{BRK_LAST, EVENTS, TRACKED, settings},
     unwind::UNWIND_PROCS,
 };
 
@@ -35,11 +35,23 @@ fn generation(tgid: u32) -> u32 {
     TRACKED.get(tgid).map_or(0, |t| t.generation)
 }
 
+/// The victim is any process on the host, tracked or not: the event is
+/// rare and the daemon decides what to keep.
+pub fn try_oom_victim(ctx: &TracePointContext) -> Result<(), Drop> {
+    let offset = settings().oom_victim_pid_offset as usize;
+    // SAFETY: reads the tracepoint record at an offset from its format.
+    let pid = unsafe { ctx.read_at::<i32>(offset) }.map_err(|_| Drop::TaskRecordUnreadable)?;
+    send(EventKind::OomVictim, pid as u32, generation(pid as u32), 0)
+}
+
 pub fn try_exec(_ctx: &TracePointContext) -> Result<(), Drop> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // The new image's code is elsewhere: its stacks are walked by frame
     // pointers until the daemon has read its mappings.
     let _ = UNWIND_PROCS.remove(tgid);
+    // Its heap starts afresh elsewhere: a break compared with the old
+    // image's would count the distance between them as growth.
+    let _ = BRK_LAST.remove(tgid);
     if let Some(t) = TRACKED.get_ptr_mut(tgid)
         // SAFETY: a map value; exec runs once the other threads are gone, so
         // nobody else writes this entry now.
@@ -96,8 +108,10 @@ pub fn try_newtask(ctx: &TracePointContext) -> Result<(), Drop> {
     if child <= 0 {
         return Err(Drop::TaskRecordUnreadable);
     }
-    // A reused pid must not be walked with an earlier process's mappings.
+    // A reused pid must not be walked with an earlier process's mappings,
+    // nor have its first break compared with an earlier process's.
     let _ = UNWIND_PROCS.remove(child as u32);
+    let _ = BRK_LAST.remove(child as u32);
     if generation(parent) == 0 {
         return Ok(());
     }

@@ -33,6 +33,9 @@ pub enum Command {
     /// Stop exact tracking started by `track` (or by the config, until the
     /// next reload): its probes are detached, its stacks stay in /leaks.
     Untrack(UntrackArgs),
+    /// Show the OOM killer's victims a running daemon saw: who, where, its
+    /// cgroup's limit, its memory curve and the stacks that held its memory.
+    Oom(OomArgs),
     /// Take a census of a Python process's live objects by type, through a running daemon.
     Objects(ObjectsArgs),
     /// Run a command under exact tracking and report what it did not free
@@ -180,6 +183,12 @@ pub struct LeaksArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct OomArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -218,6 +227,7 @@ pub fn main() -> ExitCode {
         Command::Leaks(a) => client_call(&a.client, |addr| crate::client::leaks(addr, &a)),
         Command::Status(a) => client_call(&a.client, |addr| crate::client::status(addr, a.client.json)),
         Command::Objects(a) => client_call(&a.client, |addr| crate::client::objects(addr, &a)),
+        Command::Oom(a) => client_call(&a.client, |addr| crate::client::oom(addr, a.client.json)),
         Command::Track(a) => socket_call(&a.socket, |s| {
             let for_seconds = a.duration.map(|d| d.as_secs_f64());
             crate::client::socket::track(s, target(a.pid, a.exe.clone()), for_seconds, a.socket.json)

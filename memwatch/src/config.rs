@@ -61,6 +61,14 @@ pub struct FileConfig {
     pub python: PythonFile,
     #[serde(default)]
     pub control: ControlFile,
+    #[serde(default)]
+    pub oom: OomFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OomFile {
+    pub keep: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +233,8 @@ pub struct Config {
     /// (None: never).
     pub python_census_interval: Option<Duration>,
     pub control: ControlAccess,
+    /// OOM-kill post-mortems kept for /oom.
+    pub oom_kept: usize,
 }
 
 /// Who may steer the daemon through its control socket.
@@ -448,6 +458,7 @@ impl Config {
             .filter(|&s| s > 0.0)
             .map(|s| Duration::from_secs_f64(s.max(1.0))),
             control: control(&file.control, o)?,
+            oom_kept: ranged("oom.keep", file.oom.keep, 16, 1, 1000)? as usize,
             unwind: Unwind {
                 enabled: file.unwind.enabled.unwrap_or(true),
                 frame_pointer_objects: file.unwind.frame_pointer_objects.unwrap_or(true),
@@ -497,6 +508,7 @@ impl Config {
                 self.symbol_cache_entries != new.symbol_cache_entries,
             ),
             ("control", self.control != new.control),
+            ("oom.keep", self.oom_kept != new.oom_kept),
         ];
         differ.into_iter().filter(|(_, d)| *d).map(|(k, _)| k).collect()
     }

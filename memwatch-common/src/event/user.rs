@@ -11,6 +11,7 @@ impl EventKind {
             2 => Some(EventKind::Exit),
             3 => Some(EventKind::Fork),
             4 => Some(EventKind::CodeMapped),
+            5 => Some(EventKind::OomVictim),
             _ => None,
         }
     }

@@ -102,6 +102,15 @@ pub fn objects(addr: &str, a: &ObjectsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn oom(addr: &str, json: bool) -> anyhow::Result<()> {
+    let format = if json { "json" } else { "text" };
+    print!(
+        "{}",
+        String::from_utf8_lossy(&get(addr, &format!("/oom?format={format}"))?)
+    );
+    Ok(())
+}
+
 pub fn status(addr: &str, json: bool) -> anyhow::Result<()> {
     let body = get(addr, "/status")?;
     if json {

@@ -41,12 +41,15 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> anyhow::R
         "{method} {path} HTTP/1.0\r\nHost: memwatch\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
+    // One write; and a refusal may come (and the daemon close) before the
+    // body is read, so the answer is read even when writing failed.
+    let written = stream.write_all(format!("{head}{body}").as_bytes());
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading the answer from {}", socket.display()))?;
+    let read = stream.read_to_end(&mut raw);
+    if raw.is_empty() {
+        written.with_context(|| format!("writing to {}", socket.display()))?;
+        read.with_context(|| format!("reading the answer from {}", socket.display()))?;
+    }
     parse(&raw)
 }
 

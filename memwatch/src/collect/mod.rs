@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod history;
+pub mod oom;
 pub mod rates;
 pub mod snapshot;
 pub mod stack_report;
@@ -84,6 +85,10 @@ pub struct Collector {
     /// Processes were tracked or untracked since the last scan.
     selection_changed: bool,
     ended: VecDeque<Arc<EndedProcess>>,
+    /// OOM-kill post-mortems, newest first (`oom.keep`).
+    oom: VecDeque<Arc<oom::OomKill>>,
+    /// OOM kills seen: [cgroup, global].
+    oom_kills: [u64; 2],
 }
 
 /// The stack with its Python frames in place of the interpreter's, in a
@@ -140,6 +145,8 @@ impl Collector {
             tracks: Vec::new(),
             selection_changed: false,
             ended: VecDeque::new(),
+            oom: VecDeque::new(),
+            oom_kills: [0; 2],
         }
     }
 
@@ -297,18 +304,28 @@ impl Collector {
             Some(EventKind::Exit) => self.table.on_exit(&mut self.kernel, e.tgid, e.generation),
             Some(EventKind::Fork) => self.table.on_fork(&mut self.kernel, e.tgid),
             Some(EventKind::CodeMapped) => self.table.on_code_mapped(&mut self.kernel, e.tgid),
+            Some(EventKind::OomVictim) => self.on_oom_victim(e.tgid),
             None => tracing::warn!(kind = e.kind, "unknown event from the kernel"),
         }
     }
 
     /// Reads the kernel maps and publishes a new snapshot.
     pub fn scan(&mut self) {
+        self.scan_with(true);
+    }
+
+    /// A scan; with `reconcile`, processes that exited unseen are untracked
+    /// first (an OOM victim's post-mortem scans without: it is dying, and
+    /// its records are what is wanted).
+    fn scan_with(&mut self, reconcile: bool) {
         let started = Instant::now();
         // A snapshot is dated when its data is read: before the counters.
         let (read_ns, read_unix) = (monotonic_ns(), unix_now());
-        self.table.reconcile(&mut self.kernel);
-        self.fold_retired();
-        self.prune_tracks();
+        if reconcile {
+            self.table.reconcile(&mut self.kernel);
+            self.fold_retired();
+            self.prune_tracks();
+        }
 
         // Counters of the current generations.
         let mut current: HashMap<(u32, u32), ProcCounters> = HashMap::new();
@@ -478,6 +495,8 @@ impl Collector {
             },
             tracks: self.track_list(),
             ended: self.ended.iter().cloned().collect(),
+            oom: self.oom.iter().cloned().collect(),
+            oom_kills_total: self.oom_kills,
         };
         self.metrics.update(&snapshot);
         self.shared.set(snapshot);

@@ -169,6 +169,10 @@ pub struct Snapshot {
     pub tracks: Vec<crate::control::Track>,
     /// Processes whose tracking ended, newest first (bounded).
     pub ended: Vec<Arc<EndedProcess>>,
+    /// OOM-kill post-mortems, newest first (bounded by `oom.keep`).
+    pub oom: Vec<Arc<super::oom::OomKill>>,
+    /// OOM kills seen since memwatch started: [cgroup, global].
+    pub oom_kills_total: [u64; 2],
 }
 
 /// Stack walking: the tables loaded and the kernel's walk counters.

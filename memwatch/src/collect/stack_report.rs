@@ -28,6 +28,28 @@ pub struct StackReport {
     pub growth_allocations: Option<i64>,
 }
 
+/// An address-space growth stack (mmap, brk, mremap) of a process memwatch
+/// watches host-wide; frames past uninstrumented libraries may be missing.
+#[derive(Debug, Clone, Serialize)]
+pub struct GrowthStackReport {
+    pub bytes: u64,
+    pub calls: u64,
+    pub frames: Vec<Frame>,
+    #[serde(flatten)]
+    pub walk: WalkReport,
+}
+
+impl GrowthStackReport {
+    pub fn of(g: &crate::watch::GrowthStack) -> Self {
+        GrowthStackReport {
+            bytes: g.bytes,
+            calls: g.calls,
+            frames: g.frames.as_ref().map(|s| s.frames.clone()).unwrap_or_default(),
+            walk: g.frames.as_ref().map(|s| s.walk).unwrap_or_default().into(),
+        }
+    }
+}
+
 /// The `limit` largest stacks of a process's aggregate, symbolized.
 pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns: u64) -> Vec<StackReport> {
     agg.stacks

@@ -42,7 +42,7 @@ impl Collector {
 
     /// Reads the kernel's growth records, forgets those of exited processes
     /// and symbolizes the top growth stacks of suspects.
-    fn refresh_growth(&mut self) {
+    pub(super) fn refresh_growth(&mut self) {
         let Some(shared) = self.watcher.clone() else { return };
         let records = self.kernel.growth();
         let mut by_pid: HashMap<u32, Vec<GrowthStack>> = HashMap::new();

@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/probes", get(probes))
         .route("/status", get(status))
         .route("/objects", get(objects))
+        .route("/oom", get(oom))
         .route("/control/track", post(control::track))
         .route("/control/untrack", post(control::untrack))
         .route("/control/tracks", get(control::tracks))
@@ -173,6 +174,31 @@ async fn objects(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: He
         text(StatusCode::OK, objects::render_text(&report))
     } else {
         json(&report)
+    }
+}
+
+/// OOM-kill post-mortems, newest first: JSON, or text with `?format=text`
+/// or `Accept: text/plain`.
+async fn oom(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let mut as_text = query::accepts_text(accept);
+    for pair in raw.as_deref().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("format", "text")) => as_text = true,
+            Some(("format", "json")) => as_text = false,
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {pair:?}: /oom takes format=text|json\n"),
+                );
+            }
+        }
+    }
+    let snapshot = s.snapshot.get();
+    if as_text {
+        text(StatusCode::OK, leaks::oom::render(&snapshot.oom, unix_now()))
+    } else {
+        json(&snapshot.oom.iter().map(|k| &**k).collect::<Vec<_>>())
     }
 }
 

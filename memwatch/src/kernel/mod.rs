@@ -113,6 +113,9 @@ impl Kernel {
         tracefs::ensure_mounted().context("mounting tracefs at /sys/kernel/tracing")?;
         let exit_format = tracefs::read_format("sched", "sched_process_exit")?;
         let newtask_format = tracefs::read_format("task", "task_newtask")?;
+        let oom_pid_offset = tracefs::read_format("oom", "mark_victim")
+            .ok()
+            .and_then(|f| tracefs::field_offset(&f, "pid"));
         let settings = Settings {
             report_all_execs: report_all_execs.into(),
             exit_group_dead_offset: tracefs::field_offset(&exit_format, "group_dead").unwrap_or(0),
@@ -120,7 +123,7 @@ impl Kernel {
                 .context("task_newtask has no clone_flags field")?,
             stacks_epoch: 0,
             daemon_tgid: std::process::id(),
-            _pad: 0,
+            oom_victim_pid_offset: oom_pid_offset.unwrap_or(0),
         };
 
         // MEMWATCH_VERIFIER_LOG=1 puts the verifier's full log into load errors.
@@ -178,6 +181,19 @@ impl Kernel {
             p.load().with_context(|| format!("the kernel refused program {prog}"))?;
             p.attach(category, name)
                 .with_context(|| format!("attaching {category}/{name}"))?;
+        }
+
+        match oom_pid_offset {
+            Some(_) => {
+                let p: &mut TracePoint = ebpf
+                    .program_mut(names::PROG_OOM)
+                    .ok_or_else(|| anyhow!("program {} missing", names::PROG_OOM))?
+                    .try_into()?;
+                p.load()
+                    .with_context(|| format!("the kernel refused program {}", names::PROG_OOM))?;
+                p.attach("oom", "mark_victim").context("attaching oom/mark_victim")?;
+            }
+            None => tracing::warn!("this kernel has no oom/mark_victim tracepoint: no OOM-kill post-mortems"),
         }
 
         let growth_tail = if watch_growth {

@@ -1,12 +1,13 @@
 //! The `/leaks` report: tracked processes and their live allocations grouped
 //! by stack, largest first. Built from a [`Snapshot`] by pure functions.
 
+pub mod oom;
 pub mod query;
 pub mod text;
 
 use serde::Serialize;
 
-pub use crate::collect::stack_report::{StackReport, stack_reports};
+pub use crate::collect::stack_report::{GrowthStackReport, StackReport, stack_reports};
 use crate::{
     collect::{
         aggregate::{Aggregated, aggregate},
@@ -15,7 +16,6 @@ use crate::{
         snapshot::{EndedProcess, ProcessSnapshot, Snapshot, SuspectSnapshot},
     },
     process::Selection,
-    symbolize::{Frame, WalkReport},
     watch::{
         alert::Alert,
         escalation::Status as EscalationStatus,
@@ -74,15 +74,6 @@ pub struct GrowthReport {
     pub heap_bytes: u64,
     pub resident_bytes: u64,
     pub windows: Vec<WindowEstimate>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct GrowthStackReport {
-    pub bytes: u64,
-    pub calls: u64,
-    pub frames: Vec<Frame>,
-    #[serde(flatten)]
-    pub walk: WalkReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -229,17 +220,7 @@ fn suspect_report(s: &SuspectSnapshot, limit: usize, now_unix: f64) -> SuspectRe
             resident_bytes: s.memory.rss,
             windows: s.estimate.windows.clone(),
         },
-        growth_stacks: s
-            .growth
-            .iter()
-            .take(limit)
-            .map(|g| GrowthStackReport {
-                bytes: g.bytes,
-                calls: g.calls,
-                frames: g.frames.as_ref().map(|s| s.frames.clone()).unwrap_or_default(),
-                walk: g.frames.as_ref().map(|s| s.walk).unwrap_or_default().into(),
-            })
-            .collect(),
+        growth_stacks: s.growth.iter().take(limit).map(GrowthStackReport::of).collect(),
         escalation: s.escalation.clone(),
         stacks: s.evidence.iter().take(limit).cloned().collect(),
     }
@@ -386,7 +367,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         collect::snapshot::{LiveAlloc, ProcessSnapshot},
-        symbolize::{FrameKind, Stack, Walk},
+        symbolize::{Frame, FrameKind, Stack, Walk, WalkReport},
     };
 
     pub(crate) fn frame(function: &str, line: u32) -> Frame {

@@ -113,7 +113,7 @@ fn render_process(out: &mut String, p: &super::ProcessReport) {
     }
 }
 
-fn render_stacks(out: &mut String, stacks: &[StackReport]) {
+pub(super) fn render_stacks(out: &mut String, stacks: &[StackReport]) {
     for (i, s) in stacks.iter().enumerate() {
         // As tracemalloc's compare_to prints its statistics.
         if let (Some(b), Some(n)) = (s.growth_bytes, s.growth_allocations) {
@@ -169,7 +169,7 @@ fn render_frames(out: &mut String, frames: &[crate::symbolize::Frame], walk: &Wa
 /// Where a tracked process runs, as `docker ps`, `kubectl` and systemd
 /// name it: `unit nginx.service`, `container 3f4c0a9b8e7d (pid 7 inside)`,
 /// `pod 0d3a… (burstable)`.
-fn place_line(place: &crate::process::cgroup::Placement, nspid: Option<u32>) -> Option<String> {
+pub(super) fn place_line(place: &crate::process::cgroup::Placement, nspid: Option<u32>) -> Option<String> {
     let mut parts = Vec::new();
     if let Some(u) = &place.unit {
         parts.push(format!("unit {u}"));
@@ -233,9 +233,13 @@ fn render_suspect(out: &mut String, s: &SuspectReport) {
         None => {}
     }
     render_stacks(out, &s.stacks);
-    if !s.growth_stacks.is_empty() {
+    render_growth_stacks(out, &s.growth_stacks);
+}
+
+pub(super) fn render_growth_stacks(out: &mut String, stacks: &[super::GrowthStackReport]) {
+    if !stacks.is_empty() {
         let _ = writeln!(out, "  address-space growth by stack (mmap/brk):");
-        for g in &s.growth_stacks {
+        for g in stacks {
             let _ = writeln!(out, "    {:>10} in {} call(s)", bytes(g.bytes), g.calls);
             render_frames(out, &g.frames, &g.walk);
         }

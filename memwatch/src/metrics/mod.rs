@@ -5,6 +5,7 @@
 //! the top-N executables only. No pid, address or stack labels.
 
 mod control;
+mod oom;
 pub mod python;
 mod unwind;
 
@@ -628,6 +629,7 @@ pub struct Metrics {
     unwind: unwind::UnwindMetrics,
     python: python::PythonMetrics,
     control: control::ControlMetrics,
+    oom: oom::OomMetrics,
 }
 
 impl Metrics {
@@ -643,6 +645,7 @@ impl Metrics {
             unwind: unwind::UnwindMetrics::register(&registry),
             python: python::PythonMetrics::register(&registry, top_processes),
             control: control::ControlMetrics::register(&registry),
+            oom: oom::OomMetrics::register(&registry),
             registry,
         }
     }
@@ -664,6 +667,7 @@ impl Metrics {
 
     pub fn update(&self, s: &Snapshot) {
         self.control.update(s);
+        self.oom.update(s);
         self.allocator.update(s);
         self.kernel.update(s);
         self.processes.update(s);

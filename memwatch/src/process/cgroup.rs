@@ -25,6 +25,9 @@ pub struct Placement {
     /// The pod's QoS class: guaranteed, burstable or besteffort.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<String>,
+    /// Where its memory is accounted and limited (see [`super::memcg`]).
+    #[serde(skip)]
+    pub memory: Option<super::memcg::MemoryCgroup>,
 }
 
 impl Placement {
@@ -76,12 +79,31 @@ pub fn parse(text: &str) -> Placement {
         .find(|s| (s.ends_with(".service") || s.ends_with(".scope")) && container_id(s).is_none())
         .map(|s| s.to_string());
     let (pod, qos) = pod(&segments);
+    // v1's memory controller where it is mounted (hybrid hosts), else the
+    // unified hierarchy's.
+    let memory = lines
+        .iter()
+        .find(|(c, _)| c.split(',').any(|c| c == "memory"))
+        .map(|(_, p)| super::memcg::MemoryCgroup {
+            path: p.to_string(),
+            v1: true,
+        })
+        .or_else(|| {
+            lines
+                .iter()
+                .find(|(c, _)| c.is_empty())
+                .map(|(_, p)| super::memcg::MemoryCgroup {
+                    path: p.to_string(),
+                    v1: false,
+                })
+        });
     Placement {
         path,
         unit,
         container,
         pod,
         qos,
+        memory,
     }
 }
 
@@ -216,6 +238,11 @@ mod tests {
             parse("0::/\n"),
             Placement {
                 path: "/".into(),
+                // Its memory is the root cgroup's.
+                memory: Some(super::super::memcg::MemoryCgroup {
+                    path: "/".into(),
+                    v1: false
+                }),
                 ..Placement::default()
             }
         );

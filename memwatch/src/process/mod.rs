@@ -8,6 +8,7 @@
 
 mod backoff;
 pub mod cgroup;
+pub mod memcg;
 pub mod procfs;
 
 use std::{collections::BTreeMap, path::PathBuf};

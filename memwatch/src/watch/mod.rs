@@ -70,6 +70,12 @@ impl Watched {
     pub fn unit(&self) -> Option<&str> {
         self.cgroup.group()
     }
+
+    /// Its heap (anonymous memory and swap) at each sample kept, oldest
+    /// first: (seconds on the series' clock, bytes).
+    pub fn curve(&self) -> Vec<(f64, u64)> {
+        self.series.iter().map(|s| (s.t, s.bytes as u64)).collect()
+    }
 }
 
 /// One process as /proc showed it: the I/O half of a sample, read with no
@@ -125,12 +131,19 @@ pub struct Watcher {
     keep_seconds: f64,
     /// Exited processes whose alert had fired, kept for display.
     gone: VecDeque<Watched>,
+    /// Every process that exited lately, with when (monotonic seconds): an
+    /// OOM kill's post-mortem may be taken after the sampler saw it go.
+    exited: VecDeque<(f64, Watched)>,
     /// Command-line arguments kept for reports.
     cmdline_arguments: usize,
     pub counts: Counts,
 }
 
 const GONE_KEPT: usize = 100;
+/// Processes that exited kept this long, and at most this many, for OOM
+/// post-mortems.
+const EXITED_KEPT_SECONDS: f64 = 30.0;
+const EXITED_KEPT: usize = 256;
 /// Stacks of each kind kept with a gone process: its report shows the
 /// largest, and a churn of leakers exiting must not grow the daemon.
 const GONE_STACKS: usize = 5;
@@ -149,6 +162,7 @@ impl Watcher {
             timing: Timing::new(0.0, 0.0, 0.0),
             keep_seconds: 0.0,
             gone: VecDeque::new(),
+            exited: VecDeque::new(),
             cmdline_arguments,
             counts: Counts::default(),
         };
@@ -201,6 +215,13 @@ impl Watcher {
         self.gone.iter()
     }
 
+    /// `pid` as last sampled, alive or exited lately.
+    pub fn last_seen(&self, pid: u32) -> Option<&Watched> {
+        self.procs
+            .get(&pid)
+            .or_else(|| self.exited.iter().rev().find(|(_, w)| w.pid == pid).map(|(_, w)| w))
+    }
+
     /// Samples every process once. `mono` is monotonic seconds (for the
     /// series), `now` Unix seconds (for alert times).
     #[cfg(test)]
@@ -233,6 +254,13 @@ impl Watcher {
                 }
             };
             w.memory = memory;
+            if w.comm != comm {
+                // It exec'd: another program, and perhaps placed (a
+                // container's runtime joins its cgroup before the exec).
+                w.exe = procfs::read_exe(pid).unwrap_or_default();
+                w.cmdline = procfs::read_cmdline(pid, self.cmdline_arguments).unwrap_or_default();
+                (w.cgroup, w.nspid) = cgroup::read(pid);
+            }
             w.comm = comm;
             keep_sample(
                 &mut w.series,
@@ -260,6 +288,7 @@ impl Watcher {
         for pid in dead {
             let mut w = self.procs.remove(&pid).expect("listed");
             w.exited = true;
+            self.exited.push_back((mono, w.clone()));
             if let Some(escalation::Status::Running { started, .. }) = w.escalation {
                 w.escalation = Some(escalation::Status::Done {
                     started,
@@ -289,6 +318,14 @@ impl Watcher {
                     self.gone.pop_front();
                 }
             }
+        }
+        // Kept a little while and bounded: an exit storm must not grow us.
+        while self
+            .exited
+            .front()
+            .is_some_and(|(t, _)| mono - t > EXITED_KEPT_SECONDS || self.exited.len() > EXITED_KEPT)
+        {
+            self.exited.pop_front();
         }
         for (_, tr) in &transitions {
             match tr {
