@@ -77,6 +77,25 @@ pub struct ProcCounters {
     pub _reserved: u64,
 }
 
+/// A tracked process's live bytes (allocated − freed, lost ones included)
+/// and their high-water mark, in the `PEAKS` array at [`peak_index`]:
+/// shared by all CPUs, updated atomically, so the mark is exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peak {
+    pub live: u64,
+    pub peak: u64,
+    /// When the mark was reached (CLOCK_MONOTONIC, coarse).
+    pub peak_ns: u64,
+    pub _reserved: u64,
+}
+
+/// A process generation's entry in `PEAKS`: one per counter slot and
+/// generation parity, as for its counters.
+pub const fn peak_index(slot: u32, generation: u32) -> u32 {
+    slot * GENERATION_SLOTS + (generation % GENERATION_SLOTS)
+}
+
 /// A process being tracked, in the `TRACKED` array at index tgid: set by the
 /// daemon, moved on by the exec tracepoint. Generation 0 means untracked.
 #[repr(C)]

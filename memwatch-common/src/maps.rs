@@ -11,6 +11,7 @@ pub const LIVE_TABLE_MASK: &str = "LIVE_TABLE_MASK";
 pub const CALLS: &str = "CALLS";
 /// Per-process counters (per-CPU array), at [`crate::alloc::counter_index`].
 pub const COUNTERS: &str = "COUNTERS";
+pub const PEAKS: &str = "PEAKS";
 /// Processes being tracked: an array indexed by tgid (sized to pid_max) of
 /// [`crate::alloc::Tracked`]. An array, so that the lookup on every probe
 /// hit is inlined by the verifier.

@@ -24,7 +24,7 @@ use memwatch_common::{
 
 use crate::{
     live_table::{self, Claim},
-    maps::{CALLS, EEXIST, LIVE, Proc, add, coarse_now, count_drop, tracked},
+    maps::{CALLS, EEXIST, LIVE, Proc, add, coarse_now, count_drop, move_live, tracked},
     stack,
 };
 
@@ -189,6 +189,7 @@ fn count_freed(p: &Proc, frees: u64, bytes: u64) {
         add(&raw mut (*p.counters).frees, frees);
         add(&raw mut (*p.counters).freed_bytes, bytes);
     }
+    move_live(p, bytes.wrapping_neg(), false);
 }
 
 /// Removes the record at `addr`, counting it as freed. False if untracked.
@@ -259,6 +260,7 @@ fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u
         add(&raw mut (*p.counters).allocations, 1);
         add(&raw mut (*p.counters).allocated_bytes, size);
     }
+    move_live(p, size, true);
     // Mappings stay in LIVE, where munmap looks for them.
     if entry.kind != CallKind::Mmap as u8 {
         match live_table::claim(p, addr, &rec) {

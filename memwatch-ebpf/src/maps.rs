@@ -1,6 +1,6 @@
 //! The maps, and the counting helpers every program uses.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use crate::task_storage::TaskStorage;
 use aya_ebpf::{
@@ -10,7 +10,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use memwatch_common::{
-    alloc::{AllocKey, AllocRecord, CallEntry, ProcCounters, Tracked, counter_index},
+    alloc::{AllocKey, AllocRecord, CallEntry, Peak, ProcCounters, Tracked, counter_index, peak_index},
     drop::Drop,
     event::Settings,
     growth::{GrowthKey, GrowthValue},
@@ -28,6 +28,9 @@ pub static CALLS: TaskStorage<CallEntry> = TaskStorage::new();
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<ProcCounters> = PerCpuArray::with_max_entries(DEFAULT_COUNTERS_ENTRIES, 0);
+
+#[map(name = "PEAKS")]
+pub static PEAKS: Array<Peak> = Array::with_max_entries(DEFAULT_COUNTERS_ENTRIES, 0);
 
 #[map(name = "TRACKED")]
 pub static TRACKED: Array<Tracked> = Array::with_max_entries(DEFAULT_TRACKED_ENTRIES, 0);
@@ -129,6 +132,8 @@ pub struct Proc {
     pub tgid: u32,
     pub generation: u32,
     pub counters: *mut ProcCounters,
+    /// Its live bytes and their high-water mark, shared by all CPUs.
+    pub peak: *mut Peak,
 }
 
 /// The tracked process `tgid` for allocator `family`, or None if untracked.
@@ -143,11 +148,61 @@ pub fn tracked(tgid: u32, family: u8) -> Result<Option<Proc>, Drop> {
     let counters = COUNTERS
         .get_ptr_mut(counter_index(slot, generation, family))
         .ok_or(Drop::CountersMapFull)?;
+    let peak = PEAKS
+        .get_ptr_mut(peak_index(slot, generation))
+        .ok_or(Drop::CountersMapFull)?;
     Ok(Some(Proc {
         tgid,
         generation,
         counters,
+        peak,
     }))
+}
+
+/// Adds `bytes` (wrapping: a release adds its negation) to the process's
+/// live bytes and raises the high-water mark when they pass it. The add is
+/// a compare-and-swap (BPF's fetching add needs a newer instruction set than
+/// this object is built for), so each CPU knows the exact total it made;
+/// under contention it is retried, then made blind (the mark may then miss
+/// that one step, never the sum).
+#[inline(always)]
+pub fn move_live(p: &Proc, bytes: u64, rising: bool) {
+    // SAFETY: `p.peak` points into an array map value, valid and aligned.
+    unsafe {
+        let live_ptr = &raw mut (*p.peak).live;
+        let mut live = None;
+        for _ in 0..4 {
+            let old = core::ptr::read_volatile(live_ptr);
+            let new = old.wrapping_add(bytes);
+            if atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(live_ptr, old, new).1 {
+                live = Some(new);
+                break;
+            }
+        }
+        let Some(live) = live else {
+            add_shared(live_ptr, bytes);
+            return;
+        };
+        if !rising {
+            return;
+        }
+        for _ in 0..3 {
+            let mark = core::ptr::read_volatile(&raw const (*p.peak).peak);
+            if live <= mark {
+                return;
+            }
+            if atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                &raw mut (*p.peak).peak,
+                mark,
+                live,
+            )
+            .1
+            {
+                core::ptr::write_volatile(&raw mut (*p.peak).peak_ns, coarse_now());
+                return;
+            }
+        }
+    }
 }
 
 /// `-EEXIST` as map helpers return it.

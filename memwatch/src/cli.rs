@@ -168,6 +168,10 @@ pub struct LeaksArgs {
     /// flame graph and pprof profile show the growth only).
     #[arg(long, value_name = "SECONDS")]
     pub since: Option<f64>,
+    /// The stacks live at each process's peak (its high-water mark), not
+    /// now: the report, flame graph, pprof profile and collapsed stacks.
+    #[arg(long, conflicts_with_all = ["since", "min_age"])]
+    pub peak: bool,
     /// Stacks per process.
     #[arg(long)]
     pub limit: Option<usize>,

@@ -1,10 +1,11 @@
-use super::{AllocKey, AllocRecord, CallEntry, ProcCounters, Tracked};
+use super::{AllocKey, AllocRecord, CallEntry, Peak, ProcCounters, Tracked};
 
 // SAFETY: all are #[repr(C)] plain integers with explicit padding.
 unsafe impl aya::Pod for AllocKey {}
 unsafe impl aya::Pod for AllocRecord {}
 unsafe impl aya::Pod for ProcCounters {}
 unsafe impl aya::Pod for Tracked {}
+unsafe impl aya::Pod for Peak {}
 unsafe impl aya::Pod for CallEntry {}
 
 impl ProcCounters {

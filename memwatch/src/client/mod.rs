@@ -56,6 +56,9 @@ fn query(r: &LeaksArgs) -> String {
     if let Some(s) = r.since {
         q.push(format!("since={s}"));
     }
+    if r.peak {
+        q.push("at=peak".into());
+    }
     if let Some(l) = r.limit {
         q.push(format!("limit={l}"));
     }

@@ -89,6 +89,8 @@ pub struct Collector {
     oom: VecDeque<Arc<oom::OomKill>>,
     /// OOM kills seen: [cgroup, global].
     oom_kills: [u64; 2],
+    /// Per process generation, the stacks at the scan with most live bytes.
+    peak_views: HashMap<(u32, u32), Arc<snapshot::PeakView>>,
 }
 
 /// The stack with its Python frames in place of the interpreter's, in a
@@ -109,6 +111,40 @@ pub(crate) fn with_python(
         _ => native,
     };
     Stack { frames, walk }
+}
+
+/// The process's exact high-water mark from the kernel, and the stacks
+/// of the scan with the most live bytes (this one, when it has more
+/// than any before).
+fn peak_of(
+    kernel: &Kernel,
+    views: &mut HashMap<(u32, u32), Arc<snapshot::PeakView>>,
+    inc: &crate::process::Incarnation,
+    allocations: &[LiveAlloc],
+    stacks: &HashMap<u64, Arc<Stack>>,
+    (read_ns, read_unix): (u64, f64),
+) -> Option<snapshot::PeakSnapshot> {
+    let key = (inc.pid, inc.generation);
+    let total: u64 = allocations.iter().map(|a| a.size).sum();
+    if views.get(&key).is_none_or(|v| total > v.aggregated.live_bytes) {
+        views.insert(
+            key,
+            Arc::new(snapshot::PeakView {
+                taken_unix: read_unix,
+                aggregated: aggregate::aggregate(allocations, None),
+                stacks: stacks.clone(),
+            }),
+        );
+    }
+    let p = kernel
+        .peak(inc.slot, inc.generation)
+        .inspect_err(|e| tracing::warn!(pid = inc.pid, error = %e, "reading the peak failed"))
+        .ok()?;
+    (p.peak > 0).then(|| snapshot::PeakSnapshot {
+        bytes: p.peak,
+        at_unix: read_unix - read_ns.saturating_sub(p.peak_ns) as f64 / 1e9,
+        view: views[&key].clone(),
+    })
 }
 
 fn add(a: &mut ProcCounters, b: &ProcCounters) {
@@ -147,6 +183,7 @@ impl Collector {
             ended: VecDeque::new(),
             oom: VecDeque::new(),
             oom_kills: [0; 2],
+            peak_views: HashMap::new(),
         }
     }
 
@@ -414,6 +451,14 @@ impl Collector {
                 exe_name: inc.exe_name(),
                 ..Default::default()
             });
+            let peak = peak_of(
+                &self.kernel,
+                &mut self.peak_views,
+                inc,
+                &allocations,
+                &stacks,
+                (read_ns, read_unix),
+            );
             g.processes += 1;
             g.live_bytes += allocations.iter().map(|a| a.size).sum::<u64>();
             g.live_allocations += allocations.len() as u64;
@@ -437,11 +482,14 @@ impl Collector {
                 unwind: self.table.unwind.modules(inc.pid),
                 python: self.table.unwind.python(inc.pid).and_then(crate::python::Sight::of),
                 history,
+                peak,
             });
         }
         let table = &self.table;
         self.history
             .retain(|&(pid, generation)| table.is_current(pid, generation));
+        self.peak_views
+            .retain(|&(pid, generation), _| table.is_current(pid, generation));
         for (name, c) in &self.retired_groups {
             let g = groups.entry(name.clone()).or_insert_with(|| GroupTotals {
                 exe_name: name.clone(),

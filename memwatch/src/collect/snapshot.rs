@@ -58,6 +58,26 @@ pub struct ProcessSnapshot {
     pub python: Option<crate::python::Sight>,
     /// Live bytes per stack at earlier scans, oldest first.
     pub history: Vec<Arc<super::history::Reading>>,
+    /// Its high-water mark, and the stacks live at the scan nearest it.
+    pub peak: Option<PeakSnapshot>,
+}
+
+/// A process's peak: the kernel's exact mark of its tracked live bytes
+/// (allocated − freed, lost ones included), and what held them as the scan
+/// that saw the most live bytes found it.
+#[derive(Debug, Clone)]
+pub struct PeakSnapshot {
+    pub bytes: u64,
+    pub at_unix: f64,
+    pub view: Arc<PeakView>,
+}
+
+/// The live allocations by stack at the scan with the most live bytes.
+#[derive(Debug, Clone, Default)]
+pub struct PeakView {
+    pub taken_unix: f64,
+    pub aggregated: super::aggregate::Aggregated,
+    pub stacks: HashMap<u64, Arc<Stack>>,
 }
 
 impl ProcessSnapshot {

@@ -52,6 +52,18 @@ impl GrowthStackReport {
 
 /// The `limit` largest stacks of a process's aggregate, symbolized.
 pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns: u64) -> Vec<StackReport> {
+    stack_reports_from(&p.stacks, agg, limit, now_ns)
+}
+
+/// As [`stack_reports`], with frames from `stacks` (a peak's, say).
+pub fn stack_reports_from(
+    stacks: &std::collections::HashMap<u64, std::sync::Arc<crate::symbolize::Stack>>,
+    agg: &Aggregated,
+    limit: usize,
+    now_ns: u64,
+) -> Vec<StackReport> {
+    let frames = |id| stacks.get(&id).map(|s| s.frames.clone()).unwrap_or_default();
+    let walk = |id| stacks.get(&id).map(|s| s.walk).unwrap_or_default();
     agg.stacks
         .iter()
         .take(limit)
@@ -61,8 +73,8 @@ pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns
             oldest_age_seconds: now_ns.saturating_sub(s.oldest_timestamp_ns) as f64 / 1e9,
             call: CallKind::from_u8(s.kind).map_or("unknown", CallKind::name),
             allocator: Family::from_u8(s.family).map_or("unknown", Family::name),
-            frames: p.frames(s.stack_id),
-            walk: p.walk(s.stack_id).into(),
+            frames: frames(s.stack_id),
+            walk: walk(s.stack_id).into(),
             growth_bytes: None,
             growth_allocations: None,
         })

@@ -30,11 +30,25 @@ pub fn heap_stacks(
     pid: Option<u32>,
     cutoff_ns: Option<u64>,
     since_ns: Option<u64>,
+    at_peak: bool,
 ) -> Vec<HeapStack> {
     let mut out = Vec::new();
     for p in snapshot.processes.iter().filter(|p| pid.is_none_or(|pid| pid == p.pid)) {
         let earlier = since_ns.and_then(|d| history::earlier(&p.history, snapshot.taken_at_ns, d));
-        for s in aggregate(&p.allocations, cutoff_ns).stacks {
+        let view = p.peak.as_ref().filter(|_| at_peak).map(|pk| &pk.view);
+        let stacks = match view {
+            Some(v) => v.aggregated.stacks.clone(),
+            None => aggregate(&p.allocations, cutoff_ns).stacks,
+        };
+        let frames_of = |id| match view {
+            Some(v) => v
+                .stacks
+                .get(&id)
+                .map(|s| (s.frames.clone(), s.walk))
+                .unwrap_or_default(),
+            None => (p.frames(id), p.walk(id)),
+        };
+        for s in stacks {
             let (bytes, allocations) = match earlier {
                 Some(e) => match e.change(&s) {
                     (b, n) if b > 0 => (b as u64, n.max(0) as u64),
@@ -42,9 +56,9 @@ pub fn heap_stacks(
                 },
                 None => (s.live_bytes, s.live_allocations),
             };
-            let mut frames = p.frames(s.stack_id);
+            let (mut frames, walk) = frames_of(s.stack_id);
             // A stack cut short says so at its root, where its callers are missing.
-            if let Some(why) = p.walk(s.stack_id).truncation()
+            if let Some(why) = walk.truncation()
                 && !frames.is_empty()
             {
                 frames.push(Frame {

@@ -307,7 +307,7 @@ fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Picture, (StatusCod
     let cutoff = (min_age > 0).then(|| monotonic_ns().saturating_sub(min_age));
     let since = q.since.map(|d| d.as_nanos().min(u64::MAX as u128) as u64);
     Ok(Picture {
-        stacks: crate::export::heap_stacks(&snapshot, q.pid, cutoff, since),
+        stacks: crate::export::heap_stacks(&snapshot, q.pid, cutoff, since, q.at_peak),
         growth: since.is_some(),
     })
 }

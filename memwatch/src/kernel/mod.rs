@@ -22,7 +22,7 @@ use aya::{
     programs::{TracePoint, UProbe},
 };
 use memwatch_common::{
-    alloc::{AllocKey, AllocRecord, GENERATION_SLOTS, ProcCounters, Tracked, counter_index},
+    alloc::{AllocKey, AllocRecord, GENERATION_SLOTS, Peak, ProcCounters, Tracked, counter_index, peak_index},
     cookie::Family,
     drop::Drop,
     event::Settings,
@@ -61,6 +61,7 @@ pub struct Kernel {
     live: Map,
     live_table: live_table::LiveTable,
     counters: Map,
+    peaks: Map,
     tracked: Map,
     stacks: Map,
     drops: Map,
@@ -150,6 +151,7 @@ impl Kernel {
             .map_max_entries(names::LIVE_TABLE, sizes.live_table_slots)
             .map_max_entries(names::STACKS, sizes.stacks)
             .map_max_entries(names::COUNTERS, sizes.processes * GENERATION_SLOTS * Family::COUNT)
+            .map_max_entries(names::PEAKS, sizes.processes * GENERATION_SLOTS)
             .map_max_entries(names::TRACKED, pid_max())
             .map_max_entries(names::UNWIND_ROWS, unwind.rows)
             .map_max_entries(names::UNWIND_PROCS, unwind.processes)
@@ -214,6 +216,7 @@ impl Kernel {
             live: take(&mut ebpf, names::LIVE)?,
             live_table: live_table::LiveTable::map(take(&mut ebpf, names::LIVE_TABLE)?, sizes.live_table_slots)?,
             counters: take(&mut ebpf, names::COUNTERS)?,
+            peaks: take(&mut ebpf, names::PEAKS)?,
             tracked: take(&mut ebpf, names::TRACKED)?,
             stacks: take(&mut ebpf, names::STACKS)?,
             drops: take(&mut ebpf, names::DROPS)?,
@@ -274,13 +277,20 @@ impl Kernel {
         Ok(ProcCounters::sum(values.iter()))
     }
 
-    /// Zeroes the counters of one generation parity of a slot (all families).
+    /// A process generation's live bytes and their exact high-water mark.
+    pub fn peak(&self, slot: u32, generation: u32) -> anyhow::Result<Peak> {
+        let a = Array::<_, Peak>::try_from(&self.peaks)?;
+        Ok(a.get(&peak_index(slot, generation), 0)?)
+    }
+
+    /// Zeroes the counters and the peak of one generation parity of a slot.
     pub fn clear_counters(&mut self, slot: u32, generation: u32) -> anyhow::Result<()> {
         let mut a = PerCpuArray::<_, ProcCounters>::try_from(&mut self.counters)?;
         for f in Family::ALL {
             let zero = PerCpuValues::try_from(vec![ProcCounters::default(); self.cpus])?;
             a.set(counter_index(slot, generation, f as u8), zero, 0)?;
         }
+        Array::<_, Peak>::try_from(&mut self.peaks)?.set(peak_index(slot, generation), Peak::default(), 0)?;
         Ok(())
     }
 

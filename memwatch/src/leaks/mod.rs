@@ -7,7 +7,7 @@ pub mod text;
 
 use serde::Serialize;
 
-pub use crate::collect::stack_report::{GrowthStackReport, StackReport, stack_reports};
+pub use crate::collect::stack_report::{GrowthStackReport, StackReport, stack_reports, stack_reports_from};
 use crate::{
     collect::{
         aggregate::{Aggregated, aggregate},
@@ -30,6 +30,8 @@ pub struct LeaksReport {
     pub snapshot_unix: f64,
     pub snapshot_age_seconds: f64,
     pub min_age_seconds: f64,
+    /// "now", or "peak" with `?at=peak`: stacks as of each process's peak.
+    pub at: &'static str,
     /// Processes the host-wide detector flagged (firing alerts first), with
     /// their evidence.
     pub suspects: Vec<SuspectReport>,
@@ -106,9 +108,37 @@ pub struct ProcessReport {
     /// With `?since=`: the change of the whole live heap over the window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth: Option<WindowGrowth>,
+    /// Its high-water mark since tracking began; with `?at=peak`, `stacks`,
+    /// `live_bytes` and `live_allocations` are those of the scan nearest it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<PeakReport>,
     /// When and why its tracking ended (in `ended` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<TrackingEnded>,
+}
+
+/// A process's peak: exact from the kernel, and the scan that saw the most.
+#[derive(Debug, Serialize)]
+pub struct PeakReport {
+    /// Tracked live bytes at the high-water mark (allocated − freed,
+    /// allocations no store had room for included).
+    pub bytes: u64,
+    pub at_unix: f64,
+    /// The scan whose stacks stand for the peak: when, how much it saw
+    /// live, and how far from the mark it was.
+    pub stacks_seen_unix: f64,
+    pub stacks_seen_bytes: u64,
+    pub seconds_from_peak: f64,
+}
+
+fn peak_report(p: &crate::collect::snapshot::PeakSnapshot) -> PeakReport {
+    PeakReport {
+        bytes: p.bytes,
+        at_unix: p.at_unix,
+        stacks_seen_unix: p.view.taken_unix,
+        stacks_seen_bytes: p.view.aggregated.live_bytes,
+        seconds_from_peak: (p.view.taken_unix - p.at_unix).abs(),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -149,6 +179,7 @@ fn ended_report(e: &EndedProcess, limit: usize) -> ProcessReport {
         stacks: e.stacks.iter().take(limit).cloned().collect(),
         python: None,
         growth: None,
+        peak: None,
         ended: Some(TrackingEnded {
             at_unix: e.ended_unix,
             why: e.why.clone(),
@@ -285,15 +316,20 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         .iter()
         .filter(|p| q.pid.is_none_or(|pid| pid == p.pid))
         .map(|p| {
-            let agg = aggregate(&p.allocations, cutoff);
+            let peak_view = p.peak.as_ref().filter(|_| q.at_peak).map(|pk| &pk.view);
+            let agg = match peak_view {
+                Some(v) => v.aggregated.clone(),
+                None => aggregate(&p.allocations, cutoff),
+            };
             let since = q.since.map(|d| d.as_nanos().min(u64::MAX as u128) as u64);
             let earlier = since.and_then(|d| history::earlier(&p.history, snapshot.taken_at_ns, d));
-            let (stacks, growth) = match earlier {
-                Some(e) => {
+            let (stacks, growth) = match (earlier, peak_view) {
+                (_, Some(v)) => (stack_reports_from(&v.stacks, &agg, q.limit, now_ns), None),
+                (Some(e), None) => {
                     let (stacks, g) = growth_reports(p, &agg, e, (snapshot.taken_at_ns, now_ns), q.limit);
                     (stacks, Some(g))
                 }
-                None => (stack_reports(p, &agg, q.limit, now_ns), None),
+                (None, None) => (stack_reports(p, &agg, q.limit, now_ns), None),
             };
             let c = &p.counters;
             ProcessReport {
@@ -313,6 +349,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
                 stacks,
                 python: p.python.clone(),
                 growth,
+                peak: p.peak.as_ref().map(peak_report),
                 ended: None,
             }
         })
@@ -347,6 +384,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         snapshot_unix: snapshot.taken_at_unix,
         snapshot_age_seconds: (now_unix - snapshot.taken_at_unix).max(0.0),
         min_age_seconds: q.min_age.as_secs_f64(),
+        at: if q.at_peak { "peak" } else { "now" },
         suspects,
         processes,
         ended: snapshot
@@ -451,6 +489,7 @@ pub(crate) mod tests {
             unwind: Vec::new(),
             python: None,
             history: Vec::new(),
+            peak: None,
             probes: vec![crate::process::ProbeSummary {
                 module: "/usr/lib/libc.so.6".into(),
                 build_id: Some("cafe".into()),
@@ -488,6 +527,7 @@ pub(crate) mod tests {
             since: None,
             limit,
             format: Format::Json,
+            at_peak: false,
         }
     }
 
@@ -589,6 +629,51 @@ pub(crate) mod tests {
             growth: vec![],
             exited: false,
         });
+    }
+
+    #[test]
+    fn at_peak_the_peak_scans_stacks_stand_for_now() {
+        use crate::collect::snapshot::{PeakSnapshot, PeakView};
+        let mut snap = fake_snapshot();
+        let p = snap.processes.iter_mut().find(|p| p.pid == 42).unwrap();
+        // At its peak, stack 22 held 50 000 bytes in 50 blocks.
+        let at_peak: Vec<LiveAlloc> = (0..50)
+            .map(|_| LiveAlloc {
+                stack_id: 22,
+                size: 1000,
+                timestamp_ns: 1,
+                kind: 0,
+                family: 1,
+            })
+            .collect();
+        p.peak = Some(PeakSnapshot {
+            bytes: 50_100,
+            at_unix: 4000.0,
+            view: Arc::new(PeakView {
+                taken_unix: 4000.5,
+                aggregated: aggregate(&at_peak, None),
+                stacks: p.stacks.clone(),
+            }),
+        });
+        let mut query = q(Some(42), 0, 20);
+        let now = build(&snap, &query, 100_000_000_000, 5001.0).unwrap();
+        assert_eq!(now.at, "now");
+        assert_eq!(now.processes[0].live_bytes, 3064);
+        let peak = now.processes[0].peak.as_ref().unwrap();
+        assert_eq!((peak.bytes, peak.stacks_seen_bytes), (50_100, 50_000));
+        assert!((peak.seconds_from_peak - 0.5).abs() < 1e-9);
+        query.at_peak = true;
+        let r = build(&snap, &query, 100_000_000_000, 5001.0).unwrap();
+        assert_eq!(r.at, "peak");
+        let p = &r.processes[0];
+        assert_eq!((p.live_bytes, p.live_allocations), (50_000, 50));
+        assert_eq!(p.stacks.len(), 1);
+        assert_eq!(p.stacks[0].frames[0].function.as_deref(), Some("cache_fill"));
+        let text = text::render(&r);
+        assert!(
+            text.contains("peak 48.9 KiB") && text.contains("the stacks below are the scan's"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct LeaksQuery {
     /// Stacks per process.
     pub limit: usize,
     pub format: Format,
+    /// The stacks live at each process's peak instead of now.
+    pub at_peak: bool,
 }
 
 /// Whether an Accept header asks for plain text (as curl users do).
@@ -36,6 +38,7 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
         since: None,
         limit: default_limit,
         format: if wants_text { Format::Text } else { Format::Json },
+        at_peak: false,
     };
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -71,6 +74,13 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
                     .filter(|&l: &usize| l > 0 && l <= 100_000)
                     .ok_or_else(|| format!("invalid limit {value:?}: expected a number of stacks from 1 to 100000"))?;
             }
+            "at" => {
+                q.at_peak = match value {
+                    "peak" => true,
+                    "now" => false,
+                    _ => return Err(format!("invalid at {value:?}: expected peak or now")),
+                }
+            }
             "format" => {
                 q.format = match value {
                     "json" => Format::Json,
@@ -80,10 +90,13 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
             }
             _ => {
                 return Err(format!(
-                    "unknown parameter {key:?}: expected pid, min_age, since, limit or format"
+                    "unknown parameter {key:?}: expected pid, min_age, since, at, limit or format"
                 ));
             }
         }
+    }
+    if q.at_peak && (q.since.is_some() || !q.min_age.is_zero()) {
+        return Err("at=peak cannot be combined with since or min_age: the peak is one moment's whole heap".into());
     }
     if q.since.is_some() && !q.min_age.is_zero() {
         return Err("since and min_age cannot be combined: growth compares all live allocations".into());
@@ -105,9 +118,23 @@ mod tests {
                 min_age: Duration::ZERO,
                 since: None,
                 limit: 20,
-                format: Format::Json
+                format: Format::Json,
+                at_peak: false,
             }
         );
+    }
+
+    #[test]
+    fn at_peak_is_a_moment_alone() {
+        assert!(parse(Some("at=peak&pid=3"), None, 20).unwrap().at_peak);
+        assert!(!parse(Some("at=now"), None, 20).unwrap().at_peak);
+        assert!(parse(Some("at=noon"), None, 20).unwrap_err().contains("peak or now"));
+        assert!(
+            parse(Some("at=peak&since=5"), None, 20)
+                .unwrap_err()
+                .contains("cannot be combined")
+        );
+        assert!(parse(Some("at=peak&min_age=5"), None, 20).is_err());
     }
 
     #[test]

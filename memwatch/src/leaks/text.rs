@@ -55,19 +55,23 @@ pub fn render(r: &LeaksReport) -> String {
             let _ = writeln!(out, "\nTRACKED EXACTLY");
         }
     }
+    let at_peak = r.at == "peak";
+    if at_peak {
+        let _ = writeln!(out, "(live allocations at each process's peak)");
+    }
     for p in &r.processes {
-        render_process(&mut out, p);
+        render_process(&mut out, p, at_peak);
     }
     if !r.ended.is_empty() {
         let _ = writeln!(out, "\nTRACKING ENDED (as the last scan before saw them)");
         for p in &r.ended {
-            render_process(&mut out, p);
+            render_process(&mut out, p, false);
         }
     }
     out
 }
 
-fn render_process(out: &mut String, p: &super::ProcessReport) {
+fn render_process(out: &mut String, p: &super::ProcessReport, at_peak: bool) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -90,6 +94,20 @@ fn render_process(out: &mut String, p: &super::ProcessReport) {
             duration((crate::process::unix_now() - e.at_unix).max(0.0)),
             e.why
         );
+    }
+    if let Some(pk) = &p.peak {
+        let ago = duration((crate::process::unix_now() - pk.at_unix).max(0.0));
+        let _ = if at_peak {
+            writeln!(
+                out,
+                "  peak {} {ago} ago; the stacks below are the scan's {:.1}s from it ({} live)",
+                bytes(pk.bytes),
+                pk.seconds_from_peak,
+                bytes(pk.stacks_seen_bytes),
+            )
+        } else {
+            writeln!(out, "  peak {} {ago} ago (?at=peak for its stacks)", bytes(pk.bytes))
+        };
     }
     if let Some(g) = &p.growth {
         let _ = writeln!(
@@ -286,6 +304,7 @@ mod tests {
             since: None,
             limit: 1,
             format: Format::Text,
+            at_peak: false,
         };
         let text = render(&build(&fake_snapshot(), &q, 100_000_000_000, 5001.0).unwrap());
         assert!(
