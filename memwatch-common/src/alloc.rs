@@ -74,7 +74,39 @@ pub struct ProcCounters {
     /// Allocations that could not be recorded (live map full).
     pub lost_allocations: u64,
     pub lost_bytes: u64,
-    pub _reserved: u64,
+    /// Usable bytes of the untracked frees, where the allocator keeps a
+    /// block's size before it (glibc: [`glibc_usable_size`]).
+    pub untracked_freed_usable_bytes: u64,
+}
+
+/// The usable size of a block glibc's malloc holds, from its chunk header
+/// (the 8 bytes before the pointer: the chunk's size, flags in the low 3
+/// bits; a mapped chunk, flag 2, has 16 bytes of overhead, others 8). 0
+/// when the word is no plausible chunk size.
+pub const fn glibc_usable_size(header: u64) -> u64 {
+    let chunk = header & !7;
+    if chunk < 32 || chunk >= 1 << 40 {
+        return 0;
+    }
+    if header & 2 != 0 { chunk - 16 } else { chunk - 8 }
+}
+
+/// glibc's default mmap threshold: requests this large get their own mapping.
+pub const GLIBC_MMAP_THRESHOLD: u64 = 128 << 10;
+
+/// The usable size glibc's malloc gives a request of `size` bytes (x86-64:
+/// 8-byte header, 16-byte alignment, 32-byte minimum chunk; requests from
+/// the mmap threshold on are page-rounded mappings). With
+/// [`glibc_usable_size`], what the requests of blocks freed untracked were
+/// can be estimated from the slack of the process's own live blocks.
+pub const fn glibc_usable_for(size: u64) -> u64 {
+    let chunk = (size + 8 + 15) & !15;
+    let chunk = if chunk < 32 { 32 } else { chunk };
+    if size >= GLIBC_MMAP_THRESHOLD {
+        ((chunk + 8 + 4095) & !4095) - 16
+    } else {
+        chunk - 8
+    }
 }
 
 /// A tracked process's live bytes (allocated − freed, lost ones included)

@@ -147,6 +147,9 @@ pub struct ProbeCookie {
     /// CPython's allocator table do (`free(ctx, ptr)`): the call's arguments
     /// start at the second argument register.
     pub ctx_arg: bool,
+    /// The allocator keeps each block's size in the word before it, as
+    /// glibc's malloc does: an untracked free's size can be read.
+    pub chunk_header: bool,
 }
 
 impl ProbeCookie {
@@ -155,6 +158,7 @@ impl ProbeCookie {
             | ((self.family as u64) << 8)
             | ((self.sp_words as u64) << 16)
             | ((self.ctx_arg as u64) << 24)
+            | ((self.chunk_header as u64) << 25)
     }
 
     pub const fn decode(cookie: u64) -> Option<Self> {
@@ -171,6 +175,7 @@ impl ProbeCookie {
             family,
             sp_words: (cookie >> 16) as u8,
             ctx_arg: (cookie >> 24) & 1 != 0,
+            chunk_header: (cookie >> 25) & 1 != 0,
         })
     }
 

@@ -167,6 +167,15 @@ pub fn try_free_enter(ctx: &ProbeContext) -> Result<(), Drop> {
             if !release_all(&p, addr) {
                 // SAFETY: this CPU's counters.
                 add(unsafe { &raw mut (*p.counters).untracked_frees }, 1);
+                // Allocated before tracking began: what it held is read from
+                // the allocator's header, while the block is still allocated.
+                if cookie.chunk_header
+                    && let Ok(header) = unsafe { bpf_probe_read_user((addr - 8) as *const u64) }
+                {
+                    let bytes = memwatch_common::alloc::glibc_usable_size(header);
+                    // SAFETY: this CPU's counters.
+                    add(unsafe { &raw mut (*p.counters).untracked_freed_usable_bytes }, bytes);
+                }
             }
             Ok(())
         }

@@ -161,9 +161,7 @@ fn python_lines_lead_the_stacks(python: &str, required: bool) {
     let pid = fx.pid;
     assert!(fx.exit().success());
     // Its exit leaves nothing behind.
-    d.wait_for("the exited process to be dropped", Duration::from_secs(30), || {
-        d.get(&format!("/leaks?pid={pid}")).0 == 404
-    });
+    d.wait_ended(pid);
     assert_eq!(d.metric("memwatch_unwind_processes"), Some(0.0));
 }
 

@@ -19,7 +19,7 @@ impl ProcCounters {
             untracked_frees: acc.untracked_frees + v.untracked_frees,
             lost_allocations: acc.lost_allocations + v.lost_allocations,
             lost_bytes: acc.lost_bytes + v.lost_bytes,
-            _reserved: 0,
+            untracked_freed_usable_bytes: acc.untracked_freed_usable_bytes + v.untracked_freed_usable_bytes,
         })
     }
 }
@@ -28,6 +28,31 @@ impl ProcCounters {
 mod tests {
     use super::super::*;
     use crate::cookie::CallKind::{self, *};
+
+    unsafe extern "C" {
+        fn malloc(size: usize) -> *mut u8;
+        fn free(p: *mut u8);
+        fn malloc_usable_size(p: *mut u8) -> usize;
+    }
+
+    /// Against this host's glibc: the header read as the probe reads it,
+    /// and the usable size a request gets, both as malloc_usable_size says.
+    #[test]
+    fn glibcs_sizes_are_read_and_predicted_as_glibc_gives_them() {
+        for size in [1u64, 8, 24, 25, 40, 1000, 1016, 1017, 4096, 100_000, 200_000, 1 << 20] {
+            // SAFETY: a block of `size` bytes, its header read before it is freed.
+            unsafe {
+                let p = malloc(size as usize);
+                let usable = malloc_usable_size(p) as u64;
+                let header = (p.sub(8) as *const u64).read_unaligned();
+                assert_eq!(glibc_usable_size(header), usable, "header of {size}");
+                assert_eq!(glibc_usable_for(size), usable, "prediction for {size}");
+                free(p);
+            }
+        }
+        assert_eq!(glibc_usable_size(0), 0);
+        assert_eq!(glibc_usable_size(u64::MAX), 0);
+    }
 
     fn entry(kind: CallKind, size: u64, aux: u64) -> CallEntry {
         CallEntry {

@@ -22,12 +22,13 @@ mod tests {
     fn cookie_round_trips_every_kind_and_offset() {
         for kind in CallKind::ALL {
             for sp_words in [0u8, 1, 3, 255] {
-                for ctx_arg in [false, true] {
+                for (ctx_arg, chunk_header) in [(false, false), (true, false), (false, true), (true, true)] {
                     let c = ProbeCookie {
                         kind,
                         family: Family::Python,
                         sp_words,
                         ctx_arg,
+                        chunk_header,
                     };
                     assert_eq!(ProbeCookie::decode(c.encode()), Some(c));
                 }
@@ -49,6 +50,7 @@ mod tests {
             family: Family::Libc,
             sp_words: 2,
             ctx_arg: false,
+            chunk_header: false,
         };
         assert_eq!(c.entry_sp(0x1000), 0x1010);
     }

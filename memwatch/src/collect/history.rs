@@ -21,6 +21,8 @@ pub struct Reading {
     pub taken_ns: u64,
     pub taken_unix: f64,
     pub stacks: HashMap<StackKey, (u64, u64)>,
+    /// The process's counters then (untracked frees, for net growth).
+    pub counters: memwatch_common::alloc::ProcCounters,
 }
 
 impl Reading {
@@ -36,6 +38,7 @@ impl Reading {
             taken_ns,
             taken_unix,
             stacks,
+            counters: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod history;
 pub mod oom;
 pub mod rates;
+pub mod replacement;
 pub mod snapshot;
 pub mod stack_report;
 mod tracks;
@@ -439,7 +440,8 @@ impl Collector {
                 None => rates::Rates::default(),
             };
             let allocations = live.remove(&key).unwrap_or_default();
-            let reading = history::Reading::of(&allocations, read_ns, read_unix);
+            let mut reading = history::Reading::of(&allocations, read_ns, read_unix);
+            reading.counters = counters;
             let history = self.history.record(key, reading);
             let mut stacks = HashMap::new();
             for a in &allocations {

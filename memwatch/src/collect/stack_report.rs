@@ -26,6 +26,41 @@ pub struct StackReport {
     pub growth_bytes: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth_allocations: Option<i64>,
+    /// Of its growth (or, in an escalation's evidence, of its live bytes),
+    /// what replaced blocks freed untracked (see `replacement`), and the
+    /// rest: its net growth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacing_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_growth_bytes: Option<i64>,
+}
+
+/// The `limit` stacks with the most live bytes net of replacement: all a
+/// process's live allocations are growth since tracking began, and the
+/// `untracked` bytes it freed meanwhile (blocks allocated before) are laid
+/// on them (see `replacement`). An escalated suspect's evidence.
+pub fn net_stack_reports(
+    p: &ProcessSnapshot,
+    agg: &Aggregated,
+    untracked: u64,
+    limit: usize,
+    now_ns: u64,
+) -> Vec<StackReport> {
+    let growths: Vec<i64> = agg.stacks.iter().map(|s| s.live_bytes as i64).collect();
+    let replaced = super::replacement::replacing(&growths, untracked);
+    let mut order: Vec<usize> = (0..agg.stacks.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(growths[i] - replaced[i] as i64));
+    order.truncate(limit);
+    let top = Aggregated {
+        stacks: order.iter().map(|&i| agg.stacks[i]).collect(),
+        ..Default::default()
+    };
+    let mut reports = stack_reports(p, &top, limit, now_ns);
+    for (r, &i) in reports.iter_mut().zip(&order) {
+        r.replacing_bytes = Some(replaced[i]);
+        r.net_growth_bytes = Some(growths[i] - replaced[i] as i64);
+    }
+    reports
 }
 
 /// An address-space growth stack (mmap, brk, mremap) of a process memwatch
@@ -77,6 +112,8 @@ pub fn stack_reports_from(
             walk: walk(s.stack_id).into(),
             growth_bytes: None,
             growth_allocations: None,
+            replacing_bytes: None,
+            net_growth_bytes: None,
         })
         .collect()
 }

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{Collector, stack_report::stack_reports};
+use super::{Collector, stack_report::net_stack_reports};
 use crate::{
     clock::monotonic_ns,
     collect::aggregate::aggregate,
@@ -214,7 +214,17 @@ impl Collector {
             if self.table.get(pid).is_some_and(|p| p.selection == Selection::Suspect) {
                 if let Some(p) = snapshot.processes.iter().find(|p| p.pid == pid) {
                     let agg = aggregate(&p.allocations, None);
-                    evidence = stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
+                    evidence = net_stack_reports(
+                        p,
+                        &agg,
+                        super::replacement::untracked_request_bytes(
+                            p.counters.untracked_freed_usable_bytes,
+                            p.counters.untracked_frees,
+                            &p.allocations,
+                        ),
+                        EVIDENCE_STACKS,
+                        monotonic_ns(),
+                    );
                 }
                 let why = match (&outcome, &reason) {
                     (Outcome::OverBudget, Some(r)) => format!("escalation over budget: {r}"),
@@ -267,7 +277,17 @@ impl Collector {
                         escalation::hits_per_second(p.rates.allocations_per_second, p.rates.frees_per_second),
                     ));
                     let agg = aggregate(&p.allocations, None);
-                    let stacks = stack_reports(p, &agg, EVIDENCE_STACKS, monotonic_ns());
+                    let stacks = net_stack_reports(
+                        p,
+                        &agg,
+                        super::replacement::untracked_request_bytes(
+                            p.counters.untracked_freed_usable_bytes,
+                            p.counters.untracked_frees,
+                            &p.allocations,
+                        ),
+                        EVIDENCE_STACKS,
+                        monotonic_ns(),
+                    );
                     if !stacks.is_empty() {
                         evidence.push((pid, stacks));
                     }

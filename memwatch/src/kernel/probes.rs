@@ -25,6 +25,8 @@ pub struct AttachedSite {
     pub site: Site,
     pub target_path: String,
     pub build_id: Option<String>,
+    /// Untracked frees here are measured from the allocator's header.
+    pub chunk_header: bool,
     links: Vec<(&'static str, UProbeLinkId)>,
 }
 
@@ -47,6 +49,7 @@ fn attach_one(
         family: target.family,
         sp_words: 0,
         ctx_arg: site.ctx_arg,
+        chunk_header: target.chunk_header,
     };
     let point = UProbeAttachPoint {
         location: UProbeAttachLocation::AbsoluteOffset(site.file_offset()),
@@ -79,6 +82,7 @@ pub fn attach(ebpf: &mut Ebpf, pid: u32, target: &AllocatorTarget) -> anyhow::Re
             site: s.clone(),
             target_path: target.path.clone(),
             build_id: target.build_id.clone(),
+            chunk_header: target.chunk_header,
             links: Vec::new(),
         })
         .collect();

@@ -10,9 +10,10 @@ use serde::Serialize;
 pub use crate::collect::stack_report::{GrowthStackReport, StackReport, stack_reports, stack_reports_from};
 use crate::{
     collect::{
-        aggregate::{Aggregated, aggregate},
+        aggregate::{Aggregated, StackAggregate, aggregate},
         history,
         rates::Rates,
+        replacement,
         snapshot::{EndedProcess, ProcessSnapshot, Snapshot, SuspectSnapshot},
     },
     process::Selection,
@@ -149,13 +150,20 @@ pub struct TrackingEnded {
     pub seen_unix: f64,
 }
 
-fn totals(c: &memwatch_common::alloc::ProcCounters) -> Totals {
+/// The counters as reported; `live` (the process's live blocks) tells how
+/// glibc rounded its requests, for the untracked frees' estimate.
+fn totals(c: &memwatch_common::alloc::ProcCounters, live: &[crate::collect::snapshot::LiveAlloc]) -> Totals {
     Totals {
         allocations: c.allocations,
         frees: c.frees,
         allocated_bytes: c.allocated_bytes,
         freed_bytes: c.freed_bytes,
         untracked_frees: c.untracked_frees,
+        untracked_freed_bytes: replacement::untracked_request_bytes(
+            c.untracked_freed_usable_bytes,
+            c.untracked_frees,
+            live,
+        ),
         lost_allocations: c.lost_allocations,
         lost_bytes: c.lost_bytes,
     }
@@ -174,7 +182,7 @@ fn ended_report(e: &EndedProcess, limit: usize) -> ProcessReport {
         live_bytes: e.live_bytes,
         live_allocations: e.live_allocations,
         rates: Rates::default(),
-        totals: totals(&e.counters),
+        totals: totals(&e.counters, &[]),
         stack_count: e.stack_count,
         stacks: e.stacks.iter().take(limit).cloned().collect(),
         python: None,
@@ -197,6 +205,14 @@ pub struct WindowGrowth {
     pub window_seconds: f64,
     pub growth_bytes: i64,
     pub growth_allocations: i64,
+    /// Frees of blocks allocated before tracking began, in the window, and
+    /// what they released (estimated from glibc's chunk headers; 0 where
+    /// the allocator keeps no size: see /probes).
+    pub untracked_frees: u64,
+    pub untracked_freed_bytes: u64,
+    /// The heap's growth less what the untracked frees released: what the
+    /// process really grew by.
+    pub net_growth_bytes: i64,
 }
 
 /// Counts since tracking began.
@@ -207,6 +223,9 @@ pub struct Totals {
     pub allocated_bytes: u64,
     pub freed_bytes: u64,
     pub untracked_frees: u64,
+    /// What the untracked frees released (estimated from glibc's chunk
+    /// headers; 0 where the allocator keeps no size).
+    pub untracked_freed_bytes: u64,
     /// Allocations live in the process that no store had room for:
     /// allocated - freed - lost = live, in count and in bytes.
     pub lost_allocations: u64,
@@ -257,8 +276,9 @@ fn suspect_report(s: &SuspectSnapshot, limit: usize, now_unix: f64) -> SuspectRe
     }
 }
 
-/// The stacks most grown since `earlier` first, with their growth; and the
-/// growth of the whole heap.
+/// The stacks with the most net growth since `earlier` first, with their
+/// growth and what of it replaced blocks freed untracked; and the growth of
+/// the whole heap.
 fn growth_reports(
     p: &ProcessSnapshot,
     agg: &Aggregated,
@@ -266,33 +286,53 @@ fn growth_reports(
     (snapshot_ns, now_ns): (u64, u64),
     limit: usize,
 ) -> (Vec<StackReport>, WindowGrowth) {
-    let mut grown: Vec<_> = agg.stacks.iter().map(|s| (*s, earlier.change(s))).collect();
+    let untracked_frees = p
+        .counters
+        .untracked_frees
+        .saturating_sub(earlier.counters.untracked_frees);
+    let untracked_bytes = replacement::untracked_request_bytes(
+        p.counters
+            .untracked_freed_usable_bytes
+            .saturating_sub(earlier.counters.untracked_freed_usable_bytes),
+        untracked_frees,
+        &p.allocations,
+    );
+    let grown: Vec<_> = agg.stacks.iter().map(|s| (*s, earlier.change(s))).collect();
+    let replaced = replacement::replacing(&grown.iter().map(|g| g.1.0).collect::<Vec<_>>(), untracked_bytes);
+    let mut grown: Vec<_> = grown.into_iter().zip(replaced).collect();
     grown.sort_by(|a, b| {
-        b.1.0
-            .cmp(&a.1.0)
-            .then(b.1.1.cmp(&a.1.1))
-            .then(b.0.live_bytes.cmp(&a.0.live_bytes))
+        let net = |g: &((StackAggregate, (i64, i64)), u64)| g.0.1.0 - g.1 as i64;
+        net(b)
+            .cmp(&net(a))
+            .then(b.0.1.0.cmp(&a.0.1.0))
+            .then(b.0.0.live_bytes.cmp(&a.0.0.live_bytes))
     });
     grown.truncate(limit);
     let sorted = Aggregated {
-        stacks: grown.iter().map(|g| g.0).collect(),
+        stacks: grown.iter().map(|g| g.0.0).collect(),
         ..Default::default()
     };
     let mut reports = stack_reports(p, &sorted, limit, now_ns);
-    for (r, (_, (bytes, count))) in reports.iter_mut().zip(&grown) {
+    for (r, ((_, (bytes, count)), replacing)) in reports.iter_mut().zip(&grown) {
         r.growth_bytes = Some(*bytes);
         r.growth_allocations = Some(*count);
+        r.replacing_bytes = Some(*replacing);
+        r.net_growth_bytes = Some(bytes - *replacing as i64);
     }
     let (before_bytes, before_count) = earlier
         .stacks
         .values()
         .fold((0u64, 0u64), |(b, n), &(sb, sn)| (b + sb, n + sn));
+    let growth_bytes = agg.live_bytes as i64 - before_bytes as i64;
     let window = WindowGrowth {
         since_unix: earlier.taken_unix,
         // Readings are the scans': the window ends at this snapshot's.
         window_seconds: snapshot_ns.saturating_sub(earlier.taken_ns) as f64 / 1e9,
-        growth_bytes: agg.live_bytes as i64 - before_bytes as i64,
+        growth_bytes,
         growth_allocations: agg.live_allocations as i64 - before_count as i64,
+        untracked_frees,
+        untracked_freed_bytes: untracked_bytes,
+        net_growth_bytes: growth_bytes - untracked_bytes as i64,
     };
     (reports, window)
 }
@@ -344,7 +384,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
                 live_bytes: agg.live_bytes,
                 live_allocations: agg.live_allocations,
                 rates: p.rates,
-                totals: totals(c),
+                totals: totals(c, &p.allocations),
                 stack_count: agg.stacks.len(),
                 stacks,
                 python: p.python.clone(),
@@ -354,7 +394,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
             }
         })
         .collect();
-    let grown = |p: &ProcessReport| p.growth.as_ref().map_or(0, |g| g.growth_bytes);
+    let grown = |p: &ProcessReport| p.growth.as_ref().map_or(0, |g| g.net_growth_bytes);
     processes.sort_by(|a, b| {
         grown(b)
             .cmp(&grown(a))
@@ -495,6 +535,7 @@ pub(crate) mod tests {
                 build_id: Some("cafe".into()),
                 function: "free",
                 entry_offset: 0x98ef0,
+                untracked_free_sizes: Some("read from glibc's chunk header"),
                 placement: crate::target::placement::Placement {
                     offset: 9,
                     sp_words: 0,
@@ -779,6 +820,7 @@ pub(crate) mod tests {
             taken_ns: 40 * s,
             taken_unix: 4940.0,
             stacks: HashMap::from([((11, 1, 1), (1000, 1)), ((99, 1, 1), (500, 2))]),
+            counters: Default::default(),
         };
         let recent = crate::collect::history::Reading::of(&p42.allocations, 99 * s, 4999.0);
         p42.history = vec![Arc::new(old), Arc::new(recent)];

@@ -112,10 +112,13 @@ fn render_process(out: &mut String, p: &super::ProcessReport, at_peak: bool) {
     if let Some(g) = &p.growth {
         let _ = writeln!(
             out,
-            "  growth over the last {}: {} in {:+} allocation(s)",
+            "  growth over the last {}: {} in {:+} allocation(s); net {} after {} untracked free(s) of {}",
             duration(g.window_seconds),
             change(g.growth_bytes),
-            g.growth_allocations
+            g.growth_allocations,
+            change(g.net_growth_bytes),
+            g.untracked_frees,
+            bytes(g.untracked_freed_bytes),
         );
     }
     if p.stacks.is_empty() {
@@ -134,10 +137,14 @@ fn render_process(out: &mut String, p: &super::ProcessReport, at_peak: bool) {
 pub(super) fn render_stacks(out: &mut String, stacks: &[StackReport]) {
     for (i, s) in stacks.iter().enumerate() {
         // As tracemalloc's compare_to prints its statistics.
+        let replacing = match s.replacing_bytes {
+            Some(r) if r > 0 => format!(", replacing {}", bytes(r)),
+            _ => String::new(),
+        };
         if let (Some(b), Some(n)) = (s.growth_bytes, s.growth_allocations) {
             let _ = writeln!(
                 out,
-                "  #{:<3} size={} ({}), count={} ({:+})  [{}]",
+                "  #{:<3} size={} ({}{replacing}), count={} ({:+})  [{}]",
                 i + 1,
                 bytes(s.live_bytes),
                 change(b),
@@ -150,12 +157,17 @@ pub(super) fn render_stacks(out: &mut String, stacks: &[StackReport]) {
         }
         let _ = writeln!(
             out,
-            "  #{:<3} {:>10} in {:>7} allocation(s), oldest {:>6}  [{}]",
+            "  #{:<3} {:>10} in {:>7} allocation(s), oldest {:>6}  [{}]{}",
             i + 1,
             bytes(s.live_bytes),
             s.live_allocations,
             duration(s.oldest_age_seconds),
             s.call,
+            if replacing.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", &replacing[2..])
+            },
         );
         render_frames(out, &s.frames, &s.walk);
     }

@@ -41,6 +41,10 @@ pub struct ProbeSummary {
     pub function: &'static str,
     /// File offset of the function's entry.
     pub entry_offset: u64,
+    /// At a free: how blocks freed that memwatch did not see allocated
+    /// (before tracking began) are measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub untracked_free_sizes: Option<&'static str>,
     #[serde(flatten)]
     pub placement: crate::target::placement::Placement,
 }
@@ -83,6 +87,13 @@ impl Incarnation {
                 build_id: s.build_id.clone(),
                 function: s.site.symbol,
                 entry_offset: s.site.entry_offset,
+                untracked_free_sizes: (s.site.kind == memwatch_common::cookie::CallKind::Free).then_some(
+                    if s.chunk_header {
+                        "read from glibc's chunk header"
+                    } else {
+                        "unknown: this allocator keeps no size before a block"
+                    },
+                ),
                 placement: s.site.placement.clone(),
             })
             .collect()

@@ -86,6 +86,9 @@ pub struct AllocatorTarget {
     pub sites: Vec<Site>,
     /// Functions of the family this object does not define.
     pub missing: Vec<&'static str>,
+    /// glibc's malloc: each block's size is in the word before it, so a
+    /// block freed that memwatch did not see allocated can be measured.
+    pub chunk_header: bool,
 }
 
 /// Chooses the probe sites from an object's defined functions: one site per
@@ -289,6 +292,9 @@ fn target(
         build_id: info.build_id.clone(),
         sites,
         missing,
+        // glibc's own streams list tells its libc (or a static glibc
+        // program) from jemalloc, tcmalloc or mimalloc.
+        chunk_header: family == Family::Libc && info.stream_list.is_some(),
     }
 }
 

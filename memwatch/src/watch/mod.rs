@@ -480,6 +480,8 @@ mod tests {
             walk: Default::default(),
             growth_bytes: None,
             growth_allocations: None,
+            replacing_bytes: None,
+            net_growth_bytes: None,
         };
         let p = w.get_mut(pid).expect("the child is watched");
         p.alert = Alert::Firing {

@@ -434,6 +434,19 @@ impl Daemon {
         });
     }
 
+    /// Waits until `pid` is tracked no more and listed under `ended`
+    /// (exited, untracked, its track's time up); returns that entry.
+    pub fn wait_ended(&self, pid: u32) -> serde_json::Value {
+        let mut entry = serde_json::Value::Null;
+        self.wait_for(&format!("pid {pid}'s tracking to end"), Duration::from_secs(30), || {
+            let (status, body) = self.get(&format!("/leaks?pid={pid}"));
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            entry = v["ended"][0].clone();
+            status == 200 && v["processes"].as_array().is_some_and(|p| p.is_empty()) && entry["pid"] == pid
+        });
+        entry
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
