@@ -109,6 +109,28 @@ pub const fn glibc_usable_for(size: u64) -> u64 {
     }
 }
 
+/// A process generation's stack, in `STACK_TOTALS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackTotalKey {
+    pub tgid: u32,
+    pub generation: u32,
+    pub stack_id: u64,
+}
+
+/// Allocations made from one stack since tracking began, freed or not:
+/// the allocation profile (Go's alloc_objects and alloc_space).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotals {
+    pub allocations: u64,
+    pub bytes: u64,
+    /// The allocator call and family of its first allocation.
+    pub kind: u8,
+    pub family: u8,
+    pub _pad: [u8; 6],
+}
+
 /// A tracked process's live bytes (allocated − freed, lost ones included)
 /// and their high-water mark, in the `PEAKS` array at [`peak_index`]:
 /// shared by all CPUs, updated atomically, so the mark is exact.

@@ -42,10 +42,13 @@ pub enum Drop {
     /// The last brk of a process could not be remembered: its next growth
     /// by brk goes unmeasured.
     BrkStateFull = 14,
+    /// An allocation could not be added to its stack's totals (the
+    /// allocation profile): the stack totals map is full.
+    StackTotalsFull = 15,
 }
 
 impl Drop {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     pub const ALL: [Drop; Drop::COUNT as usize] = [
         Drop::LiveMapFull,
@@ -63,6 +66,7 @@ impl Drop {
         Drop::SyscallRecordUnreadable,
         Drop::TaskRecordUnreadable,
         Drop::BrkStateFull,
+        Drop::StackTotalsFull,
     ];
 
     /// The `reason` label value.
@@ -83,6 +87,7 @@ impl Drop {
             Drop::SyscallRecordUnreadable => "syscall_record_unreadable",
             Drop::TaskRecordUnreadable => "task_record_unreadable",
             Drop::BrkStateFull => "brk_state_full",
+            Drop::StackTotalsFull => "stack_totals_full",
         }
     }
 }

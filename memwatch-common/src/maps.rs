@@ -12,6 +12,8 @@ pub const CALLS: &str = "CALLS";
 /// Per-process counters (per-CPU array), at [`crate::alloc::counter_index`].
 pub const COUNTERS: &str = "COUNTERS";
 pub const PEAKS: &str = "PEAKS";
+/// Allocations per (process generation, stack), cumulative.
+pub const STACK_TOTALS: &str = "STACK_TOTALS";
 /// Processes being tracked: an array indexed by tgid (sized to pid_max) of
 /// [`crate::alloc::Tracked`]. An array, so that the lookup on every probe
 /// hit is inlined by the verifier.

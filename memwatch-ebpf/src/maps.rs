@@ -10,7 +10,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use memwatch_common::{
-    alloc::{AllocKey, AllocRecord, CallEntry, Peak, ProcCounters, Tracked, counter_index, peak_index},
+    alloc::{
+        AllocKey, AllocRecord, CallEntry, Peak, ProcCounters, StackTotalKey, StackTotals, Tracked, counter_index,
+        peak_index,
+    },
     drop::Drop,
     event::Settings,
     growth::{GrowthKey, GrowthValue},
@@ -28,6 +31,10 @@ pub static CALLS: TaskStorage<CallEntry> = TaskStorage::new();
 
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<ProcCounters> = PerCpuArray::with_max_entries(DEFAULT_COUNTERS_ENTRIES, 0);
+
+#[map(name = "STACK_TOTALS")]
+pub static STACK_TOTALS: HashMap<StackTotalKey, StackTotals> =
+    HashMap::with_max_entries(DEFAULT_STACKS_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "PEAKS")]
 pub static PEAKS: Array<Peak> = Array::with_max_entries(DEFAULT_COUNTERS_ENTRIES, 0);

@@ -172,6 +172,11 @@ pub struct LeaksArgs {
     /// now: the report, flame graph, pprof profile and collapsed stacks.
     #[arg(long, conflicts_with_all = ["since", "min_age"])]
     pub peak: bool,
+    /// Stacks by what they allocated since tracking began, freed or not
+    /// (with their temporary allocations): where allocator churn comes from.
+    /// The flame graph and collapsed stacks show allocations too.
+    #[arg(long, conflicts_with_all = ["since", "min_age", "peak"])]
+    pub allocated: bool,
     /// Stacks per process.
     #[arg(long)]
     pub limit: Option<usize>,

@@ -141,6 +141,7 @@ pub struct MapsFile {
     pub live_table_slots: Option<i64>,
     pub stacks: Option<i64>,
     pub processes: Option<i64>,
+    pub stack_totals: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,6 +351,8 @@ pub struct MapSizes {
     pub live_table_slots: u32,
     pub stacks: u32,
     pub processes: u32,
+    /// Entries of the allocation profile: (process, stack) pairs.
+    pub stack_totals: u32,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
@@ -413,6 +416,7 @@ impl Config {
             live_table_slots: power_of_two("maps.live_table_slots", m.live_table_slots, 1 << 18, 1 << 10, 1 << 24)?,
             stacks: ranged("maps.stacks", m.stacks, 1 << 15, 256, 1 << 22)?,
             processes: ranged("maps.processes", m.processes, 1 << 10, 16, 1 << 16)?,
+            stack_totals: ranged("maps.stack_totals", m.stack_totals, 1 << 16, 256, 1 << 22)?,
         };
 
         let interval = file.collect.interval_seconds.unwrap_or(5.0);

@@ -63,5 +63,49 @@ fn the_peak_is_exact_and_its_stacks_are_the_nearest_scans() {
     );
     let (status, body) = d.get(&format!("/leaks?pid={pid}&at=peak&since=5"));
     assert_eq!(status, 400, "{body}");
+
+    // The allocation profile: the spike allocated most and holds nothing,
+    // every one of its blocks temporary; the held blocks were not.
+    let by = d.json(&format!("/leaks?pid={pid}&sort=allocated"));
+    let p = &by["processes"][0];
+    let (top, held_stack) = (&p["stacks"][0], stacks_at(p, "hold_for_the_peak")[0]);
+    assert!(stack_mentions(top, "spike_briefly"), "{p:#}");
+    assert_eq!(top["allocated"]["allocations"], 1536, "{top:#}");
+    assert_eq!(top["allocated"]["bytes"], spiked - kept, "{top:#}");
+    assert_eq!(top["allocated"]["temporary_allocations"], 1536, "{top:#}");
+    assert_eq!(top["live_bytes"], 0, "{top:#}");
+    assert_eq!(held_stack["allocated"]["allocations"], 1024, "{held_stack:#}");
+    assert_eq!(held_stack["allocated"]["temporary_allocations"], 0, "{held_stack:#}");
+    // go tool pprof reads the same from the profile's alloc_* samples.
+    let (status, profile) = d.get_bytes(&format!("/leaks/pprof?pid={pid}"));
+    assert_eq!(status, 200);
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peaker-heap.pb.gz");
+    std::fs::write(&path, profile).unwrap();
+    for (index, first) in [("alloc_objects", "1536"), ("alloc_space", "12MB")] {
+        let out = std::process::Command::new("go")
+            .args([
+                "tool",
+                "pprof",
+                "-top",
+                "-symbolize=none",
+                &format!("-sample_index={index}"),
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let top = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "go tool pprof: {top}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = top
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("flat"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{top}"));
+        assert!(line.trim_end().ends_with("spike_briefly"), "{index}: {top}");
+        assert!(line.trim_start().starts_with(first), "{index}: {top}");
+    }
     assert!(fx.exit().success());
 }

@@ -1,4 +1,4 @@
-use super::{AllocKey, AllocRecord, CallEntry, Peak, ProcCounters, Tracked};
+use super::{AllocKey, AllocRecord, CallEntry, Peak, ProcCounters, StackTotalKey, StackTotals, Tracked};
 
 // SAFETY: all are #[repr(C)] plain integers with explicit padding.
 unsafe impl aya::Pod for AllocKey {}
@@ -6,6 +6,8 @@ unsafe impl aya::Pod for AllocRecord {}
 unsafe impl aya::Pod for ProcCounters {}
 unsafe impl aya::Pod for Tracked {}
 unsafe impl aya::Pod for Peak {}
+unsafe impl aya::Pod for StackTotalKey {}
+unsafe impl aya::Pod for StackTotals {}
 unsafe impl aya::Pod for CallEntry {}
 
 impl ProcCounters {

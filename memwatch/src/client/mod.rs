@@ -59,6 +59,9 @@ fn query(r: &LeaksArgs) -> String {
     if r.peak {
         q.push("at=peak".into());
     }
+    if r.allocated {
+        q.push("sort=allocated".into());
+    }
     if let Some(l) = r.limit {
         q.push(format!("limit={l}"));
     }

@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod history;
 pub mod oom;
+pub mod profile;
 pub mod rates;
 pub mod replacement;
 pub mod snapshot;
@@ -92,6 +93,8 @@ pub struct Collector {
     oom_kills: [u64; 2],
     /// Per process generation, the stacks at the scan with most live bytes.
     peak_views: HashMap<(u32, u32), Arc<snapshot::PeakView>>,
+    /// Per process generation, its allocation profile's running state.
+    profiles: HashMap<(u32, u32), profile::ProfileState>,
 }
 
 /// The stack with its Python frames in place of the interpreter's, in a
@@ -185,6 +188,7 @@ impl Collector {
             oom: VecDeque::new(),
             oom_kills: [0; 2],
             peak_views: HashMap::new(),
+            profiles: HashMap::new(),
         }
     }
 
@@ -359,6 +363,7 @@ impl Collector {
         let started = Instant::now();
         // A snapshot is dated when its data is read: before the counters.
         let (read_ns, read_unix) = (monotonic_ns(), unix_now());
+        let stamp = self.kernel.stamp_now();
         if reconcile {
             self.table.reconcile(&mut self.kernel);
             self.fold_retired();
@@ -423,7 +428,39 @@ impl Collector {
             }
         }
 
-        let mut referenced = self.symbolize_new_stacks(&live);
+        // The allocation profile: every allocation by stack, freed or not.
+        let mut totals: HashMap<(u32, u32), HashMap<u64, memwatch_common::alloc::StackTotals>> = HashMap::new();
+        let mut stale_totals = Vec::new();
+        for (k, v) in self.kernel.stack_totals() {
+            if self.table.is_current(k.tgid, k.generation) {
+                totals.entry((k.tgid, k.generation)).or_default().insert(k.stack_id, v);
+            } else if *kernel_generation
+                .entry(k.tgid)
+                .or_insert_with(|| self.kernel.tracked_generation(k.tgid))
+                != Some(k.generation)
+            {
+                stale_totals.push(k);
+            }
+        }
+        if !stale_totals.is_empty() {
+            self.kernel.delete_stack_totals(&stale_totals);
+        }
+
+        let mut wanted: HashMap<(u32, u32), HashSet<u64>> = HashMap::new();
+        for (key, allocs) in &live {
+            wanted
+                .entry(*key)
+                .or_default()
+                .extend(allocs.iter().map(|a| a.stack_id));
+        }
+        for (key, by_stack) in &totals {
+            wanted.entry(*key).or_default().extend(by_stack.keys().copied());
+        }
+        self.symbolize_new_stacks(&wanted);
+        // The kernel keeps the stacks live blocks refer to; a stack only the
+        // profile names keeps its symbolized frames here, and its kernel
+        // copy goes: the stacks map stays for what is live.
+        let mut referenced: HashSet<u64> = live.values().flatten().map(|a| a.stack_id).collect();
         // Growth records refer to stacks too.
         if let Some(w) = &self.watcher {
             referenced.extend(w.lock().iter().flat_map(|w| w.growth.iter().map(|g| g.stack_id)));
@@ -443,10 +480,19 @@ impl Collector {
             let mut reading = history::Reading::of(&allocations, read_ns, read_unix);
             reading.counters = counters;
             let history = self.history.record(key, reading);
+            let alloc_profile = self.profiles.entry(key).or_default().update(
+                totals.get(&key).unwrap_or(&HashMap::new()),
+                &allocations,
+                stamp,
+            );
             let mut stacks = HashMap::new();
-            for a in &allocations {
-                if let Some(f) = self.stacks.get(&(inc.pid, inc.generation, a.stack_id)) {
-                    stacks.entry(a.stack_id).or_insert_with(|| f.clone());
+            let ids = allocations
+                .iter()
+                .map(|a| a.stack_id)
+                .chain(alloc_profile.keys().copied());
+            for id in ids {
+                if let Some(f) = self.stacks.get(&(inc.pid, inc.generation, id)) {
+                    stacks.entry(id).or_insert_with(|| f.clone());
                 }
             }
             let g = groups.entry(inc.exe_name()).or_insert_with(|| GroupTotals {
@@ -485,12 +531,15 @@ impl Collector {
                 python: self.table.unwind.python(inc.pid).and_then(crate::python::Sight::of),
                 history,
                 peak,
+                alloc_profile: Arc::new(alloc_profile),
             });
         }
         let table = &self.table;
         self.history
             .retain(|&(pid, generation)| table.is_current(pid, generation));
         self.peak_views
+            .retain(|&(pid, generation), _| table.is_current(pid, generation));
+        self.profiles
             .retain(|&(pid, generation), _| table.is_current(pid, generation));
         for (name, c) in &self.retired_groups {
             let g = groups.entry(name.clone()).or_insert_with(|| GroupTotals {
@@ -577,18 +626,16 @@ impl Collector {
         }
     }
 
-    /// Reads and symbolizes stacks seen for the first time, one batch per
-    /// process. Returns every stack id live allocations refer to.
-    fn symbolize_new_stacks(&mut self, live: &HashMap<(u32, u32), Vec<LiveAlloc>>) -> HashSet<u64> {
+    /// Reads and symbolizes the `wanted` stacks seen for the first time, one
+    /// batch per process (live blocks' and the allocation profile's), and
+    /// forgets the symbolized stacks no longer wanted.
+    fn symbolize_new_stacks(&mut self, wanted: &HashMap<(u32, u32), HashSet<u64>>) {
         let mut referenced = HashSet::new();
-        for (&(pid, generation), allocs) in live {
+        for (&(pid, generation), ids) in wanted {
             let mut new_ids: Vec<u64> = Vec::new();
-            for a in allocs {
-                if a.stack_id != 0
-                    && referenced.insert((pid, a.stack_id))
-                    && !self.stacks.contains_key(&(pid, generation, a.stack_id))
-                {
-                    new_ids.push(a.stack_id);
+            for &id in ids {
+                if id != 0 && referenced.insert((pid, id)) && !self.stacks.contains_key(&(pid, generation, id)) {
+                    new_ids.push(id);
                 }
             }
             let mut addrs = Vec::new();
@@ -617,7 +664,6 @@ impl Collector {
         // Forget symbolized stacks of ended generations or no longer used.
         self.stacks
             .retain(|&(pid, generation, id), _| self.table.is_current(pid, generation) && ids.contains(&id));
-        ids
     }
 
     /// Deletes kernel stacks that no live allocation has referred to for a

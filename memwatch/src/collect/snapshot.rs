@@ -60,6 +60,8 @@ pub struct ProcessSnapshot {
     pub history: Vec<Arc<super::history::Reading>>,
     /// Its high-water mark, and the stacks live at the scan nearest it.
     pub peak: Option<PeakSnapshot>,
+    /// Every allocation since tracking began, by stack id.
+    pub alloc_profile: Arc<HashMap<u64, super::profile::StackAllocs>>,
 }
 
 /// A process's peak: the kernel's exact mark of its tracked live bytes

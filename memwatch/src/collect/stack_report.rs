@@ -33,6 +33,29 @@ pub struct StackReport {
     pub replacing_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub net_growth_bytes: Option<i64>,
+    /// The allocation profile: allocations from this stack since tracking
+    /// began, freed or not, and those freed before the next scan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<Allocated>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Allocated {
+    pub allocations: u64,
+    pub bytes: u64,
+    pub temporary_allocations: u64,
+    pub temporary_bytes: u64,
+}
+
+impl From<&super::profile::StackAllocs> for Allocated {
+    fn from(a: &super::profile::StackAllocs) -> Self {
+        Allocated {
+            allocations: a.allocations,
+            bytes: a.bytes,
+            temporary_allocations: a.temporary,
+            temporary_bytes: a.temporary_bytes,
+        }
+    }
 }
 
 /// The `limit` stacks with the most live bytes net of replacement: all a
@@ -87,7 +110,48 @@ impl GrowthStackReport {
 
 /// The `limit` largest stacks of a process's aggregate, symbolized.
 pub fn stack_reports(p: &ProcessSnapshot, agg: &Aggregated, limit: usize, now_ns: u64) -> Vec<StackReport> {
-    stack_reports_from(&p.stacks, agg, limit, now_ns)
+    let mut reports = stack_reports_from(&p.stacks, agg, limit, now_ns);
+    for (r, s) in reports.iter_mut().zip(&agg.stacks) {
+        r.allocated = p.alloc_profile.get(&s.stack_id).map(Allocated::from);
+    }
+    reports
+}
+
+/// The process's stacks by what they allocated since tracking began, most
+/// first, with what they hold now: stacks whose blocks were all freed too.
+pub fn allocated_stacks(p: &ProcessSnapshot, live: &Aggregated) -> Aggregated {
+    let mut stacks: Vec<super::aggregate::StackAggregate> = p
+        .alloc_profile
+        .iter()
+        .map(|(&stack_id, a)| {
+            let held = live.stacks.iter().filter(|s| s.stack_id == stack_id);
+            let (bytes, count, oldest) = held.fold((0, 0, u64::MAX), |(b, n, o), s| {
+                (b + s.live_bytes, n + s.live_allocations, o.min(s.oldest_timestamp_ns))
+            });
+            super::aggregate::StackAggregate {
+                stack_id,
+                kind: a.kind,
+                family: a.family,
+                live_bytes: bytes,
+                live_allocations: count,
+                oldest_timestamp_ns: oldest,
+            }
+        })
+        .collect();
+    // Live stacks the profile missed (its map was full) keep their place.
+    stacks.extend(
+        live.stacks
+            .iter()
+            .filter(|s| !p.alloc_profile.contains_key(&s.stack_id))
+            .copied(),
+    );
+    let bytes = |s: &super::aggregate::StackAggregate| p.alloc_profile.get(&s.stack_id).map_or(0, |a| a.bytes);
+    stacks.sort_by(|a, b| bytes(b).cmp(&bytes(a)).then(a.stack_id.cmp(&b.stack_id)));
+    Aggregated {
+        live_bytes: live.live_bytes,
+        live_allocations: live.live_allocations,
+        stacks,
+    }
 }
 
 /// As [`stack_reports`], with frames from `stacks` (a peak's, say).
@@ -114,6 +178,7 @@ pub fn stack_reports_from(
             growth_allocations: None,
             replacing_bytes: None,
             net_growth_bytes: None,
+            allocated: None,
         })
         .collect()
 }

@@ -4,7 +4,9 @@ use super::{HeapStack, frame_name};
 
 pub fn render(stacks: &[HeapStack]) -> String {
     let mut out = String::new();
-    for s in stacks {
+    // A stack that holds nothing now (it is in the profile for what it
+    // allocated) is no part of this picture.
+    for s in stacks.iter().filter(|s| s.bytes > 0) {
         // Semicolons separate frames: keep them out of names.
         let mut line = format!("{} ({})", s.comm, s.pid).replace(';', ":");
         for f in s.frames.iter().rev() {
@@ -32,6 +34,8 @@ pub(crate) mod tests {
                 frames: vec![frame("leak_here", 10), frame("main", 20)],
                 bytes: 3000,
                 allocations: 3,
+                allocated_bytes: 9000,
+                allocated_objects: 9,
             },
             HeapStack {
                 pid: 42,
@@ -39,6 +43,8 @@ pub(crate) mod tests {
                 frames: vec![],
                 bytes: 64,
                 allocations: 1,
+                allocated_bytes: 64,
+                allocated_objects: 1,
             },
         ]
     }

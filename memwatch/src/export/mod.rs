@@ -7,7 +7,7 @@ pub mod flamegraph;
 pub mod pprof;
 
 use crate::{
-    collect::{aggregate::aggregate, history, snapshot::Snapshot},
+    collect::{aggregate::aggregate, history, snapshot::Snapshot, stack_report::allocated_stacks},
     symbolize::Frame,
 };
 
@@ -20,6 +20,10 @@ pub struct HeapStack {
     pub frames: Vec<Frame>,
     pub bytes: u64,
     pub allocations: u64,
+    /// Allocated from it since tracking began, freed or not (0 where the
+    /// picture is of growth or of a peak).
+    pub allocated_bytes: u64,
+    pub allocated_objects: u64,
 }
 
 /// The live stacks of the tracked processes (one, with `pid`), counting only
@@ -36,10 +40,15 @@ pub fn heap_stacks(
     for p in snapshot.processes.iter().filter(|p| pid.is_none_or(|pid| pid == p.pid)) {
         let earlier = since_ns.and_then(|d| history::earlier(&p.history, snapshot.taken_at_ns, d));
         let view = p.peak.as_ref().filter(|_| at_peak).map(|pk| &pk.view);
+        // The live heap with what each stack allocated (stacks that hold
+        // nothing now included), unless the picture is of one moment.
+        let whole = view.is_none() && earlier.is_none() && cutoff_ns.is_none();
         let stacks = match view {
             Some(v) => v.aggregated.stacks.clone(),
+            None if whole => allocated_stacks(p, &aggregate(&p.allocations, None)).stacks,
             None => aggregate(&p.allocations, cutoff_ns).stacks,
         };
+        let mut profiled = std::collections::HashSet::new();
         let frames_of = |id| match view {
             Some(v) => v
                 .stacks
@@ -69,16 +78,37 @@ pub fn heap_stacks(
                     ..Frame::unknown(0)
                 });
             }
+            // A stack's totals go with its first row (it may hold blocks
+            // of more than one allocator call).
+            let allocated = p
+                .alloc_profile
+                .get(&s.stack_id)
+                .filter(|_| whole && profiled.insert(s.stack_id));
             out.push(HeapStack {
                 pid: p.pid,
                 comm: p.comm.clone(),
                 frames,
                 bytes,
                 allocations,
+                allocated_bytes: allocated.map_or(0, |a| a.bytes),
+                allocated_objects: allocated.map_or(0, |a| a.allocations),
             });
         }
     }
     out
+}
+
+/// The stacks as a picture of what they allocated since tracking began
+/// (freed or not) instead of what they hold.
+pub fn by_allocated(stacks: Vec<HeapStack>) -> Vec<HeapStack> {
+    stacks
+        .into_iter()
+        .map(|s| HeapStack {
+            bytes: s.allocated_bytes,
+            allocations: s.allocated_objects,
+            ..s
+        })
+        .collect()
 }
 
 /// A frame's name in a picture: the function, or the module and address.

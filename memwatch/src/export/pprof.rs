@@ -1,6 +1,8 @@
-//! The live heap as a pprof profile (profile.proto, gzipped): sample types
-//! `inuse_space`/bytes and `inuse_objects`/count, like Go heap profiles, so
-//! `go tool pprof` and Grafana Pyroscope read it as one. The messages are the
+//! The heap as a pprof profile (profile.proto, gzipped) with Go heap
+//! profiles' four sample types — `alloc_objects`, `alloc_space` (every
+//! allocation since tracking began), `inuse_objects`, `inuse_space` (live
+//! now; the default) — so `go tool pprof -sample_index=alloc_space` and
+//! Grafana Pyroscope read it as one. The messages are the
 //! subset of profile.proto this needs, declared for prost.
 
 use std::{collections::HashMap, io::Write};
@@ -126,16 +128,17 @@ pub fn build(stacks: &[HeapStack], time_nanos: i64) -> Profile {
             table.len() as i64 - 1
         })
     };
-    let space = ValueType {
-        r#type: s("inuse_space", &mut p.string_table),
-        unit: s("bytes", &mut p.string_table),
+    let mut value_type = |name: &str, unit: &str, table: &mut Vec<String>| ValueType {
+        r#type: s(name, table),
+        unit: s(unit, table),
     };
-    let objects = ValueType {
-        r#type: s("inuse_objects", &mut p.string_table),
-        unit: s("count", &mut p.string_table),
-    };
-    p.sample_type = vec![space.clone(), objects];
-    p.period_type = Some(space);
+    let alloc_objects = value_type("alloc_objects", "count", &mut p.string_table);
+    let alloc_space = value_type("alloc_space", "bytes", &mut p.string_table);
+    let inuse_objects = value_type("inuse_objects", "count", &mut p.string_table);
+    let inuse_space = value_type("inuse_space", "bytes", &mut p.string_table);
+    p.default_sample_type = inuse_space.r#type;
+    p.period_type = Some(inuse_space.clone());
+    p.sample_type = vec![alloc_objects, alloc_space, inuse_objects, inuse_space];
     p.period = 1;
     let pid_key = s("pid", &mut p.string_table);
 
@@ -203,7 +206,12 @@ pub fn build(stacks: &[HeapStack], time_nanos: i64) -> Profile {
         }
         p.sample.push(Sample {
             location_id: location_ids,
-            value: vec![st.bytes as i64, st.allocations as i64],
+            value: vec![
+                st.allocated_objects as i64,
+                st.allocated_bytes as i64,
+                st.allocations as i64,
+                st.bytes as i64,
+            ],
             label: vec![Label {
                 key: pid_key,
                 str: 0,
@@ -243,8 +251,10 @@ mod tests {
         let back = Profile::decode(&raw[..]).unwrap();
         assert_eq!(back, p);
         let st = |i: i64| back.string_table[i as usize].as_str();
-        assert_eq!(st(back.sample_type[0].r#type), "inuse_space");
-        assert_eq!(back.sample[0].value, vec![3000, 3]);
+        let types: Vec<&str> = back.sample_type.iter().map(|t| st(t.r#type)).collect();
+        assert_eq!(types, ["alloc_objects", "alloc_space", "inuse_objects", "inuse_space"]);
+        assert_eq!(st(back.default_sample_type), "inuse_space");
+        assert_eq!(back.sample[0].value, vec![9, 9000, 3, 3000]);
         // helper is inlined at leak_here's address: one location, two lines.
         let names = |loc: &Location| -> Vec<&str> {
             loc.line

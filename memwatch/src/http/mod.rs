@@ -283,6 +283,20 @@ async fn probes(State(s): State<AppState>) -> Response {
 struct Picture {
     stacks: Vec<crate::export::HeapStack>,
     growth: bool,
+    /// `?sort=allocated`: collapsed stacks and flame graphs of what each
+    /// stack allocated since tracking began.
+    allocated: bool,
+}
+
+impl Picture {
+    /// The stacks as collapsed stacks and flame graphs draw them.
+    fn drawn(self) -> Vec<crate::export::HeapStack> {
+        if self.allocated {
+            crate::export::by_allocated(self.stacks)
+        } else {
+            self.stacks
+        }
+    }
 }
 
 fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Picture, (StatusCode, String)> {
@@ -309,13 +323,14 @@ fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Picture, (StatusCod
     Ok(Picture {
         stacks: crate::export::heap_stacks(&snapshot, q.pid, cutoff, since, q.at_peak),
         growth: since.is_some(),
+        allocated: q.by_allocated,
     })
 }
 
 /// Collapsed stacks of the live heap (`?pid=`, `?min_age=`).
 async fn collapsed(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     match picture_stacks(&s, raw.as_deref()) {
-        Ok(p) => text(StatusCode::OK, crate::export::collapsed::render(&p.stacks)),
+        Ok(p) => text(StatusCode::OK, crate::export::collapsed::render(&p.drawn())),
         Err((status, message)) => text(status, message),
     }
 }
@@ -326,12 +341,12 @@ async fn flamegraph(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Respo
         Ok(p) => p,
         Err((status, message)) => return text(status, message),
     };
-    let title = if picture.growth {
-        "memwatch: growth of the live heap by stack"
-    } else {
-        "memwatch: live heap by stack"
+    let title = match (picture.growth, picture.allocated) {
+        (true, _) => "memwatch: growth of the live heap by stack",
+        (false, true) => "memwatch: allocations by stack since tracking began",
+        (false, false) => "memwatch: live heap by stack",
     };
-    match crate::export::flamegraph::render(&picture.stacks, title) {
+    match crate::export::flamegraph::render(&picture.drawn(), title) {
         Ok(svg) => (StatusCode::OK, [(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -5,7 +5,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
@@ -19,6 +19,8 @@ use crate::clock::monotonic_ns;
 
 pub struct ClockPublisher {
     stop: Arc<AtomicBool>,
+    /// The time last published: what the probes stamp allocations with now.
+    last: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -27,24 +29,36 @@ impl ClockPublisher {
     /// every tick from a thread of its own.
     pub fn start(map: Map) -> anyhow::Result<ClockPublisher> {
         let mut clock: Array<MapData, u64> = Array::try_from(map)?;
-        clock.set(0, monotonic_ns(), 0).context("writing the CLOCK map")?;
+        let first = monotonic_ns();
+        clock.set(0, first, 0).context("writing the CLOCK map")?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let last = Arc::new(AtomicU64::new(first));
+        let published = Arc::clone(&last);
         let thread = std::thread::Builder::new()
             .name("clock".into())
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_nanos(CLOCK_TICK_NS));
-                    if let Err(e) = clock.set(0, monotonic_ns(), 0) {
-                        tracing::warn!(error = %e, "publishing the clock failed");
+                    let now = monotonic_ns();
+                    match clock.set(0, now, 0) {
+                        Ok(()) => published.store(now, Ordering::Release),
+                        Err(e) => tracing::warn!(error = %e, "publishing the clock failed"),
                     }
                 }
             })
             .context("starting the clock thread")?;
         Ok(ClockPublisher {
             stop,
+            last,
             thread: Some(thread),
         })
+    }
+
+    /// The time the probes stamp allocations with now: a block stamped
+    /// with it or later was made no earlier than the last publication.
+    pub fn published(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
     }
 }
 

@@ -22,7 +22,10 @@ use aya::{
     programs::{TracePoint, UProbe},
 };
 use memwatch_common::{
-    alloc::{AllocKey, AllocRecord, GENERATION_SLOTS, Peak, ProcCounters, Tracked, counter_index, peak_index},
+    alloc::{
+        AllocKey, AllocRecord, GENERATION_SLOTS, Peak, ProcCounters, StackTotalKey, StackTotals, Tracked,
+        counter_index, peak_index,
+    },
     cookie::Family,
     drop::Drop,
     event::Settings,
@@ -62,6 +65,7 @@ pub struct Kernel {
     live_table: live_table::LiveTable,
     counters: Map,
     peaks: Map,
+    stack_totals: Map,
     tracked: Map,
     stacks: Map,
     drops: Map,
@@ -152,6 +156,7 @@ impl Kernel {
             .map_max_entries(names::STACKS, sizes.stacks)
             .map_max_entries(names::COUNTERS, sizes.processes * GENERATION_SLOTS * Family::COUNT)
             .map_max_entries(names::PEAKS, sizes.processes * GENERATION_SLOTS)
+            .map_max_entries(names::STACK_TOTALS, sizes.stack_totals)
             .map_max_entries(names::TRACKED, pid_max())
             .map_max_entries(names::UNWIND_ROWS, unwind.rows)
             .map_max_entries(names::UNWIND_PROCS, unwind.processes)
@@ -217,6 +222,7 @@ impl Kernel {
             live_table: live_table::LiveTable::map(take(&mut ebpf, names::LIVE_TABLE)?, sizes.live_table_slots)?,
             counters: take(&mut ebpf, names::COUNTERS)?,
             peaks: take(&mut ebpf, names::PEAKS)?,
+            stack_totals: take(&mut ebpf, names::STACK_TOTALS)?,
             tracked: take(&mut ebpf, names::TRACKED)?,
             stacks: take(&mut ebpf, names::STACKS)?,
             drops: take(&mut ebpf, names::DROPS)?,
@@ -317,6 +323,27 @@ impl Kernel {
             tracing::warn!(error = %e, "reading growth records failed");
         }
         out
+    }
+
+    /// The time the probes stamp allocations with now (see `clock`).
+    pub fn stamp_now(&self) -> u64 {
+        self._clock.published()
+    }
+
+    /// Allocations per process generation and stack, since tracking began.
+    pub fn stack_totals(&self) -> Vec<(StackTotalKey, StackTotals)> {
+        let mut out = Vec::new();
+        let fd = Fd(map_fd(&self.stack_totals).as_raw_fd());
+        if let Err(e) = batch::for_each::<StackTotalKey, StackTotals>(&fd, 1024, |k, v| out.push((*k, *v))) {
+            tracing::warn!(error = %e, "reading the allocation profile failed");
+        }
+        out
+    }
+
+    pub fn delete_stack_totals(&self, keys: &[StackTotalKey]) {
+        if let Err(e) = batch::delete(&Fd(map_fd(&self.stack_totals).as_raw_fd()), keys) {
+            tracing::warn!(error = %e, "deleting ended processes' allocation profiles failed");
+        }
     }
 
     pub fn delete_growth(&self, keys: &[GrowthKey]) {

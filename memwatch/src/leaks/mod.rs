@@ -7,7 +7,9 @@ pub mod text;
 
 use serde::Serialize;
 
-pub use crate::collect::stack_report::{GrowthStackReport, StackReport, stack_reports, stack_reports_from};
+pub use crate::collect::stack_report::{
+    Allocated, GrowthStackReport, StackReport, allocated_stacks, stack_reports, stack_reports_from,
+};
 use crate::{
     collect::{
         aggregate::{Aggregated, StackAggregate, aggregate},
@@ -33,6 +35,9 @@ pub struct LeaksReport {
     pub min_age_seconds: f64,
     /// "now", or "peak" with `?at=peak`: stacks as of each process's peak.
     pub at: &'static str,
+    /// "live", or "allocated" with `?sort=allocated`: stacks ranked by what
+    /// they allocated since tracking began.
+    pub sort: &'static str,
     /// Processes the host-wide detector flagged (firing alerts first), with
     /// their evidence.
     pub suspects: Vec<SuspectReport>,
@@ -359,6 +364,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
             let peak_view = p.peak.as_ref().filter(|_| q.at_peak).map(|pk| &pk.view);
             let agg = match peak_view {
                 Some(v) => v.aggregated.clone(),
+                None if q.by_allocated => allocated_stacks(p, &aggregate(&p.allocations, None)),
                 None => aggregate(&p.allocations, cutoff),
             };
             let since = q.since.map(|d| d.as_nanos().min(u64::MAX as u128) as u64);
@@ -425,6 +431,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         snapshot_age_seconds: (now_unix - snapshot.taken_at_unix).max(0.0),
         min_age_seconds: q.min_age.as_secs_f64(),
         at: if q.at_peak { "peak" } else { "now" },
+        sort: if q.by_allocated { "allocated" } else { "live" },
         suspects,
         processes,
         ended: snapshot
@@ -464,6 +471,17 @@ pub(crate) mod tests {
     /// Two processes: 42 leaks 3 × 1000 bytes from `leak_here` (old) and
     /// holds one young 64-byte block; 7 holds 10 bytes with an unknown stack.
     const CONTAINER: &str = "3f4c0a9b8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4e3d";
+
+    fn allocs(allocations: u64, bytes: u64, temporary: u64) -> crate::collect::profile::StackAllocs {
+        crate::collect::profile::StackAllocs {
+            allocations,
+            bytes,
+            temporary,
+            temporary_bytes: temporary * (bytes / allocations.max(1)),
+            kind: 1,
+            family: 1,
+        }
+    }
 
     pub(crate) fn fake_snapshot() -> Snapshot {
         let s = 1_000_000_000;
@@ -530,6 +548,12 @@ pub(crate) mod tests {
             python: None,
             history: Vec::new(),
             peak: None,
+            alloc_profile: Arc::new(HashMap::from([
+                (11, allocs(5, 5000, 2)),
+                (22, allocs(3, 96, 0)),
+                // Churn: everything it allocated was freed at once.
+                (33, allocs(100, 100_000, 100)),
+            ])),
             probes: vec![crate::process::ProbeSummary {
                 module: "/usr/lib/libc.so.6".into(),
                 build_id: Some("cafe".into()),
@@ -569,6 +593,7 @@ pub(crate) mod tests {
             limit,
             format: Format::Json,
             at_peak: false,
+            by_allocated: false,
         }
     }
 
@@ -715,6 +740,41 @@ pub(crate) mod tests {
             text.contains("peak 48.9 KiB") && text.contains("the stacks below are the scan's"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn sorted_by_allocated_churn_comes_first_though_it_holds_nothing() {
+        let mut query = q(Some(42), 0, 20);
+        query.by_allocated = true;
+        let r = build(&fake_snapshot(), &query, 100_000_000_000, 5001.0).unwrap();
+        assert_eq!(r.sort, "allocated");
+        let p = &r.processes[0];
+        let first = p.stacks[0].allocated.unwrap();
+        assert_eq!(
+            (first.allocations, first.bytes, first.temporary_allocations),
+            (100, 100_000, 100)
+        );
+        assert_eq!(p.stacks[0].live_bytes, 0);
+        assert_eq!(p.stacks[1].allocated.unwrap().bytes, 5000);
+        let text = text::render(&r);
+        assert!(
+            text.contains("allocated   97.7 KiB in     100 allocation(s), 100 temporary; live 0 B in 0"),
+            "{text}"
+        );
+        // The live report carries the totals too.
+        let live = build(&fake_snapshot(), &q(Some(42), 0, 20), 100_000_000_000, 5001.0).unwrap();
+        assert!(live.processes[0].stacks.iter().all(|s| s.live_bytes > 0));
+        assert!(
+            live.processes[0]
+                .stacks
+                .iter()
+                .any(|s| s.allocated.is_some_and(|a| a.bytes == 5000))
+        );
+        // pprof's alloc_space has the churn; its inuse_space does not.
+        let stacks = crate::export::heap_stacks(&fake_snapshot(), Some(42), None, None, false);
+        let churn: Vec<_> = stacks.iter().filter(|s| s.allocated_bytes == 100_000).collect();
+        assert_eq!((churn.len(), churn[0].bytes), (1, 0));
+        assert!(!crate::export::collapsed::render(&stacks).contains(" 0\n"));
     }
 
     #[test]

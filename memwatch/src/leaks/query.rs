@@ -21,6 +21,9 @@ pub struct LeaksQuery {
     pub format: Format,
     /// The stacks live at each process's peak instead of now.
     pub at_peak: bool,
+    /// Stacks ranked by what they allocated since tracking began (freed or
+    /// not) instead of what they hold: the allocation profile.
+    pub by_allocated: bool,
 }
 
 /// Whether an Accept header asks for plain text (as curl users do).
@@ -39,6 +42,7 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
         limit: default_limit,
         format: if wants_text { Format::Text } else { Format::Json },
         at_peak: false,
+        by_allocated: false,
     };
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -81,6 +85,13 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
                     _ => return Err(format!("invalid at {value:?}: expected peak or now")),
                 }
             }
+            "sort" => {
+                q.by_allocated = match value {
+                    "allocated" => true,
+                    "live" => false,
+                    _ => return Err(format!("invalid sort {value:?}: expected live or allocated")),
+                }
+            }
             "format" => {
                 q.format = match value {
                     "json" => Format::Json,
@@ -90,10 +101,15 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
             }
             _ => {
                 return Err(format!(
-                    "unknown parameter {key:?}: expected pid, min_age, since, at, limit or format"
+                    "unknown parameter {key:?}: expected pid, min_age, since, at, sort, limit or format"
                 ));
             }
         }
+    }
+    if q.by_allocated && (q.at_peak || q.since.is_some() || !q.min_age.is_zero()) {
+        return Err(
+            "sort=allocated ranks every allocation since tracking began: it takes no since, min_age or at".into(),
+        );
     }
     if q.at_peak && (q.since.is_some() || !q.min_age.is_zero()) {
         return Err("at=peak cannot be combined with since or min_age: the peak is one moment's whole heap".into());
@@ -120,7 +136,16 @@ mod tests {
                 limit: 20,
                 format: Format::Json,
                 at_peak: false,
+                by_allocated: false,
             }
+        );
+        let q = parse(Some("sort=allocated&pid=4"), None, 20).unwrap();
+        assert!(q.by_allocated);
+        assert!(parse(Some("sort=allocated&since=5"), None, 20).is_err());
+        assert!(
+            parse(Some("sort=size"), None, 20)
+                .unwrap_err()
+                .contains("live or allocated")
         );
     }
 

@@ -59,19 +59,25 @@ pub fn render(r: &LeaksReport) -> String {
     if at_peak {
         let _ = writeln!(out, "(live allocations at each process's peak)");
     }
+    if r.sort == "allocated" {
+        let _ = writeln!(
+            out,
+            "(stacks by what they allocated since tracking began, freed or not)"
+        );
+    }
     for p in &r.processes {
-        render_process(&mut out, p, at_peak);
+        render_process(&mut out, p, at_peak, r.sort == "allocated");
     }
     if !r.ended.is_empty() {
         let _ = writeln!(out, "\nTRACKING ENDED (as the last scan before saw them)");
         for p in &r.ended {
-            render_process(&mut out, p, false);
+            render_process(&mut out, p, false, false);
         }
     }
     out
 }
 
-fn render_process(out: &mut String, p: &super::ProcessReport, at_peak: bool) {
+fn render_process(out: &mut String, p: &super::ProcessReport, at_peak: bool, by_allocated: bool) {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -124,13 +130,41 @@ fn render_process(out: &mut String, p: &super::ProcessReport, at_peak: bool) {
     if p.stacks.is_empty() {
         let _ = writeln!(out, "  no live allocations");
     }
-    render_stacks(out, &p.stacks);
+    if by_allocated {
+        render_allocated(out, &p.stacks);
+    } else {
+        render_stacks(out, &p.stacks);
+    }
     if p.stack_count > p.stacks.len() {
         let _ = writeln!(
             out,
             "  … {} more stack(s); raise ?limit=",
             p.stack_count - p.stacks.len()
         );
+    }
+}
+
+/// Stacks by what they allocated since tracking began, with what they hold.
+fn render_allocated(out: &mut String, stacks: &[StackReport]) {
+    for (i, s) in stacks.iter().enumerate() {
+        let a = s.allocated.unwrap_or(super::Allocated {
+            allocations: 0,
+            bytes: 0,
+            temporary_allocations: 0,
+            temporary_bytes: 0,
+        });
+        let _ = writeln!(
+            out,
+            "  #{:<3} allocated {:>10} in {:>7} allocation(s), {} temporary; live {} in {}  [{}]",
+            i + 1,
+            bytes(a.bytes),
+            a.allocations,
+            a.temporary_allocations,
+            bytes(s.live_bytes),
+            s.live_allocations,
+            s.call,
+        );
+        render_frames(out, &s.frames, &s.walk);
     }
 }
 
@@ -317,6 +351,7 @@ mod tests {
             limit: 1,
             format: Format::Text,
             at_peak: false,
+            by_allocated: false,
         };
         let text = render(&build(&fake_snapshot(), &q, 100_000_000_000, 5001.0).unwrap());
         assert!(

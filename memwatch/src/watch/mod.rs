@@ -482,6 +482,7 @@ mod tests {
             growth_allocations: None,
             replacing_bytes: None,
             net_growth_bytes: None,
+            allocated: None,
         };
         let p = w.get_mut(pid).expect("the child is watched");
         p.alert = Alert::Firing {

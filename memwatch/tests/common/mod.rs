@@ -388,6 +388,22 @@ impl Daemon {
         }
     }
 
+    /// GET as bytes (a profile, a picture).
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        match agent.get(format!("http://{}{path}", self.addr)).call() {
+            Ok(mut resp) => (
+                resp.status().as_u16(),
+                resp.body_mut().read_to_vec().unwrap_or_default(),
+            ),
+            Err(_) => (0, Vec::new()),
+        }
+    }
+
     /// Starts memwatch as `start` does, with `config` given whole.
     pub fn start_with(config: &str) -> Daemon {
         Daemon::start(config, &[])
