@@ -21,6 +21,8 @@ pub enum EventKind {
     /// The kernel's OOM killer chose `tgid` as its victim (global or a
     /// cgroup's limit): sent for every process on the host.
     OomVictim = 5,
+    /// systemd-oomd sent SIGKILL to `tgid` (told by the sender's name).
+    OomdKill = 6,
 }
 
 #[repr(C)]
@@ -55,4 +57,7 @@ pub struct Settings {
     pub daemon_tgid: u32,
     /// Offset of `pid` in the oom/mark_victim record.
     pub oom_victim_pid_offset: u32,
+    /// Offsets of `sig` and `pid` in the signal/signal_generate record.
+    pub signal_sig_offset: u32,
+    pub signal_pid_offset: u32,
 }

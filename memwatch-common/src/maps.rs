@@ -63,6 +63,7 @@ pub const PROG_EXEC: &str = "sched_process_exec";
 pub const PROG_EXIT: &str = "sched_process_exit";
 pub const PROG_FORK: &str = "task_newtask";
 pub const PROG_OOM: &str = "oom_mark_victim";
+pub const PROG_SIGNAL: &str = "signal_generate";
 pub const PROG_MMAP: &str = "sys_enter_mmap";
 pub const PROG_BRK: &str = "sys_exit_brk";
 pub const PROG_MREMAP: &str = "sys_enter_mremap";

@@ -67,6 +67,13 @@ pub fn oom_mark_victim(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// SIGKILLs sent by systemd-oomd, host-wide: kept as OOM kills.
+#[tracepoint]
+pub fn signal_generate(ctx: TracePointContext) -> u32 {
+    maps::count_result(process::try_signal(&ctx));
+    0
+}
+
 /// Anonymous mmap, host-wide: growth attributed to the calling stack.
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {

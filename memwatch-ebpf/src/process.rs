@@ -2,7 +2,7 @@
 //! forks of tracked processes are reported so that the daemon can follow them.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     programs::TracePointContext,
 };
 use memwatch_common::{
@@ -42,6 +42,27 @@ pub fn try_oom_victim(ctx: &TracePointContext) -> Result<(), Drop> {
     // SAFETY: reads the tracepoint record at an offset from its format.
     let pid = unsafe { ctx.read_at::<i32>(offset) }.map_err(|_| Drop::TaskRecordUnreadable)?;
     send(EventKind::OomVictim, pid as u32, generation(pid as u32), 0)
+}
+
+/// The name systemd-oomd's threads have.
+const OOMD: &[u8; 13] = b"systemd-oomd\0";
+const SIGKILL: i32 = 9;
+
+/// A SIGKILL from systemd-oomd is its kill of a cgroup's processes under
+/// memory pressure: told by the sender's name, as nothing else says so.
+pub fn try_signal(ctx: &TracePointContext) -> Result<(), Drop> {
+    let s = settings();
+    // SAFETY: reads the tracepoint record at offsets from its format.
+    let sig = unsafe { ctx.read_at::<i32>(s.signal_sig_offset as usize) }.map_err(|_| Drop::TaskRecordUnreadable)?;
+    if sig != SIGKILL {
+        return Ok(());
+    }
+    let comm = bpf_get_current_comm().map_err(|_| Drop::TaskRecordUnreadable)?;
+    if comm[..OOMD.len()] != OOMD[..] {
+        return Ok(());
+    }
+    let pid = unsafe { ctx.read_at::<i32>(s.signal_pid_offset as usize) }.map_err(|_| Drop::TaskRecordUnreadable)?;
+    send(EventKind::OomdKill, pid as u32, generation(pid as u32), 0)
 }
 
 pub fn try_exec(_ctx: &TracePointContext) -> Result<(), Drop> {

@@ -215,3 +215,42 @@ fn an_untracked_process_killed_by_its_cgroups_limit_leaves_its_growth_stack() {
     );
     assert_eq!(d.metric("memwatch_oom_kills_total{constraint=\"cgroup\"}"), Some(1.0));
 }
+
+/// systemd-oomd kills with SIGKILL, and nothing but its name tells its kill
+/// from another's: a `kill` run under that name stands in for it here.
+#[test]
+#[ignore = "needs root and eBPF; run with `cargo xtask test`"]
+fn a_kill_by_systemd_oomd_is_kept_as_an_oom_kill() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fx = Fixture::start(&[]);
+    let pid = fx.pid;
+    let d = Daemon::start(CONFIG, &["--pid", &pid.to_string()]);
+    d.wait_tracked(pid);
+    fx.go();
+    d.wait_for_fresh_scan();
+    let oomd = binary_as(std::path::Path::new("/usr/bin/kill"), "systemd-oomd");
+    let status = Command::new(&oomd).args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(fx.wait().signal(), Some(libc::SIGKILL));
+    let k = victim(&d, pid);
+    assert_eq!(k["constraint"], "systemd-oomd", "{k:#}");
+    assert_eq!(k["tracked"], true, "{k:#}");
+    let stacks = k["stacks"].as_array().unwrap();
+    assert!(stacks.iter().any(|s| stack_mentions(s, "leak_with_malloc")), "{k:#}");
+    assert_eq!(
+        d.metric("memwatch_oom_kills_total{constraint=\"systemd-oomd\"}"),
+        Some(1.0)
+    );
+    // A SIGKILL from anyone else is no OOM kill.
+    let mut other = Fixture::start(&[]);
+    let other_pid = other.pid;
+    let status = Command::new("/usr/bin/kill")
+        .args(["-KILL", &other_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    other.wait();
+    d.wait_for_fresh_scan();
+    assert!(!d.json("/oom").as_array().unwrap().iter().any(|k| k["pid"] == other_pid));
+}

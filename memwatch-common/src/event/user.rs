@@ -12,6 +12,7 @@ impl EventKind {
             3 => Some(EventKind::Fork),
             4 => Some(EventKind::CodeMapped),
             5 => Some(EventKind::OomVictim),
+            6 => Some(EventKind::OomdKill),
             _ => None,
         }
     }

@@ -89,8 +89,8 @@ pub struct Collector {
     ended: VecDeque<Arc<EndedProcess>>,
     /// OOM-kill post-mortems, newest first (`oom.keep`).
     oom: VecDeque<Arc<oom::OomKill>>,
-    /// OOM kills seen: [cgroup, global].
-    oom_kills: [u64; 2],
+    /// OOM kills seen: [cgroup, global, systemd-oomd].
+    oom_kills: [u64; 3],
     /// Per process generation, the stacks at the scan with most live bytes.
     peak_views: HashMap<(u32, u32), Arc<snapshot::PeakView>>,
     /// Per process generation, its allocation profile's running state.
@@ -186,7 +186,7 @@ impl Collector {
             selection_changed: false,
             ended: VecDeque::new(),
             oom: VecDeque::new(),
-            oom_kills: [0; 2],
+            oom_kills: [0; 3],
             peak_views: HashMap::new(),
             profiles: HashMap::new(),
         }
@@ -346,7 +346,8 @@ impl Collector {
             Some(EventKind::Exit) => self.table.on_exit(&mut self.kernel, e.tgid, e.generation),
             Some(EventKind::Fork) => self.table.on_fork(&mut self.kernel, e.tgid),
             Some(EventKind::CodeMapped) => self.table.on_code_mapped(&mut self.kernel, e.tgid),
-            Some(EventKind::OomVictim) => self.on_oom_victim(e.tgid),
+            Some(EventKind::OomVictim) => self.on_oom_victim(e.tgid, false),
+            Some(EventKind::OomdKill) => self.on_oom_victim(e.tgid, true),
             None => tracing::warn!(kind = e.kind, "unknown event from the kernel"),
         }
     }

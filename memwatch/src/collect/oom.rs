@@ -35,7 +35,8 @@ pub struct OomKill {
     #[serde(flatten)]
     pub place: Placement,
     pub killed_unix: f64,
-    /// "cgroup" when its memory cgroup's limit was reached, else "global".
+    /// "cgroup" when its memory cgroup's limit was reached, "global" for
+    /// the host's memory, "systemd-oomd" when systemd-oomd killed it.
     pub constraint: &'static str,
     /// Its memory cgroup at the kill (None: not readable any more).
     pub cgroup: Option<memcg::MemoryLimits>,
@@ -65,9 +66,10 @@ pub struct SuspectVerdict {
 }
 
 impl Collector {
-    /// Keeps a post-mortem of `pid`, just marked as the OOM killer's victim.
-    /// Read at once: the process is dying and its /proc entry goes with it.
-    pub(super) fn on_oom_victim(&mut self, pid: u32) {
+    /// Keeps a post-mortem of `pid`, just marked as the OOM killer's victim
+    /// (or sent SIGKILL by systemd-oomd, `by_oomd`). Read at once: the
+    /// process is dying and its /proc entry goes with it.
+    pub(super) fn on_oom_victim(&mut self, pid: u32, by_oomd: bool) {
         let killed_unix = unix_now();
         let tracked = self.table.get(pid).is_some();
         if tracked {
@@ -95,7 +97,9 @@ impl Collector {
             .memory
             .as_ref()
             .and_then(|m| memcg::read(m, std::path::Path::new("/sys/fs/cgroup")));
-        let constraint = if cgroup.as_ref().is_some_and(|c| c.limit_reached()) {
+        let constraint = if by_oomd {
+            "systemd-oomd"
+        } else if cgroup.as_ref().is_some_and(|c| c.limit_reached()) {
             "cgroup"
         } else {
             "global"
@@ -167,9 +171,14 @@ impl Collector {
             limit_bytes = kill.cgroup.as_ref().and_then(|c| c.limit_bytes),
             suspect = kill.suspect.is_some(),
             tracked,
-            "OOM kill: the kernel's OOM killer chose this process (GET /oom for its post-mortem)"
+            "OOM kill: {} (GET /oom for its post-mortem)",
+            if by_oomd { "systemd-oomd killed this process" } else { "the kernel's OOM killer chose this process" }
         );
-        self.oom_kills[usize::from(constraint == "global")] += 1;
+        self.oom_kills[match constraint {
+            "cgroup" => 0,
+            "global" => 1,
+            _ => 2,
+        }] += 1;
         self.oom.push_front(Arc::new(kill));
         self.oom.truncate(self.config.oom_kept);
     }

@@ -193,8 +193,8 @@ pub struct Snapshot {
     pub ended: Vec<Arc<EndedProcess>>,
     /// OOM-kill post-mortems, newest first (bounded by `oom.keep`).
     pub oom: Vec<Arc<super::oom::OomKill>>,
-    /// OOM kills seen since memwatch started: [cgroup, global].
-    pub oom_kills_total: [u64; 2],
+    /// OOM kills seen since memwatch started: [cgroup, global, systemd-oomd].
+    pub oom_kills_total: [u64; 3],
 }
 
 /// Stack walking: the tables loaded and the kernel's walk counters.

@@ -121,6 +121,9 @@ impl Kernel {
         let oom_pid_offset = tracefs::read_format("oom", "mark_victim")
             .ok()
             .and_then(|f| tracefs::field_offset(&f, "pid"));
+        let signal_offsets = tracefs::read_format("signal", "signal_generate")
+            .ok()
+            .and_then(|f| Some((tracefs::field_offset(&f, "sig")?, tracefs::field_offset(&f, "pid")?)));
         let settings = Settings {
             report_all_execs: report_all_execs.into(),
             exit_group_dead_offset: tracefs::field_offset(&exit_format, "group_dead").unwrap_or(0),
@@ -129,6 +132,8 @@ impl Kernel {
             stacks_epoch: 0,
             daemon_tgid: std::process::id(),
             oom_victim_pid_offset: oom_pid_offset.unwrap_or(0),
+            signal_sig_offset: signal_offsets.map_or(0, |o| o.0),
+            signal_pid_offset: signal_offsets.map_or(0, |o| o.1),
         };
 
         // MEMWATCH_VERIFIER_LOG=1 puts the verifier's full log into load errors.
@@ -201,6 +206,21 @@ impl Kernel {
                 p.attach("oom", "mark_victim").context("attaching oom/mark_victim")?;
             }
             None => tracing::warn!("this kernel has no oom/mark_victim tracepoint: no OOM-kill post-mortems"),
+        }
+        match signal_offsets {
+            Some(_) => {
+                let p: &mut TracePoint = ebpf
+                    .program_mut(names::PROG_SIGNAL)
+                    .ok_or_else(|| anyhow!("program {} missing", names::PROG_SIGNAL))?
+                    .try_into()?;
+                p.load()
+                    .with_context(|| format!("the kernel refused program {}", names::PROG_SIGNAL))?;
+                p.attach("signal", "signal_generate")
+                    .context("attaching signal/signal_generate")?;
+            }
+            None => {
+                tracing::warn!("this kernel has no signal/signal_generate tracepoint: systemd-oomd's kills go unseen")
+            }
         }
 
         let growth_tail = if watch_growth {

@@ -13,14 +13,14 @@ pub fn render(kills: &[Arc<OomKill>], now_unix: f64) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "PID {} ({}) killed {} ago by the OOM killer ({})  resident {}  heap {}",
+            "PID {} ({}) killed {} ago by {}  resident {}  heap {}",
             k.pid,
             k.comm,
             duration((now_unix - k.killed_unix).max(0.0)),
-            if k.constraint == "cgroup" {
-                "its cgroup's limit"
-            } else {
-                "the host out of memory"
+            match k.constraint {
+                "cgroup" => "the OOM killer (its cgroup's limit)",
+                "global" => "the OOM killer (the host out of memory)",
+                _ => "systemd-oomd (memory pressure)",
             },
             bytes(k.resident_bytes),
             bytes(k.heap_bytes),

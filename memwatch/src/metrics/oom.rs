@@ -11,14 +11,14 @@ pub struct OomMetrics {
     kills: IntCounterVec,
 }
 
-const CONSTRAINTS: [&str; 2] = ["cgroup", "global"];
+const CONSTRAINTS: [&str; 3] = ["cgroup", "global", "systemd-oomd"];
 
 impl OomMetrics {
     pub fn register(r: &Registry) -> Self {
         let kills = counter_vec(
             r,
             "memwatch_oom_kills_total",
-            "Processes the kernel's OOM killer chose, by constraint: their memory cgroup's limit (cgroup) or the host's memory (global). GET /oom has their post-mortems.",
+            "Processes killed for memory, by constraint: the kernel's OOM killer at their memory cgroup's limit (cgroup) or for the host's memory (global), or systemd-oomd (systemd-oomd). GET /oom has their post-mortems.",
             &["constraint"],
         );
         for c in CONSTRAINTS {
