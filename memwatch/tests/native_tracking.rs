@@ -542,25 +542,31 @@ fn stack_of<'a>(process: &'a serde_json::Value, function: &str) -> &'a serde_jso
         .unwrap_or_else(|| panic!("no stack through {function}: {process:#}"))
 }
 
+/// rates.c's leaker and its `mode` tracked together by pid, both past their
+/// warm-up, with readings older than a 5 s window.
+fn rates_beside_a_leak(mode: &str) -> (Fixture, Fixture, Daemon) {
+    let mut leaker = Fixture::start_other("rates", &["leak"]);
+    let mut other = Fixture::start_other("rates", &[mode]);
+    let d = Daemon::start(
+        FAST,
+        &["--pid", &leaker.pid.to_string(), "--pid", &other.pid.to_string()],
+    );
+    d.wait_tracked(leaker.pid);
+    d.wait_tracked(other.pid);
+    leaker.send("go");
+    other.send("go");
+    assert_eq!(leaker.read_line(), "steady");
+    assert_eq!(other.read_line(), "steady");
+    std::thread::sleep(Duration::from_secs(8));
+    d.wait_for_fresh_scan();
+    (leaker, other, d)
+}
+
 #[test]
 #[ignore = "needs root; run with `cargo xtask test`"]
 fn growth_since_a_moment_is_the_leakers_rate_and_nothing_for_a_plateau() {
     require_root();
-    let mut leaker = Fixture::start_other("rates", &["leak"]);
-    let mut plateau = Fixture::start_other("rates", &["plateau"]);
-    let d = Daemon::start(
-        FAST,
-        &["--pid", &leaker.pid.to_string(), "--pid", &plateau.pid.to_string()],
-    );
-    d.wait_tracked(leaker.pid);
-    d.wait_tracked(plateau.pid);
-    leaker.send("go");
-    plateau.send("go");
-    assert_eq!(leaker.read_line(), "steady");
-    assert_eq!(plateau.read_line(), "steady");
-    // Past the warm-up, and with readings older than the window.
-    std::thread::sleep(Duration::from_secs(8));
-    d.wait_for_fresh_scan();
+    let (leaker, plateau, d) = rates_beside_a_leak("plateau");
     let report = d.json("/leaks?since=5&limit=50");
     let process = |pid: u32| {
         report["processes"]
@@ -621,20 +627,7 @@ fn growth_since_a_moment_is_the_leakers_rate_and_nothing_for_a_plateau() {
 #[ignore = "needs root and eBPF; run with `cargo xtask test`"]
 fn a_warm_cache_tracked_mid_life_does_not_grow_and_a_leak_beside_it_does() {
     require_root();
-    let mut leaker = Fixture::start_other("rates", &["leak"]);
-    let mut cache = Fixture::start_other("rates", &["cache"]);
-    let d = Daemon::start(
-        FAST,
-        &["--pid", &leaker.pid.to_string(), "--pid", &cache.pid.to_string()],
-    );
-    d.wait_tracked(leaker.pid);
-    d.wait_tracked(cache.pid);
-    leaker.send("go");
-    cache.send("go");
-    assert_eq!(leaker.read_line(), "steady");
-    assert_eq!(cache.read_line(), "steady");
-    std::thread::sleep(Duration::from_secs(8));
-    d.wait_for_fresh_scan();
+    let (leaker, cache, d) = rates_beside_a_leak("cache");
     let report = d.json("/leaks?since=5&limit=50");
     let process = |pid: u32| {
         report["processes"]

@@ -627,6 +627,25 @@ impl Collector {
         }
     }
 
+    /// One kernel stack of `pid`, symbolized now (None when the kernel no
+    /// longer has it).
+    fn symbolize_one(&mut self, pid: u32, id: u64) -> Option<Arc<Stack>> {
+        let stack = self.kernel.stack(id)?;
+        let native: Vec<Frame> = self
+            .symbolizer
+            .symbolize(pid, stack.addresses())
+            .into_iter()
+            .flatten()
+            .collect();
+        Some(Arc::new(with_python(
+            &self.table.unwind,
+            &mut self.python,
+            pid,
+            &stack,
+            native,
+        )))
+    }
+
     /// Reads and symbolizes the `wanted` stacks seen for the first time, one
     /// batch per process (live blocks' and the allocation profile's), and
     /// forgets the symbolized stacks no longer wanted.

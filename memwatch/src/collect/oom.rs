@@ -190,22 +190,7 @@ impl Collector {
         growth.sort_by_key(|g| std::cmp::Reverse(g.bytes));
         growth.truncate(GROWTH_STACKS);
         for g in growth.iter_mut().filter(|g| g.frames.is_none() && g.stack_id != 0) {
-            let Some(stack) = self.kernel.stack(g.stack_id) else {
-                continue;
-            };
-            let native: Vec<_> = self
-                .symbolizer
-                .symbolize(pid, stack.addresses())
-                .into_iter()
-                .flatten()
-                .collect();
-            g.frames = Some(Arc::new(super::with_python(
-                &self.table.unwind,
-                &mut self.python,
-                pid,
-                &stack,
-                native,
-            )));
+            g.frames = self.symbolize_one(pid, g.stack_id);
         }
         growth.iter().map(GrowthStackReport::of).collect()
     }

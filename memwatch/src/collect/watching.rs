@@ -3,7 +3,7 @@
 //! is held only to read or write its records, never while probes are
 //! attached or detached: those can wait seconds on the kernel.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use super::{Collector, stack_report::net_stack_reports};
 use crate::{
@@ -21,6 +21,24 @@ use crate::{
 const EVIDENCE_STACKS: usize = 10;
 /// Growth stacks symbolized per suspect.
 const GROWTH_STACKS: usize = 5;
+
+/// What exact tracking found in an escalated suspect: its stacks with the
+/// most live bytes net of replacement (all its live blocks are growth since
+/// the escalation began).
+fn evidence_of(p: &super::snapshot::ProcessSnapshot) -> Vec<crate::collect::stack_report::StackReport> {
+    let untracked = super::replacement::untracked_request_bytes(
+        p.counters.untracked_freed_usable_bytes,
+        p.counters.untracked_frees,
+        &p.allocations,
+    );
+    net_stack_reports(
+        p,
+        &aggregate(&p.allocations, None),
+        untracked,
+        EVIDENCE_STACKS,
+        monotonic_ns(),
+    )
+}
 
 /// Escalations running now.
 pub(super) fn running(w: &Watcher) -> usize {
@@ -93,18 +111,10 @@ impl Collector {
                 unwind.unregister(&mut self.kernel.unwind, pid, Reason::Suspect);
             }
         }
-        let mut named = Vec::new();
-        for (pid, id) in missing {
-            let Some(stack) = self.kernel.stack(id) else { continue };
-            let native: Vec<_> = self
-                .symbolizer
-                .symbolize(pid, stack.addresses())
-                .into_iter()
-                .flatten()
-                .collect();
-            let stack = super::with_python(&self.table.unwind, &mut self.python, pid, &stack, native);
-            named.push((pid, id, Arc::new(stack)));
-        }
+        let named: Vec<_> = missing
+            .into_iter()
+            .filter_map(|(pid, id)| Some((pid, id, self.symbolize_one(pid, id)?)))
+            .collect();
         let mut watcher = shared.lock();
         for (pid, id, stack) in named {
             if let Some(g) = watcher
@@ -213,18 +223,7 @@ impl Collector {
             // Tracked by pid since (a control request): it stays tracked.
             if self.table.get(pid).is_some_and(|p| p.selection == Selection::Suspect) {
                 if let Some(p) = snapshot.processes.iter().find(|p| p.pid == pid) {
-                    let agg = aggregate(&p.allocations, None);
-                    evidence = net_stack_reports(
-                        p,
-                        &agg,
-                        super::replacement::untracked_request_bytes(
-                            p.counters.untracked_freed_usable_bytes,
-                            p.counters.untracked_frees,
-                            &p.allocations,
-                        ),
-                        EVIDENCE_STACKS,
-                        monotonic_ns(),
-                    );
+                    evidence = evidence_of(p);
                 }
                 let why = match (&outcome, &reason) {
                     (Outcome::OverBudget, Some(r)) => format!("escalation over budget: {r}"),
@@ -276,18 +275,7 @@ impl Collector {
                         pid,
                         escalation::hits_per_second(p.rates.allocations_per_second, p.rates.frees_per_second),
                     ));
-                    let agg = aggregate(&p.allocations, None);
-                    let stacks = net_stack_reports(
-                        p,
-                        &agg,
-                        super::replacement::untracked_request_bytes(
-                            p.counters.untracked_freed_usable_bytes,
-                            p.counters.untracked_frees,
-                            &p.allocations,
-                        ),
-                        EVIDENCE_STACKS,
-                        monotonic_ns(),
-                    );
+                    let stacks = evidence_of(p);
                     if !stacks.is_empty() {
                         evidence.push((pid, stacks));
                     }
