@@ -131,6 +131,25 @@ pub struct StackTotals {
     pub _pad: [u8; 6],
 }
 
+/// Slots of each CPU's cache in front of `STACK_TOTALS`: most allocations
+/// come from a few stacks, and adding to this CPU's slot costs no hash
+/// lookup and no atomic operation. A power of two.
+pub const STACK_TOTALS_CACHE_SLOTS: u32 = 256;
+
+/// One slot of that cache: a stack's allocations not yet added to the map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackTotalsSlot {
+    pub key: StackTotalKey,
+    pub totals: StackTotals,
+}
+
+/// The cache slot of a (process generation, stack).
+pub const fn stack_totals_slot(key: &StackTotalKey) -> u32 {
+    let h = key.stack_id ^ ((key.tgid as u64) << 32 | key.generation as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h ^ (h >> 29)) as u32 & (STACK_TOTALS_CACHE_SLOTS - 1)
+}
+
 /// A tracked process's live bytes (allocated − freed, lost ones included)
 /// and their high-water mark, in the `PEAKS` array at [`peak_index`]:
 /// shared by all CPUs, updated atomically, so the mark is exact.

@@ -14,6 +14,8 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const PEAKS: &str = "PEAKS";
 /// Allocations per (process generation, stack), cumulative.
 pub const STACK_TOTALS: &str = "STACK_TOTALS";
+/// Each CPU's cache in front of it.
+pub const STACK_TOTALS_CACHE: &str = "STACK_TOTALS_CACHE";
 /// Processes being tracked: an array indexed by tgid (sized to pid_max) of
 /// [`crate::alloc::Tracked`]. An array, so that the lookup on every probe
 /// hit is inlined by the verifier.

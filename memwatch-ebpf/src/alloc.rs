@@ -15,8 +15,8 @@ use aya_ebpf::{
 };
 use memwatch_common::{
     alloc::{
-        AllocKey, AllocRecord, Args, CallEntry, EntryDecision, IDLE, OutParam, StackTotalKey, StackTotals, Unmap,
-        call_outcome, call_request, classify_entry, return_matches, unmap_effect,
+        AllocKey, AllocRecord, Args, CallEntry, EntryDecision, IDLE, OutParam, Unmap, call_outcome, call_request,
+        classify_entry, return_matches, unmap_effect,
     },
     cookie::{CallKind, ProbeCookie},
     drop::Drop,
@@ -24,8 +24,8 @@ use memwatch_common::{
 
 use crate::{
     live_table::{self, Claim},
-    maps::{CALLS, EEXIST, LIVE, Proc, STACK_TOTALS, add, add_shared, coarse_now, count_drop, move_live, tracked},
-    stack,
+    maps::{CALLS, EEXIST, LIVE, Proc, add, coarse_now, count_drop, move_live, tracked},
+    stack, stack_totals,
 };
 
 #[inline(always)]
@@ -270,7 +270,7 @@ fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u
         add(&raw mut (*p.counters).allocated_bytes, size);
     }
     move_live(p, size, true);
-    count_stack(p, stack_id, size, entry);
+    stack_totals::count(p, stack_id, size, entry);
     // Mappings stay in LIVE, where munmap looks for them.
     if entry.kind != CallKind::Mmap as u8 {
         match live_table::claim(p, addr, &rec) {
@@ -303,41 +303,6 @@ fn record(ctx: &RetProbeContext, p: &Proc, entry: &CallEntry, addr: u64, size: u
             Err(Drop::LiveMapFull)
         }
     }
-}
-
-/// Adds an allocation to its stack's totals (the allocation profile): one
-/// entry per process generation and stack, shared by all CPUs.
-#[inline(always)]
-fn count_stack(p: &Proc, stack_id: u64, size: u64, entry: &CallEntry) {
-    let key = StackTotalKey {
-        tgid: p.tgid,
-        generation: p.generation,
-        stack_id,
-    };
-    for _ in 0..2 {
-        if let Some(t) = STACK_TOTALS.get_ptr_mut(key) {
-            // SAFETY: a map value, updated atomically.
-            unsafe {
-                add_shared(&raw mut (*t).allocations, 1);
-                add_shared(&raw mut (*t).bytes, size);
-            }
-            return;
-        }
-        let first = StackTotals {
-            allocations: 1,
-            bytes: size,
-            kind: entry.kind,
-            family: entry.family,
-            _pad: [0; 6],
-        };
-        match STACK_TOTALS.insert(key, first, BPF_NOEXIST as u64) {
-            Ok(()) => return,
-            // Another CPU made it first: add to theirs.
-            Err(EEXIST) => continue,
-            Err(_) => break,
-        }
-    }
-    count_drop(Drop::StackTotalsFull);
 }
 
 /// Counts a block that is live in the process but has no record: the

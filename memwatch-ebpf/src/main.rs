@@ -13,6 +13,7 @@ mod maps;
 mod process;
 mod python;
 mod stack;
+mod stack_totals;
 mod task_storage;
 mod unwind;
 

@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use memwatch_common::{
     alloc::{
-        AllocKey, AllocRecord, CallEntry, Peak, ProcCounters, StackTotalKey, StackTotals, Tracked, counter_index,
-        peak_index,
+        AllocKey, AllocRecord, CallEntry, Peak, ProcCounters, STACK_TOTALS_CACHE_SLOTS, StackTotalKey, StackTotals,
+        StackTotalsSlot, Tracked, counter_index, peak_index,
     },
     drop::Drop,
     event::Settings,
@@ -35,6 +35,10 @@ pub static COUNTERS: PerCpuArray<ProcCounters> = PerCpuArray::with_max_entries(D
 #[map(name = "STACK_TOTALS")]
 pub static STACK_TOTALS: HashMap<StackTotalKey, StackTotals> =
     HashMap::with_max_entries(DEFAULT_STACKS_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "STACK_TOTALS_CACHE")]
+pub static STACK_TOTALS_CACHE: PerCpuArray<StackTotalsSlot> =
+    PerCpuArray::with_max_entries(STACK_TOTALS_CACHE_SLOTS, 0);
 
 #[map(name = "PEAKS")]
 pub static PEAKS: Array<Peak> = Array::with_max_entries(DEFAULT_COUNTERS_ENTRIES, 0);

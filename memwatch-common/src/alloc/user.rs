@@ -8,6 +8,7 @@ unsafe impl aya::Pod for Tracked {}
 unsafe impl aya::Pod for Peak {}
 unsafe impl aya::Pod for StackTotalKey {}
 unsafe impl aya::Pod for StackTotals {}
+unsafe impl aya::Pod for super::StackTotalsSlot {}
 unsafe impl aya::Pod for CallEntry {}
 
 impl ProcCounters {
@@ -35,6 +36,22 @@ mod tests {
         fn malloc(size: usize) -> *mut u8;
         fn free(p: *mut u8);
         fn malloc_usable_size(p: *mut u8) -> usize;
+    }
+
+    #[test]
+    fn stacks_spread_over_the_cache_slots() {
+        let mut used = std::collections::HashSet::new();
+        for stack_id in 0..1000u64 {
+            let key = StackTotalKey {
+                tgid: 42,
+                generation: 1 << 16,
+                stack_id: stack_id.wrapping_mul(0xA24B_AED4_963E_E407),
+            };
+            let slot = stack_totals_slot(&key);
+            assert!(slot < STACK_TOTALS_CACHE_SLOTS);
+            used.insert(slot);
+        }
+        assert!(used.len() > 200, "{} slots used", used.len());
     }
 
     /// Against this host's glibc: the header read as the probe reads it,

@@ -431,18 +431,22 @@ impl Collector {
 
         // The allocation profile: every allocation by stack, freed or not.
         let mut totals: HashMap<(u32, u32), HashMap<u64, memwatch_common::alloc::StackTotals>> = HashMap::new();
-        let mut stale_totals = Vec::new();
-        for (k, v) in self.kernel.stack_totals() {
+        let (all_totals, in_map) = self.kernel.stack_totals();
+        for (k, v) in all_totals {
             if self.table.is_current(k.tgid, k.generation) {
                 totals.entry((k.tgid, k.generation)).or_default().insert(k.stack_id, v);
-            } else if *kernel_generation
-                .entry(k.tgid)
-                .or_insert_with(|| self.kernel.tracked_generation(k.tgid))
-                != Some(k.generation)
-            {
-                stale_totals.push(k);
             }
         }
+        let stale_totals: Vec<_> = in_map
+            .into_iter()
+            .filter(|k| {
+                !self.table.is_current(k.tgid, k.generation)
+                    && *kernel_generation
+                        .entry(k.tgid)
+                        .or_insert_with(|| self.kernel.tracked_generation(k.tgid))
+                        != Some(k.generation)
+            })
+            .collect();
         if !stale_totals.is_empty() {
             self.kernel.delete_stack_totals(&stale_totals);
         }

@@ -23,8 +23,8 @@ use aya::{
 };
 use memwatch_common::{
     alloc::{
-        AllocKey, AllocRecord, GENERATION_SLOTS, Peak, ProcCounters, StackTotalKey, StackTotals, Tracked,
-        counter_index, peak_index,
+        AllocKey, AllocRecord, GENERATION_SLOTS, Peak, ProcCounters, STACK_TOTALS_CACHE_SLOTS, StackTotalKey,
+        StackTotals, StackTotalsSlot, Tracked, counter_index, peak_index,
     },
     cookie::Family,
     drop::Drop,
@@ -66,6 +66,7 @@ pub struct Kernel {
     counters: Map,
     peaks: Map,
     stack_totals: Map,
+    stack_totals_cache: Map,
     tracked: Map,
     stacks: Map,
     drops: Map,
@@ -243,6 +244,7 @@ impl Kernel {
             counters: take(&mut ebpf, names::COUNTERS)?,
             peaks: take(&mut ebpf, names::PEAKS)?,
             stack_totals: take(&mut ebpf, names::STACK_TOTALS)?,
+            stack_totals_cache: take(&mut ebpf, names::STACK_TOTALS_CACHE)?,
             tracked: take(&mut ebpf, names::TRACKED)?,
             stacks: take(&mut ebpf, names::STACKS)?,
             drops: take(&mut ebpf, names::DROPS)?,
@@ -350,14 +352,42 @@ impl Kernel {
         self._clock.published()
     }
 
-    /// Allocations per process generation and stack, since tracking began.
-    pub fn stack_totals(&self) -> Vec<(StackTotalKey, StackTotals)> {
-        let mut out = Vec::new();
+    /// Allocations per process generation and stack, since tracking began:
+    /// the shared map's, plus what each CPU's cache holds yet. Returns the
+    /// map's keys apart (only those can be deleted).
+    pub fn stack_totals(&self) -> (Vec<(StackTotalKey, StackTotals)>, Vec<StackTotalKey>) {
+        let mut sums: std::collections::HashMap<StackTotalKey, StackTotals> = Default::default();
+        let mut add = |k: &StackTotalKey, v: &StackTotals| {
+            let e = sums.entry(*k).or_insert(StackTotals {
+                kind: v.kind,
+                family: v.family,
+                ..Default::default()
+            });
+            e.allocations += v.allocations;
+            e.bytes += v.bytes;
+        };
+        let mut in_map = Vec::new();
         let fd = Fd(map_fd(&self.stack_totals).as_raw_fd());
-        if let Err(e) = batch::for_each::<StackTotalKey, StackTotals>(&fd, 1024, |k, v| out.push((*k, *v))) {
+        let read = batch::for_each::<StackTotalKey, StackTotals>(&fd, 1024, |k, v| {
+            in_map.push(*k);
+            add(k, v);
+        });
+        if let Err(e) = read {
             tracing::warn!(error = %e, "reading the allocation profile failed");
         }
-        out
+        match PerCpuArray::<_, StackTotalsSlot>::try_from(&self.stack_totals_cache) {
+            Ok(cache) => {
+                for i in 0..STACK_TOTALS_CACHE_SLOTS {
+                    for slot in cache.get(&i, 0).iter().flat_map(|v| v.iter()) {
+                        if slot.totals.allocations != 0 {
+                            add(&slot.key, &slot.totals);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the allocation profile's caches failed"),
+        }
+        (sums.into_iter().collect(), in_map)
     }
 
     pub fn delete_stack_totals(&self, keys: &[StackTotalKey]) {
