@@ -71,13 +71,15 @@ pub fn run(config: Config, web: Web, source: Source) -> anyhow::Result<()> {
     // symbolizer is not Send, so it is created there). Startup errors come
     // back before the API starts serving.
     let (control, inbox) = control::channel();
+    let latest = crate::python::latest::LatestCensuses::default();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let collector_thread = {
         let (shutdown, shared, metrics, config) = (shutdown.clone(), shared.clone(), metrics.clone(), config.clone());
-        let watcher = watcher.clone();
+        let (watcher, latest) = (watcher.clone(), latest.clone());
         std::thread::Builder::new().name("collector".into()).spawn(move || {
             let symbolizer = Box::new(NativeSymbolizer::new(config.symbol_cache_entries));
-            let mut collector = Collector::new(kernel, config, symbolizer, shared, metrics, watcher, Some(inbox));
+            let mut collector =
+                Collector::new(kernel, config, symbolizer, shared, metrics, watcher, Some(inbox)).with_censuses(latest);
             let started = collector.start();
             let ok = started.is_ok();
             let _ = started_tx.send(started);
@@ -113,7 +115,7 @@ pub fn run(config: Config, web: Web, source: Source) -> anyhow::Result<()> {
     // tell systemd (Type=notify) we are ready.
     notify(&[sd_notify::NotifyState::Ready]);
     if let Some(every) = config.python_census_interval {
-        runtime.spawn(census_metrics(shared_for_census, metrics_for_census, every));
+        runtime.spawn(census_metrics(shared_for_census, metrics_for_census, latest, every));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     runtime.spawn(signals(stop_tx, state.clone(), control, source));
@@ -183,7 +185,12 @@ pub fn run(config: Config, web: Web, source: Source) -> anyhow::Result<()> {
 
 /// Takes a census of every tracked Python process every `every`, for the
 /// `memwatch_python_*` metrics (off the async workers; one at a time).
-async fn census_metrics(shared: SharedSnapshot, metrics: Arc<Metrics>, every: Duration) {
+async fn census_metrics(
+    shared: SharedSnapshot,
+    metrics: Arc<Metrics>,
+    latest: crate::python::latest::LatestCensuses,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -195,11 +202,15 @@ async fn census_metrics(shared: SharedSnapshot, metrics: Arc<Metrics>, every: Du
             .filter(|p| p.python.is_some())
             .map(|p| (p.pid, p.exe_name.clone()))
             .collect();
+        let latest = latest.clone();
         let taken = tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
             for (pid, exe) in pythons {
                 match crate::objects::take(pid, crate::process::unix_now()) {
-                    Ok(t) => out.push((exe, t)),
+                    Ok(t) => {
+                        latest.record(pid, t.start_time, t.taken_unix, &t.census);
+                        out.push((exe, t))
+                    }
                     Err(e) => tracing::debug!(pid, error = %e, "no census for the metrics"),
                 }
             }

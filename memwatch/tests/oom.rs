@@ -254,3 +254,55 @@ fn a_kill_by_systemd_oomd_is_kept_as_an_oom_kill() {
     d.wait_for_fresh_scan();
     assert!(!d.json("/oom").as_array().unwrap().iter().any(|k| k["pid"] == other_pid));
 }
+
+/// A Python service that keeps objects until its cgroup's limit kills it:
+/// its post-mortem has its last census (taken every second here), naming the
+/// type it kept.
+#[test]
+#[ignore = "needs root, eBPF and CPython; run with `cargo xtask test`"]
+fn a_python_victim_keeps_its_last_census() {
+    require_root();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let cgroup = MemoryCgroup::new("python");
+    // 2 MiB a second of Chunk objects: a census or more before the kill.
+    let script = "import os, sys, time\n\
+        class Chunk:\n    def __init__(self):\n        self.data = bytearray(64 * 1024)\n\
+        print('ready', os.getpid(), flush=True)\n\
+        sys.stdin.readline()\n\
+        kept = []\n\
+        while True:\n    kept.append(Chunk())\n    time.sleep(0.03)\n";
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec /usr/bin/python3.11 -c \"$0\"",
+            cgroup.0.display()
+        ))
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let pid: u32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let d = Daemon::start(
+        &format!("{CONFIG}[python]\ncensus_interval_seconds = 1\n"),
+        &["--pid", &pid.to_string()],
+    );
+    d.wait_tracked(pid);
+    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let k = victim(&d, pid);
+    assert_named(&k, &cgroup);
+    let census = &k["python_census"];
+    let chunk = census["types"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no census in {k:#}"))
+        .iter()
+        .find(|t| t["type"] == "Chunk")
+        .unwrap_or_else(|| panic!("Chunk among the largest types: {census:#}"));
+    assert!(chunk["count"].as_u64() > Some(10), "{chunk:#}");
+    assert!(census["taken_unix"].as_f64() <= k["killed_unix"].as_f64(), "{census:#}");
+}

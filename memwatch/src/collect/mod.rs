@@ -95,6 +95,8 @@ pub struct Collector {
     peak_views: HashMap<(u32, u32), Arc<snapshot::PeakView>>,
     /// Per process generation, its allocation profile's running state.
     profiles: HashMap<(u32, u32), profile::ProfileState>,
+    /// The last census of each tracked Python process (for OOM kills).
+    censuses: Option<crate::python::latest::LatestCensuses>,
 }
 
 /// The stack with its Python frames in place of the interpreter's, in a
@@ -189,7 +191,14 @@ impl Collector {
             oom_kills: [0; 3],
             peak_views: HashMap::new(),
             profiles: HashMap::new(),
+            censuses: None,
         }
+    }
+
+    /// Names Python victims of OOM kills by their last census's types.
+    pub fn with_censuses(mut self, censuses: crate::python::latest::LatestCensuses) -> Self {
+        self.censuses = Some(censuses);
+        self
     }
 
     /// Tracks the configured processes. A pid that cannot be tracked is

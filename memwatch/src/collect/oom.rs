@@ -55,6 +55,9 @@ pub struct OomKill {
     pub stacks: Vec<StackReport>,
     /// Not tracked: its address-space growth by stack.
     pub growth_stacks: Vec<GrowthStackReport>,
+    /// A Python process's last census (the periodic one), if one was taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub python_census: Option<crate::python::latest::LatestCensus>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -158,6 +161,10 @@ impl Collector {
             live_allocations,
             stacks,
             growth_stacks,
+            python_census: self
+                .censuses
+                .as_ref()
+                .and_then(|c| c.get(pid, watched.as_ref().map(|w| w.start_time))),
         };
         tracing::warn!(
             pid,

@@ -75,6 +75,21 @@ pub fn render(kills: &[Arc<OomKill>], now_unix: f64) -> String {
             let _ = writeln!(out, "  not tracked, and no address-space growth recorded");
         }
         render_growth_stacks(&mut out, &k.growth_stacks);
+        if let Some(c) = &k.python_census {
+            let types: Vec<String> = c
+                .types
+                .iter()
+                .take(5)
+                .map(|t| format!("{} {} ({})", t.name, t.count, bytes(t.bytes)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  its last Python census, {} before: {} objects; largest types: {}",
+                duration((k.killed_unix - c.taken_unix).max(0.0)),
+                c.objects,
+                types.join(", ")
+            );
+        }
     }
     out
 }

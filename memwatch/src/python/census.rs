@@ -116,7 +116,7 @@ pub struct Generation {
     pub threshold: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct GcStats {
     pub enabled: bool,
     pub generations: Vec<Generation>,

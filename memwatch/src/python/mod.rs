@@ -11,6 +11,7 @@
 pub mod arenas;
 pub mod census;
 pub mod code;
+pub mod latest;
 pub mod linetable;
 
 use std::path::Path;
