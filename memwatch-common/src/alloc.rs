@@ -146,7 +146,12 @@ pub struct StackTotalsSlot {
 
 /// The cache slot of a (process generation, stack).
 pub const fn stack_totals_slot(key: &StackTotalKey) -> u32 {
-    let h = key.stack_id ^ ((key.tgid as u64) << 32 | key.generation as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    stack_totals_slot_of(key.tgid, key.generation, key.stack_id)
+}
+
+/// [`stack_totals_slot`] from the key's parts (no key on the stack).
+pub const fn stack_totals_slot_of(tgid: u32, generation: u32, stack_id: u64) -> u32 {
+    let h = stack_id ^ ((tgid as u64) << 32 | generation as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (h ^ (h >> 29)) as u32 & (STACK_TOTALS_CACHE_SLOTS - 1)
 }
 

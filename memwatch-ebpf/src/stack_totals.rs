@@ -2,11 +2,13 @@
 //! generation, stack) totals. A per-CPU cache slot takes the adds (no hash
 //! lookup, no atomic: ~60 ns a pair less than the map); a slot wanted by
 //! another stack first hands its totals to the shared `STACK_TOTALS` map.
-//! The daemon reads both.
+//! The daemon reads both. Keys and values are used where they lie in the
+//! slot, never copied to the stack: alloc_exit's chain of calls may use 512
+//! bytes of stack in all, and Debian 12's 6.1 counts every one.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use memwatch_common::{
-    alloc::{CallEntry, StackTotalKey, StackTotals, stack_totals_slot},
+    alloc::{CallEntry, StackTotalsSlot, stack_totals_slot_of},
     drop::Drop,
 };
 
@@ -14,63 +16,53 @@ use crate::maps::{EEXIST, Proc, STACK_TOTALS, STACK_TOTALS_CACHE, add, add_share
 
 #[inline(always)]
 pub fn count(p: &Proc, stack_id: u64, size: u64, entry: &CallEntry) {
-    let key = StackTotalKey {
-        tgid: p.tgid,
-        generation: p.generation,
-        stack_id,
-    };
-    let Some(slot) = STACK_TOTALS_CACHE.get_ptr_mut(stack_totals_slot(&key)) else {
-        return flush(&key, 1, size, entry.kind, entry.family);
+    let Some(slot) = STACK_TOTALS_CACHE.get_ptr_mut(stack_totals_slot_of(p.tgid, p.generation, stack_id)) else {
+        return count_drop(Drop::StackTotalsFull);
     };
     // SAFETY: this CPU's slot; `add` is atomic where programs can preempt
     // each other (PREEMPT_RT), as for the counters.
     unsafe {
-        if (*slot).totals.allocations != 0 && (*slot).key == key {
+        let k = &raw mut (*slot).key;
+        if (*slot).totals.allocations != 0
+            && (*k).stack_id == stack_id
+            && (*k).tgid == p.tgid
+            && (*k).generation == p.generation
+        {
             add(&raw mut (*slot).totals.allocations, 1);
             add(&raw mut (*slot).totals.bytes, size);
             return;
         }
-        let old = *slot;
-        (*slot).key = key;
-        (*slot).totals = StackTotals {
-            allocations: 1,
-            bytes: size,
-            kind: entry.kind,
-            family: entry.family,
-            _pad: [0; 6],
-        };
-        if old.totals.allocations != 0 {
-            flush(
-                &old.key,
-                old.totals.allocations,
-                old.totals.bytes,
-                old.totals.kind,
-                old.totals.family,
-            );
+        if (*slot).totals.allocations != 0 {
+            flush(slot);
         }
+        (*k).tgid = p.tgid;
+        (*k).generation = p.generation;
+        (*k).stack_id = stack_id;
+        (*slot).totals.allocations = 1;
+        (*slot).totals.bytes = size;
+        (*slot).totals.kind = entry.kind;
+        (*slot).totals.family = entry.family;
     }
 }
 
-/// Adds totals to the shared map, creating the stack's entry.
+/// Adds a slot's totals to the shared map, creating the stack's entry.
+///
+/// # Safety
+/// `slot` points to a cache slot of this CPU.
 #[inline(always)]
-fn flush(key: &StackTotalKey, allocations: u64, bytes: u64, kind: u8, family: u8) {
+unsafe fn flush(slot: *mut StackTotalsSlot) {
+    // SAFETY: as the caller promises; map memory serves as key and value.
+    let (key, totals) = unsafe { (&(*slot).key, &(*slot).totals) };
     for _ in 0..2 {
         if let Some(t) = STACK_TOTALS.get_ptr_mut(key) {
             // SAFETY: a map value other CPUs add to too.
             unsafe {
-                add_shared(&raw mut (*t).allocations, allocations);
-                add_shared(&raw mut (*t).bytes, bytes);
+                add_shared(&raw mut (*t).allocations, totals.allocations);
+                add_shared(&raw mut (*t).bytes, totals.bytes);
             }
             return;
         }
-        let first = StackTotals {
-            allocations,
-            bytes,
-            kind,
-            family,
-            _pad: [0; 6],
-        };
-        match STACK_TOTALS.insert(key, first, BPF_NOEXIST as u64) {
+        match STACK_TOTALS.insert(key, totals, BPF_NOEXIST as u64) {
             Ok(()) => return,
             // Another CPU made it first: add to theirs.
             Err(EEXIST) => continue,
