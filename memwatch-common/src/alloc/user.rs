@@ -36,7 +36,13 @@ mod tests {
         fn malloc(size: usize) -> *mut u8;
         fn free(p: *mut u8);
         fn malloc_usable_size(p: *mut u8) -> usize;
+        fn mallopt(param: i32, value: i32) -> i32;
     }
+
+    /// glibc's M_MMAP_THRESHOLD: setting it stops glibc from raising the
+    /// threshold after a mapped block is freed (other tests in this binary
+    /// free some), which would serve 200 KB from the heap.
+    const M_MMAP_THRESHOLD: i32 = -3;
 
     #[test]
     fn stacks_spread_over_the_cache_slots() {
@@ -58,6 +64,8 @@ mod tests {
     /// and the usable size a request gets, both as malloc_usable_size says.
     #[test]
     fn glibcs_sizes_are_read_and_predicted_as_glibc_gives_them() {
+        // SAFETY: a glibc tunable, set before the blocks below.
+        unsafe { mallopt(M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD as i32) };
         for size in [1u64, 8, 24, 25, 40, 1000, 1016, 1017, 4096, 100_000, 200_000, 1 << 20] {
             // SAFETY: a block of `size` bytes, its header read before it is freed.
             unsafe {
