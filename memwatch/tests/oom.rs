@@ -69,14 +69,20 @@ impl Oomer {
     /// `pause`: microseconds between blocks.
     fn start(cgroup: &MemoryCgroup, name: &str, pause: u32) -> Oomer {
         let bin = binary_as(&fixture_binary("oomer"), name);
+        Oomer::start_program(cgroup, &bin.to_string_lossy(), &[&pause.to_string()])
+    }
+
+    /// `program args` started inside `cgroup` (it enters before exec'ing),
+    /// once it says "ready PID".
+    fn start_program(cgroup: &MemoryCgroup, program: &str, args: &[&str]) -> Oomer {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$1\"",
+                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
                 cgroup.0.display()
             ))
-            .arg(&bin)
-            .arg(pause.to_string())
+            .arg(program)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -271,28 +277,15 @@ fn a_python_victim_keeps_its_last_census() {
         sys.stdin.readline()\n\
         kept = []\n\
         while True:\n    kept.append(Chunk())\n    time.sleep(0.03)\n";
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec /usr/bin/python3.11 -c \"$0\"",
-            cgroup.0.display()
-        ))
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let pid: u32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let mut fx = Oomer::start_program(&cgroup, "/usr/bin/python3.11", &["-c", script]);
+    let pid = fx.pid;
     let d = Daemon::start(
         &format!("{CONFIG}[python]\ncensus_interval_seconds = 1\n"),
         &["--pid", &pid.to_string()],
     );
     d.wait_tracked(pid);
-    writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
-    let status = child.wait().unwrap();
+    writeln!(fx.child.stdin.as_mut().unwrap(), "go").unwrap();
+    let status = fx.child.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     let k = victim(&d, pid);
     assert_named(&k, &cgroup);
