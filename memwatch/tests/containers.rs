@@ -203,14 +203,9 @@ fn tracks_exactly(fx: &mut Fixture, exe: &str, libc: &str) -> serde_json::Value 
     d.wait_for_fresh_scan();
     assert_eq!(counts.leaked_allocations, LEAKS_PER_KIND * 4);
 
-    let probes = d.json("/probes");
-    let malloc = probes["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["function"] == "malloc")
-        .unwrap_or_else(|| panic!("malloc is probed: {probes:#}"));
+    let malloc = probe_site(&d, "malloc");
     assert_eq!(malloc["module"], libc, "{malloc}");
+    let probes = d.json("/probes");
     // /probes names the process where it runs, as /leaks does.
     let unwound = probes["unwind"]
         .as_array()

@@ -542,6 +542,16 @@ fn stack_of<'a>(process: &'a serde_json::Value, function: &str) -> &'a serde_jso
         .unwrap_or_else(|| panic!("no stack through {function}: {process:#}"))
 }
 
+/// The /leaks entry of `pid`.
+fn process_in(report: &serde_json::Value, pid: u32) -> &serde_json::Value {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("{pid} in {report:#}"))
+}
+
 /// rates.c's leaker and its `mode` tracked together by pid, both past their
 /// warm-up, with readings older than a 5 s window.
 fn rates_beside_a_leak(mode: &str) -> (Fixture, Fixture, Daemon) {
@@ -568,15 +578,7 @@ fn growth_since_a_moment_is_the_leakers_rate_and_nothing_for_a_plateau() {
     require_root();
     let (leaker, plateau, d) = rates_beside_a_leak("plateau");
     let report = d.json("/leaks?since=5&limit=50");
-    let process = |pid: u32| {
-        report["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"] == pid)
-            .unwrap_or_else(|| panic!("{pid} in {report:#}"))
-    };
-    let (lp, pp) = (process(leaker.pid), process(plateau.pid));
+    let (lp, pp) = (process_in(&report, leaker.pid), process_in(&report, plateau.pid));
     // The leaker grew by its rate over the window actually covered.
     let window = lp["growth"]["window_seconds"].as_f64().unwrap();
     assert!((5.0..=7.6).contains(&window), "{:#}", lp["growth"]);
@@ -629,16 +631,7 @@ fn a_warm_cache_tracked_mid_life_does_not_grow_and_a_leak_beside_it_does() {
     require_root();
     let (leaker, cache, d) = rates_beside_a_leak("cache");
     let report = d.json("/leaks?since=5&limit=50");
-    let process = |pid: u32| {
-        report["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"] == pid)
-            .cloned()
-            .unwrap_or_else(|| panic!("{pid} in {report:#}"))
-    };
-    let (lp, cp) = (process(leaker.pid), process(cache.pid));
+    let (lp, cp) = (process_in(&report, leaker.pid), process_in(&report, cache.pid));
     eprintln!("{}", d.get("/leaks?since=5&limit=2&format=text").1);
     let g = &cp["growth"];
     let window = g["window_seconds"].as_f64().unwrap();
@@ -657,10 +650,10 @@ fn a_warm_cache_tracked_mid_life_does_not_grow_and_a_leak_beside_it_does() {
         let n = s["net_growth_bytes"].as_i64().unwrap();
         assert!(n as f64 <= 1000.0 * window, "a cache stack reported growing: {s:#}");
     }
-    assert!(stack_of(&cp, "refill")["replacing_bytes"].as_u64() > Some(0), "{cp:#}");
+    assert!(stack_of(cp, "refill")["replacing_bytes"].as_u64() > Some(0), "{cp:#}");
     // The leak beside it: its rate times the window, within 5 %.
     let lw = lp["growth"]["window_seconds"].as_f64().unwrap();
-    let leak = stack_of(&lp, "steady_leak");
+    let leak = stack_of(lp, "steady_leak");
     let expected = 20_000.0 * lw;
     let got = leak["net_growth_bytes"].as_i64().unwrap() as f64;
     assert!(
@@ -670,13 +663,7 @@ fn a_warm_cache_tracked_mid_life_does_not_grow_and_a_leak_beside_it_does() {
     assert_eq!(leak["replacing_bytes"], 0);
     // The leaker is listed first: processes rank by net growth.
     assert_eq!(report["processes"][0]["pid"], leaker.pid);
-    let probes = d.json("/probes");
-    let free = probes["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["function"] == "free")
-        .unwrap();
+    let free = probe_site(&d, "free");
     assert_eq!(
         free["untracked_free_sizes"], "read from glibc's chunk header",
         "{free:#}"

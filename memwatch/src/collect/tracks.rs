@@ -237,7 +237,7 @@ impl Collector {
             .collect();
         // Validated by the config or the request.
         let globs: Vec<ExeGlob> = patterns.iter().filter_map(|g| ExeGlob::new(g).ok()).collect();
-        self.table.set_globs(globs);
+        self.table.set_globs(globs.clone());
         if let Err(e) = self.kernel.set_report_all_execs(self.table.has_globs()) {
             tracing::warn!(error = %e, "cannot tell the kernel side to report execs");
         }
@@ -253,9 +253,7 @@ impl Collector {
         let mut unwanted = Vec::new();
         let mut reselect = Vec::new();
         for p in self.table.iter() {
-            let by_glob = patterns
-                .iter()
-                .find(|g| ExeGlob::new(g).is_ok_and(|g| g.matches(&p.exe)));
+            let by_glob = globs.iter().find(|g| g.matches(&p.exe)).map(|g| &g.pattern);
             match (&p.selection, pids.contains(&p.pid), by_glob) {
                 (Selection::Pid, true, _) => {}
                 // Asked for by pid: kept whatever ends the escalation or glob.

@@ -341,15 +341,15 @@ impl ProcessTable {
 
     /// The globs in force, replacing those before. A process a glob
     /// selected that no glob matches any more is left tracked: the caller
-    /// decides (see [`Self::unwanted`]).
+    /// decides. New processes waiting for their allocator stay pending
+    /// while their glob is in force.
     pub fn set_globs(&mut self, globs: Vec<ExeGlob>) {
+        self.pending.retain(|p| {
+            p.pattern
+                .as_ref()
+                .is_none_or(|pat| globs.iter().any(|g| &g.pattern == pat))
+        });
         self.globs = globs;
-        self.pending.retain(|p| p.pattern.is_none());
-    }
-
-    /// Whether a glob in force matches `exe`.
-    pub fn glob_matches(&self, exe: &std::path::Path) -> bool {
-        self.globs.iter().any(|g| g.matches(exe))
     }
 
     /// Keeps the globs from tracking `pid` again while it runs (it was

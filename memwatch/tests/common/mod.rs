@@ -495,6 +495,18 @@ impl Drop for Daemon {
     }
 }
 
+/// The /probes site of allocator `function` (the first, if several).
+pub fn probe_site(d: &Daemon, function: &str) -> serde_json::Value {
+    let probes = d.json("/probes");
+    probes["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["function"] == function)
+        .cloned()
+        .unwrap_or_else(|| panic!("{function} is probed: {probes:#}"))
+}
+
 /// All stacks of a /leaks process entry whose innermost frame is `function`.
 pub fn stacks_at<'a>(process: &'a serde_json::Value, function: &str) -> Vec<&'a serde_json::Value> {
     process["stacks"]
