@@ -340,6 +340,11 @@ fn sighup_applies_a_new_selection_without_detaching_and_refuses_a_broken_config(
     d.wait_for("a to be untracked", Duration::from_secs(10), || {
         tracked(&d, a.pid).is_none()
     });
+    // The outcome is recorded once the collector has answered, which may
+    // come after the scan that shows the change.
+    d.wait_for("the reload's outcome", Duration::from_secs(10), || {
+        last_reload(&d)["applied"] == true
+    });
     assert!(tracked(&d, b.pid).is_some());
     let reload = last_reload(&d);
     assert!(
