@@ -180,6 +180,10 @@ pub struct LeaksArgs {
     /// Stacks per process.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Python stacks: `python` folds each run of the interpreter's own C
+    /// frames into one line (C extensions' frames stay); `all` shows them.
+    #[arg(long, value_name = "python|all", value_parser = ["python", "all"])]
+    pub frames: Option<String>,
     /// Write a flame graph (SVG) of the live heap to FILE.
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,

@@ -68,7 +68,8 @@ fn python_lines_lead_the_stacks(python: &str, required: bool) {
     let line = fx.ask("go");
     let counts: serde_json::Value = serde_json::from_str(&line).unwrap();
     d.wait_for_fresh_scan();
-    let leaks = d.json(&format!("/leaks?pid={}&limit=100", fx.pid));
+    // Every frame: this checks the walk, not how reports fold it.
+    let leaks = d.json(&format!("/leaks?pid={}&limit=100&frames=all", fx.pid));
     let p = leaks["processes"]
         .as_array()
         .unwrap()

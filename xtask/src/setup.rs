@@ -14,7 +14,8 @@ const LINKER_BUILD_PACKAGES: &[&str] = &["libzstd-dev", "zlib1g-dev"];
 /// and a Prometheus server, `go tool pprof`, curl and openssl for TLS — and
 /// real programs memwatch is tried on: Debian's redis-server (built without
 /// frame pointers) and its python3.11 (static, PGO+LTO) — and valgrind,
-/// whose memcheck `memwatch check` is held to.
+/// whose memcheck `memwatch check` is held to — and headless Chromium, in
+/// which the web page's tests load, click and screenshot it.
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
@@ -27,6 +28,7 @@ const TEST_PACKAGES: &[&str] = &[
     "curl",
     "openssl",
     "valgrind",
+    "chromium",
 ];
 
 fn succeeds(cmd: &mut Command) -> bool {

@@ -65,6 +65,9 @@ fn query(r: &LeaksArgs) -> String {
     if let Some(l) = r.limit {
         q.push(format!("limit={l}"));
     }
+    if let Some(f) = &r.frames {
+        q.push(format!("frames={f}"));
+    }
     q.join("&")
 }
 
@@ -317,6 +320,12 @@ mod tests {
             panic!("leaks")
         };
         assert_eq!(query(&r), "since=60");
+        let cli = crate::cli::Cli::try_parse_from(["memwatch", "leaks", "--frames", "all"]).unwrap();
+        let crate::cli::Command::Leaks(r) = cli.command else {
+            panic!("leaks")
+        };
+        assert_eq!(query(&r), "frames=all");
+        assert!(crate::cli::Cli::try_parse_from(["memwatch", "leaks", "--frames", "some"]).is_err());
     }
 
     #[test]

@@ -42,6 +42,11 @@ impl Reading {
         }
     }
 
+    /// Live bytes then, over all stacks.
+    pub fn live_bytes(&self) -> u64 {
+        self.stacks.values().map(|&(bytes, _)| bytes).sum()
+    }
+
     /// How much `s` grew since this reading: bytes, allocations.
     pub fn change(&self, s: &StackAggregate) -> (i64, i64) {
         let (bytes, count) = self.stacks.get(&key(s)).copied().unwrap_or((0, 0));

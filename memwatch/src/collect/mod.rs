@@ -637,6 +637,10 @@ impl Collector {
             escalations_running: watching::running(&w),
             escalation_outcomes: w.counts.escalation_outcomes,
             sample_seconds: w.counts.sample_seconds,
+            processes: {
+                let offset = crate::process::unix_now() - crate::clock::monotonic_ns() as f64 / 1e9;
+                w.iter().map(|p| snapshot::HostProcess::of(p, offset)).collect()
+            },
         }
     }
 

@@ -218,6 +218,48 @@ pub struct WatchSnapshot {
     /// Ended escalations by [`crate::watch::escalation::Outcome`].
     pub escalation_outcomes: [u64; 4],
     pub sample_seconds: f64,
+    /// Every process as last sampled (the host view, `/processes`).
+    pub processes: Vec<HostProcess>,
+}
+
+/// A process as host-wide sampling last saw it, with its recent heap.
+#[derive(Debug, Clone)]
+pub struct HostProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: String,
+    pub place: crate::process::cgroup::Placement,
+    pub nspid: Option<u32>,
+    pub memory: Memory,
+    pub verdict: Verdict,
+    pub rate: f64,
+    pub alert: Alert,
+    /// Listed as a suspect (an alert, an escalation or its evidence).
+    pub suspect: bool,
+    /// Its heap at the samples kept, oldest first: (Unix seconds, bytes).
+    pub heap_history: Vec<(f64, u64)>,
+}
+
+impl HostProcess {
+    /// `w` as sampled; `unix_offset` turns the samples' monotonic seconds
+    /// into Unix seconds.
+    pub fn of(w: &Watched, unix_offset: f64) -> Self {
+        HostProcess {
+            pid: w.pid,
+            comm: w.comm.clone(),
+            exe: w.exe.display().to_string(),
+            cmdline: w.cmdline.clone(),
+            place: w.cgroup.clone(),
+            nspid: w.nspid,
+            memory: w.memory,
+            verdict: w.estimate.verdict,
+            rate: w.estimate.rate,
+            alert: w.alert,
+            suspect: SuspectSnapshot::listed(w),
+            heap_history: w.curve().into_iter().map(|(t, b)| (t + unix_offset, b)).collect(),
+        }
+    }
 }
 
 /// A process the detector flagged, now or recently, with its evidence.

@@ -195,6 +195,16 @@ pub async fn untrack(State(s): State<AppState>, bytes: Bytes) -> Response {
     ask(&s, control::Request::Untrack(t)).await
 }
 
+/// `GET /control`: whether this connection may steer (the page shows its
+/// track buttons only then), and why not.
+pub async fn door(State(s): State<AppState>) -> Response {
+    let why_not = closed(&s).map(|_| match &s.door {
+        Door::Closed(why) => why.to_string(),
+        Door::Open => "this daemon takes no control requests".to_string(),
+    });
+    json(&serde_json::json!({ "may_control": why_not.is_none(), "why_not": why_not }))
+}
+
 /// `GET /control/tracks`: the selections in force, as of the last scan.
 pub async fn tracks(State(s): State<AppState>) -> Response {
     json(&s.snapshot.get().tracks)

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod control;
+pub mod page;
 pub mod tls;
 pub mod web_config;
 
@@ -83,6 +84,11 @@ impl Web {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(page::index))
+        .route("/page/app.js", get(page::script))
+        .route("/page/app.css", get(page::style))
+        .route("/processes", get(processes))
+        .route("/control", get(control::door))
         .route("/metrics", get(metrics))
         .route("/leaks", get(leaks))
         .route("/leaks/collapsed", get(collapsed))
@@ -174,6 +180,25 @@ async fn objects(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: He
         text(StatusCode::OK, objects::render_text(&report))
     } else {
         json(&report)
+    }
+}
+
+/// Every process on the host as sampling last saw it (`leaks::host`).
+async fn processes(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let q = match leaks::host::parse(raw.as_deref()) {
+        Ok(q) => q,
+        Err(message) => return text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+    };
+    let snapshot = s.snapshot.get();
+    if !snapshot.ready {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "memwatch is starting: no scan has completed yet\n".into(),
+        );
+    }
+    match leaks::host::build(&snapshot, &q) {
+        Ok(r) => json(&r),
+        Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
     }
 }
 
@@ -320,8 +345,12 @@ fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Picture, (StatusCod
     let min_age = q.min_age.as_nanos() as u64;
     let cutoff = (min_age > 0).then(|| monotonic_ns().saturating_sub(min_age));
     let since = q.since.map(|d| d.as_nanos().min(u64::MAX as u128) as u64);
+    let mut stacks = crate::export::heap_stacks(&snapshot, q.pid, cutoff, since, q.at_peak);
+    for s in &mut stacks {
+        q.frames.apply(&mut s.frames);
+    }
     Ok(Picture {
-        stacks: crate::export::heap_stacks(&snapshot, q.pid, cutoff, since, q.at_peak),
+        stacks,
         growth: since.is_some(),
         allocated: q.by_allocated,
     })
@@ -400,7 +429,9 @@ async fn healthz(State(s): State<AppState>) -> Response {
 async fn not_found() -> Response {
     text(
         StatusCode::NOT_FOUND,
-        "no such endpoint; memwatch serves /leaks, /objects, /probes, /status, /metrics and /healthz\n".into(),
+        "no such endpoint; memwatch serves its page at /, and /processes, /leaks, /objects, /oom, /probes, \
+         /control, /status, /metrics and /healthz\n"
+            .into(),
     )
 }
 
@@ -526,6 +557,87 @@ mod tests {
         let (status, _, body) = get(r, "/healthz", None).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.starts_with("stale"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_page_is_served_small_and_under_a_strict_policy() {
+        let resp = app(fake_snapshot())
+            .oneshot(axum::http::Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let policy = resp.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            policy.contains("script-src 'self'") && policy.contains("connect-src 'self'"),
+            "{policy}"
+        );
+        let (_, ctype, body) = get(app(fake_snapshot()), "/", None).await;
+        assert_eq!(ctype, "text/html; charset=utf-8");
+        assert!(
+            body.contains("/page/app.js") && body.contains("/page/app.css"),
+            "{body}"
+        );
+        let (status, ctype, _) = get(app(fake_snapshot()), "/page/app.js", None).await;
+        assert_eq!(
+            (status, ctype.as_str()),
+            (StatusCode::OK, "text/javascript; charset=utf-8")
+        );
+        let (status, ctype, _) = get(app(fake_snapshot()), "/page/app.css", None).await;
+        assert_eq!((status, ctype.as_str()), (StatusCode::OK, "text/css; charset=utf-8"));
+        // HTML, CSS and script together; no framework, no fonts.
+        assert!(page::size() < 48 * 1024, "{} bytes", page::size());
+    }
+
+    /// Everything the page shows comes from the JSON API: every path its
+    /// script fetches is a route, answered with JSON.
+    #[tokio::test]
+    async fn the_page_fetches_only_the_documented_api() {
+        let script = include_str!("page/app.js");
+        let mut paths: Vec<&str> = script
+            .match_indices("api(")
+            .filter_map(|(i, _)| {
+                let rest = script[i + 4..].strip_prefix(['"', '`'])?;
+                let end = rest.find(['"', '`', '?', '$']).unwrap_or(rest.len());
+                Some(&rest[..end])
+            })
+            .filter(|p| p.starts_with('/') && *p != "/control/")
+            .collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths, ["/control", "/leaks", "/objects", "/processes", "/status"]);
+        for path in paths {
+            let (status, ctype, body) = get(app(fake_snapshot()), path, None).await;
+            assert!(!body.starts_with("no such endpoint"), "{path}");
+            if status == StatusCode::OK {
+                assert_eq!(ctype, "application/json", "{path}");
+            }
+        }
+        assert!(script.contains("`/control/${what}`"));
+    }
+
+    #[tokio::test]
+    async fn processes_lists_the_host_and_control_says_who_may_steer() {
+        let (status, ctype, body) = get(app(fake_snapshot()), "/processes", None).await;
+        assert_eq!((status, ctype.as_str()), (StatusCode::OK, "application/json"));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        // Sampling is off in the fake: its tracked processes, no figures.
+        assert_eq!(v["watching"], false);
+        assert_eq!(v["processes"].as_array().unwrap().len(), 2);
+        assert_eq!(v["processes"][0]["tracked"], true);
+        let (status, _, body) = get(app(fake_snapshot()), "/processes?pid=999", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, _, body) = get(app(fake_snapshot()), "/processes?sort=x", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("expected pid, filter or limit"), "{body}");
+        let (_, _, body) = get(app(fake_snapshot()), "/control", None).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["may_control"], false);
+        assert!(v["why_not"].as_str().unwrap().contains("basic auth"), "{v}");
+        let (status, _, body) = get(app(fake_snapshot()), "/leaks?frames=some", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("python or all"), "{body}");
+        let (status, _, _) = get(app(fake_snapshot()), "/leaks/collapsed?frames=all", None).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     async fn post(app: Router, uri: &str, body: &str) -> (StatusCode, String) {

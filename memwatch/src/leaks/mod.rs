@@ -1,6 +1,8 @@
 //! The `/leaks` report: tracked processes and their live allocations grouped
 //! by stack, largest first. Built from a [`Snapshot`] by pure functions.
 
+pub mod frames;
+pub mod host;
 pub mod oom;
 pub mod query;
 pub mod text;
@@ -118,6 +120,10 @@ pub struct ProcessReport {
     /// `live_bytes` and `live_allocations` are those of the scan nearest it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak: Option<PeakReport>,
+    /// Tracked live bytes at the scans kept for `?since=` (thinning with
+    /// age, up to an hour), then now: [Unix seconds, bytes], oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub live_history: Vec<(f64, u64)>,
     /// When and why its tracking ended (in `ended` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<TrackingEnded>,
@@ -193,6 +199,7 @@ fn ended_report(e: &EndedProcess, limit: usize) -> ProcessReport {
         python: None,
         growth: None,
         peak: None,
+        live_history: Vec::new(),
         ended: Some(TrackingEnded {
             at_unix: e.ended_unix,
             why: e.why.clone(),
@@ -396,6 +403,12 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
                 python: p.python.clone(),
                 growth,
                 peak: p.peak.as_ref().map(peak_report),
+                live_history: p
+                    .history
+                    .iter()
+                    .map(|r| (r.taken_unix, r.live_bytes()))
+                    .chain([(snapshot.taken_at_unix, p.allocations.iter().map(|a| a.size).sum())])
+                    .collect(),
                 ended: None,
             }
         })
@@ -426,7 +439,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
                 .total_cmp(&a.growth.rate_bytes_per_second),
         )
     });
-    Ok(LeaksReport {
+    let mut report = LeaksReport {
         snapshot_unix: snapshot.taken_at_unix,
         snapshot_age_seconds: (now_unix - snapshot.taken_at_unix).max(0.0),
         min_age_seconds: q.min_age.as_secs_f64(),
@@ -440,7 +453,27 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
             .filter(|e| q.pid.is_none_or(|pid| pid == e.pid))
             .map(|e| ended_report(e, q.limit))
             .collect(),
-    })
+    };
+    report.show_frames(q.frames);
+    Ok(report)
+}
+
+impl LeaksReport {
+    /// Folds interpreter frames in every stack, or leaves them (`?frames=`).
+    fn show_frames(&mut self, frames: frames::Frames) {
+        let stacks = self
+            .processes
+            .iter_mut()
+            .chain(&mut self.ended)
+            .flat_map(|p| &mut p.stacks)
+            .chain(self.suspects.iter_mut().flat_map(|s| &mut s.stacks));
+        for s in stacks {
+            frames.apply(&mut s.frames);
+        }
+        for g in self.suspects.iter_mut().flat_map(|s| &mut s.growth_stacks) {
+            frames.apply(&mut g.frames);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -594,6 +627,7 @@ pub(crate) mod tests {
             format: Format::Json,
             at_peak: false,
             by_allocated: false,
+            frames: Default::default(),
         }
     }
 

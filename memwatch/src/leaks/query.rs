@@ -1,5 +1,5 @@
 //! The `/leaks` query string:
-//! `?pid=N&min_age=SECONDS&since=SECONDS&limit=N&format=json|text`.
+//! `?pid=N&min_age=SECONDS&since=SECONDS&at=peak&sort=allocated&limit=N&frames=python|all&format=json|text`.
 
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub struct LeaksQuery {
     /// Stacks ranked by what they allocated since tracking began (freed or
     /// not) instead of what they hold: the allocation profile.
     pub by_allocated: bool,
+    /// Whether Python stacks show the interpreter's own frames.
+    pub frames: super::frames::Frames,
 }
 
 /// Whether an Accept header asks for plain text (as curl users do).
@@ -43,6 +45,7 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
         format: if wants_text { Format::Text } else { Format::Json },
         at_peak: false,
         by_allocated: false,
+        frames: Default::default(),
     };
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -92,6 +95,7 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
                     _ => return Err(format!("invalid sort {value:?}: expected live or allocated")),
                 }
             }
+            "frames" => q.frames = super::frames::Frames::parse(value)?,
             "format" => {
                 q.format = match value {
                     "json" => Format::Json,
@@ -101,7 +105,7 @@ pub fn parse(raw: Option<&str>, accept: Option<&str>, default_limit: usize) -> R
             }
             _ => {
                 return Err(format!(
-                    "unknown parameter {key:?}: expected pid, min_age, since, at, sort, limit or format"
+                    "unknown parameter {key:?}: expected pid, min_age, since, at, sort, limit, frames or format"
                 ));
             }
         }
@@ -137,6 +141,7 @@ mod tests {
                 format: Format::Json,
                 at_peak: false,
                 by_allocated: false,
+                frames: Default::default(),
             }
         );
         let q = parse(Some("sort=allocated&pid=4"), None, 20).unwrap();

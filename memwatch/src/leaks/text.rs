@@ -352,6 +352,7 @@ mod tests {
             format: Format::Text,
             at_peak: false,
             by_allocated: false,
+            frames: Default::default(),
         };
         let text = render(&build(&fake_snapshot(), &q, 100_000_000_000, 5001.0).unwrap());
         assert!(

@@ -16,6 +16,8 @@ use serde::Serialize;
 pub enum FrameKind {
     Native,
     Python,
+    /// A run of the Python interpreter's own C frames, folded (`?frames=python`).
+    Folded,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

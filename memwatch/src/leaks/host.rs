@@ -1,0 +1,277 @@
+//! `/processes`: every process on the host as sampling last saw it, firing
+//! alerts and suspects first, then by heap; the page's host view.
+//! `?filter=TEXT` keeps those whose pid, name, command line, unit or
+//! container contains TEXT; `?limit=N` (100); `?pid=N` one process.
+
+use serde::Serialize;
+
+use crate::{
+    collect::snapshot::{HostProcess, Snapshot},
+    watch::{alert::Alert, estimator::Verdict},
+};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostQuery {
+    pub pid: Option<u32>,
+    pub filter: Option<String>,
+    pub limit: usize,
+}
+
+/// Parses the query string (percent-encoded, as a form sends it).
+pub fn parse(raw: Option<&str>) -> Result<HostQuery, String> {
+    let mut q = HostQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match &*key {
+            "pid" => {
+                q.pid = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|&p: &u32| p > 0)
+                        .ok_or_else(|| format!("invalid pid {value:?}: expected a process id"))?,
+                )
+            }
+            "filter" => q.filter = Some(value.trim().to_lowercase()).filter(|f| !f.is_empty()),
+            "limit" => {
+                q.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|&l: &usize| (1..=100_000).contains(&l))
+                    .ok_or_else(|| format!("invalid limit {value:?}: expected 1 to 100000 processes"))?
+            }
+            _ => return Err(format!("unknown parameter {key:?}: expected pid, filter or limit")),
+        }
+    }
+    Ok(q)
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostReport {
+    /// Whether host-wide sampling runs (without it only tracked processes
+    /// are listed, with no memory figures).
+    pub watching: bool,
+    pub snapshot_unix: f64,
+    pub watched_processes: usize,
+    /// Processes the filter kept, before `limit`.
+    pub matched: usize,
+    pub processes: Vec<HostProcessReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostProcessReport {
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nspid: Option<u32>,
+    pub comm: String,
+    pub exe: String,
+    pub cmdline: String,
+    #[serde(flatten)]
+    pub place: crate::process::cgroup::Placement,
+    /// Anonymous memory, resident and swapped: what a leak grows.
+    pub heap_bytes: u64,
+    pub resident_bytes: u64,
+    pub verdict: Verdict,
+    pub rate_bytes_per_second: f64,
+    pub alert: Alert,
+    /// Listed under `suspects` in `/leaks`.
+    pub suspect: bool,
+    /// Tracked exactly: `/leaks?pid=` has its stacks.
+    pub tracked: bool,
+    /// Its heap at the samples kept (the detection window), oldest first:
+    /// [Unix seconds, bytes].
+    pub heap_history: Vec<(f64, u64)>,
+}
+
+impl HostProcessReport {
+    fn of(p: &HostProcess, tracked: bool) -> Self {
+        HostProcessReport {
+            pid: p.pid,
+            nspid: p.nspid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            cmdline: p.cmdline.clone(),
+            place: p.place.clone(),
+            heap_bytes: p.memory.heap(),
+            resident_bytes: p.memory.rss,
+            verdict: p.verdict,
+            rate_bytes_per_second: p.rate,
+            alert: p.alert,
+            suspect: p.suspect,
+            tracked,
+            heap_history: p.heap_history.clone(),
+        }
+    }
+
+    fn matches(&self, filter: &str) -> bool {
+        let place = [&self.place.unit, &self.place.container, &self.place.pod];
+        self.pid.to_string() == filter
+            || [&self.comm, &self.exe, &self.cmdline]
+                .into_iter()
+                .chain(place.into_iter().flatten())
+                .any(|s| s.to_lowercase().contains(filter))
+    }
+
+    fn rank(&self) -> u8 {
+        match self.alert {
+            Alert::Firing { .. } => 0,
+            Alert::Pending { .. } => 1,
+            _ if self.suspect => 2,
+            _ if self.tracked => 3,
+            _ => 4,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownProcess(pub u32);
+
+impl std::fmt::Display for UnknownProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "process {} is neither sampled nor tracked (exited, or never seen)",
+            self.0
+        )
+    }
+}
+
+pub fn build(snapshot: &Snapshot, q: &HostQuery) -> Result<HostReport, UnknownProcess> {
+    let tracked = |pid: u32| snapshot.processes.iter().any(|p| p.pid == pid);
+    let sampled = &snapshot.watch.processes;
+    let mut list: Vec<HostProcessReport> = sampled
+        .iter()
+        .map(|p| HostProcessReport::of(p, tracked(p.pid)))
+        .collect();
+    // Tracked processes sampling has not seen (it is off, or they are new).
+    for p in &snapshot.processes {
+        if !sampled.iter().any(|s| s.pid == p.pid) {
+            let mut r = HostProcessReport::of(
+                &HostProcess {
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    exe: p.exe.clone(),
+                    cmdline: p.cmdline.clone(),
+                    place: p.place.clone(),
+                    nspid: p.nspid,
+                    memory: Default::default(),
+                    verdict: Verdict::Flat,
+                    rate: 0.0,
+                    alert: Alert::Inactive,
+                    suspect: false,
+                    heap_history: Vec::new(),
+                },
+                true,
+            );
+            r.heap_bytes = 0;
+            list.push(r);
+        }
+    }
+    if let Some(pid) = q.pid {
+        list.retain(|p| p.pid == pid);
+        if list.is_empty() {
+            return Err(UnknownProcess(pid));
+        }
+    }
+    if let Some(f) = &q.filter {
+        list.retain(|p| p.matches(f));
+    }
+    list.sort_by(|a, b| {
+        a.rank()
+            .cmp(&b.rank())
+            .then(b.heap_bytes.cmp(&a.heap_bytes))
+            .then(a.pid.cmp(&b.pid))
+    });
+    let matched = list.len();
+    list.truncate(q.limit);
+    Ok(HostReport {
+        watching: snapshot.watch.enabled,
+        snapshot_unix: snapshot.taken_at_unix,
+        watched_processes: snapshot.watch.watched_processes,
+        matched,
+        processes: list,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::procmem::Memory;
+
+    fn host(pid: u32, comm: &str, heap: u64, alert: Alert) -> HostProcess {
+        HostProcess {
+            pid,
+            comm: comm.into(),
+            exe: format!("/usr/bin/{comm}"),
+            cmdline: format!("{comm} --serve"),
+            place: crate::process::cgroup::parse("0::/system.slice/web.service\n"),
+            nspid: None,
+            memory: Memory {
+                anon: heap,
+                rss: heap * 2,
+                ..Default::default()
+            },
+            verdict: Verdict::Flat,
+            rate: 0.0,
+            alert,
+            suspect: !matches!(alert, Alert::Inactive),
+            heap_history: vec![(100.0, heap / 2), (102.0, heap)],
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = crate::leaks::tests::fake_snapshot();
+        s.watch.enabled = true;
+        s.watch.watched_processes = 3;
+        s.watch.processes = vec![
+            host(1, "big", 900 << 20, Alert::Inactive),
+            host(42, "leaky", 10 << 20, Alert::Inactive),
+            host(
+                3,
+                "grows",
+                1 << 20,
+                Alert::Pending {
+                    since: 5.0,
+                    last_seen: 6.0,
+                },
+            ),
+        ];
+        s
+    }
+
+    #[test]
+    fn alerts_come_first_then_the_largest_heaps_and_tracked_ones_are_marked() {
+        let r = build(&snapshot(), &parse(None).unwrap()).unwrap();
+        let order: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
+        // 42 is tracked (and sampled); 7 is tracked but not sampled.
+        assert_eq!(order, [3, 42, 7, 1]);
+        assert!(r.processes[1].tracked && !r.processes[3].tracked);
+        assert_eq!(r.processes[0].heap_history, [(100.0, 512 << 10), (102.0, 1 << 20)]);
+        assert_eq!(r.processes[3].heap_bytes, 900 << 20);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["processes"][0]["alert"]["state"], "pending");
+        assert_eq!(json["processes"][0]["unit"], "web.service");
+    }
+
+    #[test]
+    fn filter_limit_and_pid() {
+        let s = snapshot();
+        let r = build(&s, &parse(Some("filter=WEB.serv&limit=2")).unwrap()).unwrap();
+        assert_eq!((r.matched, r.processes.len()), (3, 2));
+        // Percent-decoded, trimmed and case-blind, as a form sends it.
+        let r = build(&s, &parse(Some("filter=%20%42ig+")).unwrap()).unwrap();
+        assert_eq!(r.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), [1]);
+        let r = build(&s, &parse(Some("filter=3")).unwrap()).unwrap();
+        assert_eq!(r.processes[0].pid, 3);
+        assert_eq!(build(&s, &parse(Some("pid=1")).unwrap()).unwrap().processes.len(), 1);
+        assert_eq!(
+            build(&s, &parse(Some("pid=99")).unwrap()).unwrap_err(),
+            UnknownProcess(99)
+        );
+        for bad in ["pid=0", "limit=0", "nope=1", "pid=x"] {
+            assert!(parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}
