@@ -412,10 +412,14 @@ function processView(pid, v) {
       ? `matched ${bytes(matched)} (${(matched / Math.max(tree.value, 1) * 100).toFixed(1)}%)` : "";
   }
 
+  // The innermost frame with a source line, and who called it.
   function where(s) {
-    const f = s.frames.find(f => f.file && f.kind !== "folded") || s.frames[0];
+    const i = Math.max(s.frames.findIndex(f => f.file && f.kind !== "folded"), 0);
+    const f = s.frames[i];
     if (!f) return "(stack not captured)";
-    return f.file ? `${f.function || "??"}  ${basename(f.file)}:${f.line ?? "?"}` : f.function || "??";
+    const at = f.file ? `${f.function || "??"}  ${basename(f.file)}:${f.line ?? "?"}` : f.function || "??";
+    const caller = s.frames.slice(i + 1).find(f => f.kind !== "folded");
+    return caller ? `${at}  ← ${caller.function || "??"}` : at;
   }
 
   function stackTable(proc) {
