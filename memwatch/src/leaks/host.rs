@@ -80,8 +80,8 @@ pub struct HostProcessReport {
     pub suspect: bool,
     /// Tracked exactly: `/leaks?pid=` has its stacks.
     pub tracked: bool,
-    /// Its heap at the samples kept (the detection window), oldest first:
-    /// [Unix seconds, bytes].
+    /// Its heap at the samples kept (the detection windows' span), oldest
+    /// first: [Unix seconds, bytes]; thinned to 24 points in a listing.
     pub heap_history: Vec<(f64, u64)>,
 }
 
@@ -123,6 +123,18 @@ impl HostProcessReport {
             _ => 4,
         }
     }
+}
+
+/// Points per process in a listing (a sparkline's worth: 1,000 processes
+/// weigh about a megabyte); `?pid=` gets every sample kept.
+const SPARKLINE_POINTS: usize = 24;
+
+/// At most `n` of `points`, evenly spread, the first and last kept.
+fn thinned(points: &[(f64, u64)], n: usize) -> Vec<(f64, u64)> {
+    if points.len() <= n || n < 2 {
+        return points.to_vec();
+    }
+    (0..n).map(|i| points[i * (points.len() - 1) / (n - 1)]).collect()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -186,6 +198,11 @@ pub fn build(snapshot: &Snapshot, q: &HostQuery) -> Result<HostReport, UnknownPr
     });
     let matched = list.len();
     list.truncate(q.limit);
+    if q.pid.is_none() {
+        for p in &mut list {
+            p.heap_history = thinned(&p.heap_history, SPARKLINE_POINTS);
+        }
+    }
     Ok(HostReport {
         watching: snapshot.watch.enabled,
         snapshot_unix: snapshot.taken_at_unix,
@@ -253,6 +270,19 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["processes"][0]["alert"]["state"], "pending");
         assert_eq!(json["processes"][0]["unit"], "web.service");
+    }
+
+    #[test]
+    fn listings_thin_the_curves_and_one_process_gets_them_whole() {
+        let mut s = snapshot();
+        s.watch.processes[0].heap_history = (0..63).map(|i| (i as f64, i)).collect();
+        let r = build(&s, &parse(None).unwrap()).unwrap();
+        let curve = &r.processes.iter().find(|p| p.pid == 1).unwrap().heap_history;
+        assert_eq!(curve.len(), SPARKLINE_POINTS);
+        assert_eq!((curve[0], curve[23]), ((0.0, 0), (62.0, 62)));
+        assert!(curve.windows(2).all(|w| w[0].0 < w[1].0));
+        let r = build(&s, &parse(Some("pid=1")).unwrap()).unwrap();
+        assert_eq!(r.processes[0].heap_history.len(), 63);
     }
 
     #[test]
