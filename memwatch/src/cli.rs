@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+pub use crate::client::args::{ClientArgs, LeaksArgs, ObjectsArgs, OomArgs, StatusArgs};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
@@ -128,86 +129,6 @@ fn target(pid: Option<u32>, exe: Option<String>) -> crate::control::Target {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ObjectsArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// The Python process.
-    pub pid: u32,
-    /// Types shown.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Also show each type's growth since a census the daemon took this many seconds ago (or its oldest).
-    #[arg(long, value_name = "SECONDS")]
-    pub growth: Option<f64>,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct ClientArgs {
-    /// The daemon's address (default: `listen` from --config, or 127.0.0.1:9477).
-    #[arg(long)]
-    pub addr: Option<String>,
-    /// Read the daemon's address from this config file.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Print the JSON the daemon serves.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct LeaksArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// Only this process.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Only allocations at least this many seconds old.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "since")]
-    pub min_age: Option<f64>,
-    /// Each stack's growth over the last SECONDS, most grown first (the
-    /// flame graph and pprof profile show the growth only).
-    #[arg(long, value_name = "SECONDS")]
-    pub since: Option<f64>,
-    /// The stacks live at each process's peak (its high-water mark), not
-    /// now: the report, flame graph, pprof profile and collapsed stacks.
-    #[arg(long, conflicts_with_all = ["since", "min_age"])]
-    pub peak: bool,
-    /// Stacks by what they allocated since tracking began, freed or not
-    /// (with their temporary allocations): where allocator churn comes from.
-    /// The flame graph and collapsed stacks show allocations too.
-    #[arg(long, conflicts_with_all = ["since", "min_age", "peak"])]
-    pub allocated: bool,
-    /// Stacks per process.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Python stacks: `python` folds each run of the interpreter's own C
-    /// frames into one line (C extensions' frames stay); `all` shows them.
-    #[arg(long, value_name = "python|all", value_parser = ["python", "all"])]
-    pub frames: Option<String>,
-    /// Write a flame graph (SVG) of the live heap to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub flamegraph: Option<PathBuf>,
-    /// Write the live heap as a pprof profile (gzipped protobuf) to FILE.
-    #[arg(long, value_name = "FILE")]
-    pub pprof: Option<PathBuf>,
-    /// Print collapsed stacks (for flamegraph.pl, inferno, speedscope).
-    #[arg(long)]
-    pub collapsed: bool,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct OomArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct StatusArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Configuration file (TOML); see deploy/memwatch.toml for every key.
     #[arg(long, short)]
@@ -237,10 +158,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Leaks(a) => client_call(&a.client, |addr| crate::client::leaks(addr, &a)),
-        Command::Status(a) => client_call(&a.client, |addr| crate::client::status(addr, a.client.json)),
-        Command::Objects(a) => client_call(&a.client, |addr| crate::client::objects(addr, &a)),
-        Command::Oom(a) => client_call(&a.client, |addr| crate::client::oom(addr, a.client.json)),
+        Command::Leaks(a) => client_call(&a.client, |d| crate::client::leaks(d, &a)),
+        Command::Status(a) => client_call(&a.client, |d| crate::client::status(d, a.client.json)),
+        Command::Objects(a) => client_call(&a.client, |d| crate::client::objects(d, &a)),
+        Command::Oom(a) => client_call(&a.client, |d| crate::client::oom(d, a.client.json)),
         Command::Track(a) => socket_call(&a.socket, |s| {
             let for_seconds = a.duration.map(|d| d.as_secs_f64());
             crate::client::socket::track(s, target(a.pid, a.exe.clone()), for_seconds, a.socket.json)
@@ -284,8 +205,8 @@ fn check(args: CheckArgs) -> ExitCode {
     }
 }
 
-fn client_call(c: &ClientArgs, f: impl FnOnce(&str) -> anyhow::Result<()>) -> ExitCode {
-    let result = crate::client::address(c.addr.clone(), c.config.as_deref()).and_then(|addr| f(&addr));
+fn client_call(c: &ClientArgs, f: impl FnOnce(&crate::client::Daemon) -> anyhow::Result<()>) -> ExitCode {
+    let result = crate::client::connect(c).and_then(|d| f(&d));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -530,6 +530,87 @@ fn prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_gets_401() {
     // Plain HTTP on the TLS port gets nothing.
     assert_ne!(d.get("/healthz").0, 200);
 
+    // The CLI over HTTPS: the CA and the credentials given (the password
+    // never on the command line), or found in the daemon's own config.
+    let https = format!("https://localhost:{port}");
+    let ca = cert.to_str().unwrap();
+    let cli = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_memwatch"))
+            .args(args)
+            .env_remove("MEMWATCH_USER")
+            .env_remove("MEMWATCH_PASSWORD")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &err,
+        )
+    };
+    let creds = [("MEMWATCH_USER", "prometheus"), ("MEMWATCH_PASSWORD", "scrape-secret")];
+    let (ok, out) = cli(&["status", "--addr", &https, "--cacert", ca], &creds);
+    assert!(ok && out.contains(&https), "{out}");
+    let (ok, out) = cli(&["leaks", "--addr", &https, "--cacert", ca, "--json"], &creds);
+    assert!(ok && out.contains("\"processes\""), "{out}");
+    let (ok, out) = cli(&["status", "--addr", &https, "--cacert", ca], &[]);
+    assert!(
+        !ok && out.contains("asks for basic auth") && out.contains("MEMWATCH_PASSWORD"),
+        "{out}"
+    );
+    let (ok, out) = cli(
+        &["status", "--addr", &https, "--cacert", ca],
+        &[("MEMWATCH_USER", "prometheus"), ("MEMWATCH_PASSWORD", "guessed")],
+    );
+    assert!(!ok && out.contains("401"), "{out}");
+    // The daemon's certificate is checked: unknown to the public roots.
+    let (ok, out) = cli(&["status", "--addr", &https], &creds);
+    assert!(!ok && out.contains("cannot reach memwatch"), "{out}");
+    let password = dir.join("password");
+    std::fs::write(&password, "scrape-secret\n").unwrap();
+    let (ok, out) = cli(
+        &[
+            "status",
+            "--addr",
+            &https,
+            "--cacert",
+            ca,
+            "--user",
+            "prometheus",
+            "--password-file",
+        ],
+        &[],
+    );
+    assert!(!ok, "--password-file takes a file: {out}");
+    let (ok, out) = cli(
+        &[
+            "status",
+            "--addr",
+            &https,
+            "--cacert",
+            ca,
+            "--user",
+            "prometheus",
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    // On the daemon's host its config says where and how: HTTPS, its
+    // certificate as the CA.
+    let own = dir.join("memwatch.toml");
+    std::fs::write(
+        &own,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nweb_config_file = \"{}\"\n",
+            web.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = cli(&["status", "--config", own.to_str().unwrap()], &creds);
+    assert!(ok && out.contains(&format!("https://127.0.0.1:{port}")), "{out}");
+
     let config = format!(
         "global:\n  scrape_interval: 1s\nscrape_configs:\n\
          \x20 - job_name: memwatch\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n\

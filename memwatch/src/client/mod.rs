@@ -2,46 +2,24 @@
 //! HTTP API and print tables (or the JSON, for scripts). `socket`: track and
 //! untrack over its control socket.
 
+pub mod args;
+pub mod connect;
 pub mod socket;
 
-use std::{fmt::Write as _, io::Read, time::Duration};
+use std::fmt::Write as _;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+pub use args::{ClientArgs, LeaksArgs, ObjectsArgs};
+pub use connect::Daemon;
 
-use crate::{
-    cli::{LeaksArgs, ObjectsArgs},
-    leaks::text::{bytes, duration},
-};
+use crate::leaks::text::{bytes, duration};
 
-/// Where the daemon listens: --addr, else `listen` from the config file,
-/// else the default.
-pub fn address(addr: Option<String>, config: Option<&std::path::Path>) -> anyhow::Result<String> {
-    if let Some(a) = addr {
-        return Ok(a);
-    }
-    let c = crate::config::Config::load(config, &Default::default())?;
-    Ok(c.listen.to_string())
-}
-
-/// GETs `path`; an HTTP error becomes an error carrying the daemon's message.
-fn get(addr: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let url = format!("http://{addr}{path}");
-    let mut resp = agent
-        .get(&url)
-        .call()
-        .with_context(|| format!("cannot reach memwatch at {addr} (is the daemon running? see --addr)"))?;
-    let status = resp.status();
-    let mut body = Vec::new();
-    resp.body_mut().as_reader().read_to_end(&mut body)?;
-    if !status.is_success() {
-        bail!("{}: {}", status, String::from_utf8_lossy(&body).trim());
-    }
-    Ok(body)
+/// The daemon `c` names, reached as its options and config say.
+pub fn connect(c: &ClientArgs) -> anyhow::Result<Daemon> {
+    let served = connect::served(c.config.as_deref())?;
+    let target = connect::target(c.addr.as_deref(), c.cacert.as_deref(), &served)?;
+    let credentials = connect::credentials(c.user.clone(), c.password_file.as_deref(), |k| std::env::var(k).ok())?;
+    Daemon::new(target, credentials)
 }
 
 /// The filters of `memwatch leaks` as a query string.
@@ -71,35 +49,32 @@ fn query(r: &LeaksArgs) -> String {
     q.join("&")
 }
 
-pub fn leaks(addr: &str, r: &LeaksArgs) -> anyhow::Result<()> {
+pub fn leaks(d: &Daemon, r: &LeaksArgs) -> anyhow::Result<()> {
     let q = query(r);
     if let Some(path) = &r.flamegraph {
-        std::fs::write(path, get(addr, &format!("/leaks/flamegraph.svg?{q}"))?)
+        std::fs::write(path, d.get(&format!("/leaks/flamegraph.svg?{q}"))?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &r.pprof {
-        std::fs::write(path, get(addr, &format!("/leaks/pprof?{q}"))?)
+        std::fs::write(path, d.get(&format!("/leaks/pprof?{q}"))?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {} (go tool pprof {})", path.display(), path.display());
     }
     if r.collapsed {
-        print!(
-            "{}",
-            String::from_utf8_lossy(&get(addr, &format!("/leaks/collapsed?{q}"))?)
-        );
+        print!("{}", String::from_utf8_lossy(&d.get(&format!("/leaks/collapsed?{q}"))?));
     } else if r.flamegraph.is_none() && r.pprof.is_none() {
         let format = if r.client.json { "json" } else { "text" };
         let sep = if q.is_empty() { "" } else { "&" };
         print!(
             "{}",
-            String::from_utf8_lossy(&get(addr, &format!("/leaks?{q}{sep}format={format}"))?)
+            String::from_utf8_lossy(&d.get(&format!("/leaks?{q}{sep}format={format}"))?)
         );
     }
     Ok(())
 }
 
-pub fn objects(addr: &str, a: &ObjectsArgs) -> anyhow::Result<()> {
+pub fn objects(d: &Daemon, a: &ObjectsArgs) -> anyhow::Result<()> {
     let mut q = format!("pid={}&format={}", a.pid, if a.client.json { "json" } else { "text" });
     if let Some(l) = a.limit {
         q += &format!("&limit={l}");
@@ -107,27 +82,24 @@ pub fn objects(addr: &str, a: &ObjectsArgs) -> anyhow::Result<()> {
     if let Some(g) = a.growth {
         q += &format!("&since={g}");
     }
-    print!("{}", String::from_utf8_lossy(&get(addr, &format!("/objects?{q}"))?));
+    print!("{}", String::from_utf8_lossy(&d.get(&format!("/objects?{q}"))?));
     Ok(())
 }
 
-pub fn oom(addr: &str, json: bool) -> anyhow::Result<()> {
+pub fn oom(d: &Daemon, json: bool) -> anyhow::Result<()> {
     let format = if json { "json" } else { "text" };
-    print!(
-        "{}",
-        String::from_utf8_lossy(&get(addr, &format!("/oom?format={format}"))?)
-    );
+    print!("{}", String::from_utf8_lossy(&d.get(&format!("/oom?format={format}"))?));
     Ok(())
 }
 
-pub fn status(addr: &str, json: bool) -> anyhow::Result<()> {
-    let body = get(addr, "/status")?;
+pub fn status(d: &Daemon, json: bool) -> anyhow::Result<()> {
+    let body = d.get("/status")?;
     if json {
         print!("{}", String::from_utf8_lossy(&body));
         return Ok(());
     }
     let v: serde_json::Value = serde_json::from_slice(&body).context("the daemon's /status is not JSON")?;
-    print!("{}", render_status(addr, &v, crate::process::unix_now()));
+    print!("{}", render_status(&d.target.base, &v, crate::process::unix_now()));
     Ok(())
 }
 
@@ -305,27 +277,24 @@ mod tests {
         assert!(t.contains("last reload 1s ago: invalid value for `listen`"), "{t}");
     }
 
+    /// `memwatch leaks ARGS` as the client receives it.
+    fn leaks_args(args: &[&str]) -> Result<LeaksArgs, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Leaks {
+            #[command(flatten)]
+            args: LeaksArgs,
+        }
+        use clap::Parser;
+        Leaks::try_parse_from(std::iter::once("leaks").chain(args.iter().copied())).map(|l| l.args)
+    }
+
     #[test]
     fn the_query_carries_the_filters() {
-        use clap::Parser;
-        let cli =
-            crate::cli::Cli::try_parse_from(["memwatch", "leaks", "--pid", "5", "--min-age", "1.5", "--limit", "3"])
-                .unwrap();
-        let crate::cli::Command::Leaks(r) = cli.command else {
-            panic!("leaks")
-        };
+        let r = leaks_args(&["--pid", "5", "--min-age", "1.5", "--limit", "3"]).unwrap();
         assert_eq!(query(&r), "pid=5&min_age=1.5&limit=3");
-        let cli = crate::cli::Cli::try_parse_from(["memwatch", "leaks", "--since", "60"]).unwrap();
-        let crate::cli::Command::Leaks(r) = cli.command else {
-            panic!("leaks")
-        };
-        assert_eq!(query(&r), "since=60");
-        let cli = crate::cli::Cli::try_parse_from(["memwatch", "leaks", "--frames", "all"]).unwrap();
-        let crate::cli::Command::Leaks(r) = cli.command else {
-            panic!("leaks")
-        };
-        assert_eq!(query(&r), "frames=all");
-        assert!(crate::cli::Cli::try_parse_from(["memwatch", "leaks", "--frames", "some"]).is_err());
+        assert_eq!(query(&leaks_args(&["--since", "60"]).unwrap()), "since=60");
+        assert_eq!(query(&leaks_args(&["--frames", "all"]).unwrap()), "frames=all");
+        assert!(leaks_args(&["--frames", "some"]).is_err());
     }
 
     #[test]
@@ -335,7 +304,8 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let e = get(&format!("127.0.0.1:{port}"), "/status").unwrap_err();
+        let target = connect::target(Some(&format!("127.0.0.1:{port}")), None, &Default::default()).unwrap();
+        let e = Daemon::new(target, None).unwrap().get("/status").unwrap_err();
         assert!(format!("{e:#}").contains("is the daemon running?"), "{e:#}");
     }
 }

@@ -55,10 +55,16 @@ pub fn request(socket: &Path, method: &str, path: &str, body: &str) -> anyhow::R
 
 /// The status and body of a whole HTTP/1.0 answer.
 fn parse(raw: &[u8]) -> anyhow::Result<(u16, String)> {
+    let (status, body) = parse_bytes(raw)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The status and body, as bytes (a profile is binary).
+pub(super) fn parse_bytes(raw: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(raw).context("the daemon's answer is not HTTP")? {
-        httparse::Status::Complete(n) => Ok((resp.code.unwrap_or(0), String::from_utf8_lossy(&raw[n..]).into_owned())),
+        httparse::Status::Complete(n) => Ok((resp.code.unwrap_or(0), raw[n..].to_vec())),
         httparse::Status::Partial => bail!("the daemon's answer was cut short"),
     }
 }
