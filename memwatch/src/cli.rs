@@ -45,6 +45,12 @@ pub enum Command {
     /// Closes a finished check's probes once it has exited (internal).
     #[command(hide = true)]
     CloseProbes { parent: u32, fds: Vec<i32> },
+    /// Print shell completions (the package installs them).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page, roff, from this help (the package installs it).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, clap::Args)]
@@ -170,6 +176,22 @@ pub fn main() -> ExitCode {
             crate::client::socket::untrack(s, target(a.pid, a.exe.clone()), a.socket.json)
         }),
         Command::Check(a) => check(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "memwatch",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man => match man(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memwatch man: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CloseProbes { parent, fds } => {
             crate::check::close_probes_after(parent, &fds);
             ExitCode::SUCCESS
@@ -203,6 +225,38 @@ fn check(args: CheckArgs) -> ExitCode {
             own_failure
         }
     }
+}
+
+/// memwatch(1): the top-level help, then every visible command's synopsis,
+/// description and options under its own heading.
+fn man(out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let man = clap_mangen::Man::new(cli.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    for sub in cli
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = sub.get_name().to_string();
+        let page = clap_mangen::Man::new(sub.clone().bin_name(format!("memwatch {name}")));
+        let mut body = Vec::new();
+        page.render_synopsis_section(&mut body)?;
+        page.render_description_section(&mut body)?;
+        page.render_options_section(&mut body)?;
+        // Its sections become sub-sections of the command's own.
+        let body = String::from_utf8_lossy(&body).replace(".SH ", ".SS ");
+        writeln!(out, ".SH \"MEMWATCH {}\"", name.to_uppercase())?;
+        out.write_all(body.as_bytes())?;
+    }
+    writeln!(
+        out,
+        ".SH FILES\n/etc/memwatch/memwatch.toml (the annotated config), /run/memwatch/control.sock, \
+         /usr/share/memwatch/ (Prometheus rules, Grafana dashboard)"
+    )?;
+    man.render_version_section(out)
 }
 
 fn client_call(c: &ClientArgs, f: impl FnOnce(&crate::client::Daemon) -> anyhow::Result<()>) -> ExitCode {

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | run | test | kernels | bench | soak | fuzz | dist`.
+//! Developer tasks: `cargo xtask setup | run | test | kernels | bench | soak | fuzz | dist | docs`.
 
 mod fuzz;
 mod kernels;
@@ -43,9 +43,12 @@ enum Task {
         /// Targets to run (default: all): elf, procfs, linetable, placement.
         targets: Vec<String>,
     },
-    /// Build the release tarball: binary, systemd unit, default config, Prometheus rules, Grafana
-    /// dashboard, Kubernetes manifests, README and install.sh, in target/dist/.
+    /// Build the release tarball (binary, systemd unit, default config, Prometheus rules, Grafana
+    /// dashboard, Kubernetes manifests, README and install.sh) and the Debian package, in
+    /// target/dist/.
     Dist,
+    /// Build the book (docs/, with mdBook, which this installs) into target/book/.
+    Docs,
     /// Run every test: formatting, clippy, unit tests, the privileged eBPF integration tests and the
     /// kernel matrix (as root).
     Test {
@@ -92,6 +95,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Fuzz { minutes, targets } => fuzz::run(minutes, &targets),
         Task::Dist => dist().map(|path| println!("{}", path.display())),
+        Task::Docs => docs(),
     }
 }
 
@@ -168,6 +172,12 @@ pub fn dist() -> anyhow::Result<std::path::PathBuf> {
         std::fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
     }
     std::fs::copy(root.join("README.md"), stage.join("README.md"))?;
+    check(
+        Command::new("cp")
+            .arg("-R")
+            .arg(root.join("docs/src"))
+            .arg(stage.join("docs")),
+    )?;
     for dir in ["prometheus", "grafana", "kubernetes"] {
         check(Command::new("cp").arg("-R").arg(deploy.join(dir)).arg(&stage))?;
     }
@@ -180,7 +190,94 @@ pub fn dist() -> anyhow::Result<std::path::PathBuf> {
             .arg(&tarball)
             .arg(&name),
     )?;
+    let deb = deb(&root, &dist)?;
+    eprintln!("dist: {}\ndist: {}", tarball.display(), deb.display());
     Ok(tarball)
+}
+
+/// The Debian package (cargo-deb, from memwatch's `[package.metadata.deb]`):
+/// the unit with the package's paths, and the man page and shell
+/// completions the release binary prints, generated first.
+pub fn deb(root: &std::path::Path, dist: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let gen_dir = dist.join("deb");
+    std::fs::create_dir_all(&gen_dir)?;
+    let unit = std::fs::read_to_string(root.join("deploy/systemd/memwatch.service"))?
+        .replace(
+            "# memwatch as a systemd service: installed by deploy/install.sh to\n\
+             # /etc/systemd/system/memwatch.service, with the binary in /usr/local/bin and\n\
+             # the config in /etc/memwatch/memwatch.toml.\n",
+            "# memwatch as a systemd service, from its Debian package: the binary in\n\
+             # /usr/bin, the config (a conffile) in /etc/memwatch/memwatch.toml.\n",
+        )
+        .replace("/usr/local/bin/memwatch", "/usr/bin/memwatch")
+        .replace("/usr/local/share/doc/memwatch/", "/usr/share/doc/memwatch/")
+        .replace("Documentation=file:", "Documentation=man:memwatch(1) file:");
+    if unit.contains("/usr/local") {
+        bail!("deploy/systemd/memwatch.service names /usr/local paths the package cannot rewrite");
+    }
+    std::fs::write(gen_dir.join("memwatch.service"), unit)?;
+    let bin = root.join("target/release/memwatch");
+    let printed = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
+        let out = Command::new(&bin).args(args).output()?;
+        if !out.status.success() {
+            bail!("memwatch {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out.stdout)
+    };
+    std::fs::write(gen_dir.join("memwatch.1.gz"), gzip(&printed(&["man"])?)?)?;
+    for (shell, file) in [
+        ("bash", "memwatch.bash"),
+        ("zsh", "_memwatch"),
+        ("fish", "memwatch.fish"),
+    ] {
+        std::fs::write(gen_dir.join(file), printed(&["completions", shell])?)?;
+    }
+    let out = Command::new("cargo")
+        .current_dir(root)
+        .args(["deb", "--package", "memwatch", "--no-build", "--output"])
+        .arg(dist)
+        .output()
+        .context("running cargo deb (cargo xtask setup installs it)")?;
+    if !out.status.success() {
+        bail!("cargo deb failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(std::path::PathBuf::from(path))
+}
+
+/// gzip -9n: no name, no time stamp, so the package is reproducible.
+fn gzip(data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .args(["-9n"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("piped").write_all(data)?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("gzip failed");
+    }
+    Ok(out.stdout)
+}
+
+/// mdBook, pinned like the other tools.
+const MDBOOK: &str = "0.5.4";
+
+fn docs() -> anyhow::Result<()> {
+    let installed = Command::new("mdbook")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if installed.split_whitespace().last().map(|v| v.trim_start_matches('v')) != Some(MDBOOK) {
+        eprintln!("docs: installing mdbook {MDBOOK}");
+        check(Command::new("cargo").args(["install", "mdbook", "--locked", "--version", MDBOOK]))?;
+    }
+    let root = workspace_root();
+    check(Command::new("mdbook").arg("build").arg(root.join("docs")))?;
+    eprintln!("docs: {}", root.join("target/book/index.html").display());
+    Ok(())
 }
 
 fn bench() -> anyhow::Result<()> {
@@ -216,6 +313,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The package test installs what dist builds (the release build is the
+    // kernel matrix's too).
+    dist()?;
     // The eBPF crate is left out of default-members: `cargo test` covers the
     // rest, and the eBPF object is exercised by the integration tests.
     check(cargo().args(["test", "--", "--include-ignored"]).args(args))?;

@@ -15,7 +15,8 @@ const LINKER_BUILD_PACKAGES: &[&str] = &["libzstd-dev", "zlib1g-dev"];
 /// real programs memwatch is tried on: Debian's redis-server (built without
 /// frame pointers) and its python3.11 (static, PGO+LTO) — and valgrind,
 /// whose memcheck `memwatch check` is held to — and headless Chromium, in
-/// which the web page's tests load, click and screenshot it.
+/// which the web page's tests load, click and screenshot it — and what the
+/// package test needs: debootstrap for a clean Debian root, lintian.
 const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
@@ -29,7 +30,12 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",
     "valgrind",
     "chromium",
+    "debootstrap",
+    "lintian",
 ];
+
+/// cargo-deb builds the Debian package (`cargo xtask dist`).
+const CARGO_DEB: &str = "3.8.0";
 
 fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
@@ -158,5 +164,16 @@ pub fn run() -> anyhow::Result<()> {
     if !pkgs.is_empty() {
         apt_install(&pkgs)?;
     }
-    install_linker(&pins)
+    install_linker(&pins)?;
+    install_cargo_deb()
+}
+
+fn install_cargo_deb() -> anyhow::Result<()> {
+    let installed = output(Command::new("cargo").args(["deb", "--version"]));
+    if installed.split_whitespace().last() != Some(CARGO_DEB) {
+        eprintln!("setup: installing cargo-deb {CARGO_DEB}");
+        check(Command::new("cargo").args(["install", "cargo-deb", "--locked", "--version", CARGO_DEB]))
+            .context("installing cargo-deb")?;
+    }
+    Ok(())
 }
