@@ -481,24 +481,7 @@ fn curl(url: &str, ca: &Path, user: Option<&str>) -> (u16, String) {
 fn prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_gets_401() {
     require_root();
     let dir = tmp("tls");
-    let (cert, key) = (dir.join("memwatch.crt"), dir.join("memwatch.key"));
-    let (ok, out) = run(Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args(["-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert!(ok, "openssl: {out}");
+    let (cert, _key) = self_signed_cert(&dir);
     let hash = bcrypt::hash("scrape-secret", 8).unwrap();
     let web = dir.join("web.yml");
     // Relative paths: resolved against the web config's directory.

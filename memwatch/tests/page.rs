@@ -8,7 +8,6 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -343,30 +342,7 @@ fn over_tls_with_basic_auth_the_page_asks_for_a_password_and_may_start_tracking(
     require_root();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("page-tls");
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("memwatch.crt"), dir.join("memwatch.key"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args(["-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    self_signed_cert(&dir);
     let hash = bcrypt::hash("page-secret", 8).unwrap();
     let web = dir.join("web.yml");
     std::fs::write(

@@ -136,10 +136,7 @@ async fn leaks(State(s): State<AppState>, RawQuery(raw): RawQuery, headers: Head
     };
     let snapshot = s.snapshot.get();
     if !snapshot.ready {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "memwatch is starting: no scan has completed yet\n".into(),
-        );
+        return starting();
     }
     match leaks::build(&snapshot, &q, monotonic_ns(), unix_now()) {
         Err(e) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
@@ -191,10 +188,7 @@ async fn processes(State(s): State<AppState>, RawQuery(raw): RawQuery) -> Respon
     };
     let snapshot = s.snapshot.get();
     if !snapshot.ready {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "memwatch is starting: no scan has completed yet\n".into(),
-        );
+        return starting();
     }
     match leaks::host::build(&snapshot, &q) {
         // Compact: a thousand processes' curves, pretty-printed, weigh
@@ -329,6 +323,14 @@ impl Picture {
             self.stacks
         }
     }
+}
+
+/// 503 before the first scan: no report yet, and saying so beats an empty one.
+fn starting() -> Response {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "memwatch is starting: no scan has completed yet\n".into(),
+    )
 }
 
 fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Picture, (StatusCode, String)> {
