@@ -13,7 +13,7 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    collect::{Collector, snapshot::SharedSnapshot},
+    collect::{Collector, Heartbeat, snapshot::SharedSnapshot},
     config::{Config, Overrides},
     control::{self, Control},
     http::{AppState, ReloadStatus, Web, control::Door, router, tls::TlsListener},
@@ -84,7 +84,7 @@ pub fn run(config: Config, web: Web, source: Source) -> anyhow::Result<()> {
             let ok = started.is_ok();
             let _ = started_tx.send(started);
             if ok {
-                collector.run(shutdown);
+                collector.run(shutdown, watchdog());
             }
         })?
     };
@@ -221,6 +221,16 @@ async fn census_metrics(
             metrics.update_python(&censuses);
         }
     }
+}
+
+/// Under systemd's watchdog, the collector's heartbeat pings it (at half
+/// its timeout) with the collector's status.
+fn watchdog() -> Option<Heartbeat> {
+    let mut usec = 0;
+    sd_notify::watchdog_enabled(false, &mut usec).then(|| Heartbeat {
+        every: Duration::from_micros(usec) / 2,
+        beat: Box::new(|status| notify(&[sd_notify::NotifyState::Watchdog, sd_notify::NotifyState::Status(status)])),
+    })
 }
 
 /// Tells systemd, when run under it; a no-op otherwise.

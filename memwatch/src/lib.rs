@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod objects;
 pub mod process;
 pub mod python;
+pub mod report;
 pub mod symbolize;
 pub mod target;
 pub mod unwind;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use super::snapshot::LiveAlloc;
+use super::live_alloc::LiveAlloc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StackAggregate {

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{aggregate::StackAggregate, snapshot::LiveAlloc};
+use super::{aggregate::StackAggregate, live_alloc::LiveAlloc};
 
 /// Stack id, allocator call and family: what
 /// [`super::aggregate::aggregate`] groups by.

@@ -7,8 +7,11 @@
 //! refers to any more.
 
 pub mod aggregate;
+mod ended;
 pub mod history;
+pub mod live_alloc;
 pub mod oom;
+mod oom_victim;
 pub mod profile;
 pub mod rates;
 pub mod replacement;
@@ -56,6 +59,13 @@ const DRAIN_BUDGET: Duration = Duration::from_millis(250);
 const MAX_GROUPS: usize = 10_000;
 /// Processes whose tracking ended kept for /leaks.
 const ENDED_KEPT: usize = 32;
+
+/// A beat the run loop gives every `every` with a status line; the daemon
+/// passes systemd's watchdog ping (collect knows nothing of systemd).
+pub struct Heartbeat {
+    pub every: Duration,
+    pub beat: Box<dyn FnMut(&str) + Send>,
+}
 
 pub struct Collector {
     kernel: Kernel,
@@ -214,15 +224,13 @@ impl Collector {
         Ok(())
     }
 
-    /// Runs until `shutdown` is set, then detaches every probe.
-    pub fn run(mut self, shutdown: Arc<AtomicBool>) {
+    /// Runs until `shutdown` is set, then detaches every probe. With a
+    /// `heartbeat`, the loop itself beats it: a stuck collector (not just a
+    /// live HTTP server) misses beats.
+    pub fn run(mut self, shutdown: Arc<AtomicBool>, mut heartbeat: Option<Heartbeat>) {
         let sample_every = self.config.detect.sample_interval;
         let mut next_scan = Instant::now() + self.config.collect_interval;
         let mut next_sample = Instant::now() + sample_every;
-        // Under systemd's watchdog, the collector pings it: a stuck collector
-        // (not just a live HTTP server) gets the service restarted.
-        let mut usec = 0;
-        let watchdog = sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec) / 2);
         let mut next_ping = Instant::now();
         while !shutdown.load(Ordering::Relaxed) {
             // New processes waiting for their libc are retried every few ms.
@@ -256,7 +264,7 @@ impl Collector {
                 self.enforce_budget();
                 next_scan = Instant::now() + self.config.collect_interval;
             }
-            if let Some(every) = watchdog
+            if let Some(h) = &mut heartbeat
                 && Instant::now() >= next_ping
             {
                 let status = format!(
@@ -264,11 +272,8 @@ impl Collector {
                     self.table.len(),
                     self.watcher.as_ref().map_or(0, |w| w.lock().len())
                 );
-                crate::daemon::notify(&[
-                    sd_notify::NotifyState::Watchdog,
-                    sd_notify::NotifyState::Status(&status),
-                ]);
-                next_ping = Instant::now() + every;
+                (h.beat)(&status);
+                next_ping = Instant::now() + h.every;
             }
         }
         let probes = self.table.probe_count();

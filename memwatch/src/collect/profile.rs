@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use memwatch_common::alloc::StackTotals;
 
-use super::snapshot::LiveAlloc;
+use super::live_alloc::LiveAlloc;
 
 /// One stack's allocations since tracking began.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

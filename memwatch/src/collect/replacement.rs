@@ -9,7 +9,7 @@
 
 use memwatch_common::{alloc::glibc_usable_for, cookie::Family};
 
-use super::snapshot::LiveAlloc;
+use super::live_alloc::LiveAlloc;
 
 /// What `frees` blocks freed untracked, of `usable` usable bytes in all
 /// (read from glibc's headers), were asked for: glibc rounds every request

@@ -7,11 +7,12 @@ use std::{
 
 use memwatch_common::{alloc::ProcCounters, cookie::Family, drop::Drop};
 
-use super::stack_report::StackReport;
+pub use super::live_alloc::LiveAlloc;
+use super::{oom::OomKill, rates::Rates};
 use crate::{
-    collect::rates::Rates,
     kernel::ProgramStats,
     process::{AttachFailure, ProbeSummary, Selection},
+    report::StackReport,
     symbolize::{Frame, Stack, Walk},
     watch::{
         GrowthStack, Watched,
@@ -21,16 +22,6 @@ use crate::{
         procmem::Memory,
     },
 };
-
-/// One live allocation as read from the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LiveAlloc {
-    pub stack_id: u64,
-    pub size: u64,
-    pub timestamp_ns: u64,
-    pub kind: u8,
-    pub family: u8,
-}
 
 #[derive(Debug, Clone)]
 pub struct ProcessSnapshot {
@@ -118,30 +109,6 @@ pub struct EndedProcess {
     pub stacks: Vec<StackReport>,
 }
 
-impl EndedProcess {
-    pub fn of(p: &ProcessSnapshot, seen_unix: f64, why: String, limit: usize) -> Self {
-        let agg = super::aggregate::aggregate(&p.allocations, None);
-        EndedProcess {
-            pid: p.pid,
-            nspid: p.nspid,
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            cmdline: p.cmdline.clone(),
-            place: p.place.clone(),
-            selection: p.selection.clone(),
-            tracked_since_unix: p.tracked_since_unix,
-            ended_unix: crate::process::unix_now(),
-            why,
-            seen_unix,
-            counters: p.counters,
-            live_bytes: agg.live_bytes,
-            live_allocations: agg.live_allocations,
-            stack_count: agg.stacks.len(),
-            stacks: super::stack_report::stack_reports(p, &agg, limit, crate::clock::monotonic_ns()),
-        }
-    }
-}
-
 /// Counters of an executable name, across all its processes ever tracked.
 #[derive(Debug, Clone, Default)]
 pub struct GroupTotals {
@@ -192,7 +159,7 @@ pub struct Snapshot {
     /// Processes whose tracking ended, newest first (bounded).
     pub ended: Vec<Arc<EndedProcess>>,
     /// OOM-kill post-mortems, newest first (bounded by `oom.keep`).
-    pub oom: Vec<Arc<super::oom::OomKill>>,
+    pub oom: Vec<Arc<OomKill>>,
     /// OOM kills seen since memwatch started: [cgroup, global, systemd-oomd].
     pub oom_kills_total: [u64; 3],
 }

@@ -1,51 +1,11 @@
-//! One stack's live allocations as reports show it: /leaks, an
-//! escalation's evidence, the watcher's gone suspects. Below collect's
-//! readers, so that none of them imports another for it.
+//! Stack reports built from a scan: a process's largest stacks, net of
+//! replacement, or by what they allocated. The records themselves live in
+//! [`crate::report`], below both collect and watch.
 
 use memwatch_common::cookie::{CallKind, Family};
-use serde::Serialize;
 
 use super::{aggregate::Aggregated, snapshot::ProcessSnapshot};
-use crate::symbolize::{Frame, WalkReport};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StackReport {
-    pub live_bytes: u64,
-    pub live_allocations: u64,
-    pub oldest_age_seconds: f64,
-    /// The allocator function called (malloc, calloc, …) and its family.
-    pub call: &'static str,
-    pub allocator: &'static str,
-    /// Innermost first: frame 0 is the allocator's direct caller. Empty when
-    /// the stack could not be captured.
-    pub frames: Vec<Frame>,
-    #[serde(flatten)]
-    pub walk: WalkReport,
-    /// With `?since=`: the change in live bytes and allocations.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub growth_bytes: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub growth_allocations: Option<i64>,
-    /// Of its growth (or, in an escalation's evidence, of its live bytes),
-    /// what replaced blocks freed untracked (see `replacement`), and the
-    /// rest: its net growth.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub replacing_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub net_growth_bytes: Option<i64>,
-    /// The allocation profile: allocations from this stack since tracking
-    /// began, freed or not, and those freed before the next scan.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allocated: Option<Allocated>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct Allocated {
-    pub allocations: u64,
-    pub bytes: u64,
-    pub temporary_allocations: u64,
-    pub temporary_bytes: u64,
-}
+pub use crate::report::{Allocated, GrowthStackReport, StackReport};
 
 impl From<&super::profile::StackAllocs> for Allocated {
     fn from(a: &super::profile::StackAllocs) -> Self {
@@ -86,17 +46,8 @@ pub fn net_stack_reports(
     reports
 }
 
-/// An address-space growth stack (mmap, brk, mremap) of a process memwatch
-/// watches host-wide; frames past uninstrumented libraries may be missing.
-#[derive(Debug, Clone, Serialize)]
-pub struct GrowthStackReport {
-    pub bytes: u64,
-    pub calls: u64,
-    pub frames: Vec<Frame>,
-    #[serde(flatten)]
-    pub walk: WalkReport,
-}
-
+// Here rather than beside the type: it reads the watcher's `GrowthStack`,
+// and `report` stays below watch.
 impl GrowthStackReport {
     pub fn of(g: &crate::watch::GrowthStack) -> Self {
         GrowthStackReport {

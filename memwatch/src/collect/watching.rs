@@ -25,7 +25,7 @@ const GROWTH_STACKS: usize = 5;
 /// What exact tracking found in an escalated suspect: its stacks with the
 /// most live bytes net of replacement (all its live blocks are growth since
 /// the escalation began).
-fn evidence_of(p: &super::snapshot::ProcessSnapshot) -> Vec<crate::collect::stack_report::StackReport> {
+fn evidence_of(p: &super::snapshot::ProcessSnapshot) -> Vec<crate::report::StackReport> {
     let untracked = super::replacement::untracked_request_bytes(
         p.counters.untracked_freed_usable_bytes,
         p.counters.untracked_frees,

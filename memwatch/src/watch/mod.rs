@@ -19,9 +19,9 @@ use std::{
 };
 
 use crate::{
-    collect::stack_report::StackReport,
     config::Detect,
     process::{cgroup, procfs},
+    report::StackReport,
 };
 use alert::{Alert, Timing, Transition};
 use estimator::{Estimate, Params, Sample, Verdict};
