@@ -29,7 +29,7 @@ pub fn elf(data: &[u8]) {
         }
     }
     if let Ok(t) = table::build(data) {
-        let _ = table::bias(&t.segments, 0x7f00_0000_0000, 0);
+        let _ = procfs::bias(&t.segments, 0x7f00_0000_0000, 0);
     }
     if let Ok(file) = object::File::parse(data) {
         let _ = python::allocator_out_of_line(&file);

@@ -120,7 +120,7 @@ pub(crate) fn with_python(
 ) -> Stack {
     let walk = Walk::of(stack);
     let frames = match unwind.python(pid) {
-        Some(crate::unwind::Python::Walked(rt)) if !stack.python().is_empty() => {
+        Some(crate::python::Python::Walked(rt)) if !stack.python().is_empty() => {
             let py = python.frames(pid, rt, stack.python());
             crate::symbolize::python::merge(native, py)
         }

@@ -309,7 +309,7 @@ pub fn detect(pid: u32, entries: &[MapEntry], main: bool) -> Result<Option<Runti
             .filter(|e| e.inode == f.inode && e.dev == f.dev)
             .min_by_key(|e| e.start)
             .ok_or_else(|| NotWalked::Unreadable(f.path.clone(), "no mapping".into()))?;
-        let bias = crate::unwind::table::bias(&segments, first.start, first.offset)
+        let bias = procfs::bias(&segments, first.start, first.offset)
             .ok_or_else(|| NotWalked::Unreadable(f.path.clone(), "mappings outside its segments".into()))?;
         let rt = Runtime {
             version: format!("3.{}", layout.minor),
@@ -406,6 +406,18 @@ fn check(pid: u32, rt: &Runtime) -> Result<(), NotWalked> {
     Ok(())
 }
 
+/// CPython in a registered process, as far as memwatch knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Python {
+    /// Not looked for yet.
+    Unknown,
+    /// The process runs no CPython.
+    Absent,
+    /// Its frames are walked.
+    Walked(Box<Runtime>),
+    NotWalked(NotWalked),
+}
+
 /// What memwatch sees of one process's CPython, for /probes, /status and
 /// /leaks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -420,8 +432,7 @@ pub struct Sight {
 }
 
 impl Sight {
-    pub fn of(p: &crate::unwind::Python) -> Option<Sight> {
-        use crate::unwind::Python;
+    pub fn of(p: &Python) -> Option<Sight> {
         match p {
             Python::Walked(rt) => Some(Sight {
                 version: Some(rt.version.clone()),

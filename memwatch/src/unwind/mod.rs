@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::{
     kernel::unwind::{RowStore, UnwindMaps},
-    process::procfs::{self, MapEntry},
+    process::procfs::{self, MapEntry, bias},
+    python::{self, NotWalked, Python},
 };
 use ranges::Ranges;
 
@@ -73,18 +74,6 @@ struct Registered {
     mappings: Vec<ExecMapping>,
     objects: Vec<ObjectKey>,
     python: Python,
-}
-
-/// CPython in a registered process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Python {
-    /// Not looked for yet.
-    Unknown,
-    /// The process runs no CPython.
-    Absent,
-    /// Its frames are walked.
-    Walked(Box<crate::python::Runtime>),
-    NotWalked(crate::python::NotWalked),
 }
 
 /// What memwatch knows of one executable mapping of a process, for /probes.
@@ -215,10 +204,8 @@ impl Unwinder {
         }
         // Looked for again while it may still appear (a library loaded
         // later, an interpreter still starting); a runtime found stays put.
-        let python_pending = matches!(
-            r.python,
-            Python::Unknown | Python::NotWalked(crate::python::NotWalked::NotYet)
-        ) || (changed && r.python == Python::Absent);
+        let python_pending = matches!(r.python, Python::Unknown | Python::NotWalked(NotWalked::NotYet))
+            || (changed && r.python == Python::Absent);
         if r.version != 0 && !changed && !python_pending && in_kernel {
             self.release(&objects);
             return Ok(());
@@ -227,14 +214,14 @@ impl Unwinder {
             // Once the executable was seen without CPython, only a library
             // loaded since can bring it.
             let main = r.python != Python::Absent;
-            r.python = match crate::python::detect(pid, &entries, main) {
+            r.python = match python::detect(pid, &entries, main) {
                 Ok(Some(rt)) => {
                     tracing::info!(pid, version = %rt.version, module = %rt.module, "CPython found: its frames are walked");
                     Python::Walked(Box::new(rt))
                 }
                 Ok(None) => Python::Absent,
                 Err(e) => {
-                    if e != crate::python::NotWalked::NotYet {
+                    if e != NotWalked::NotYet {
                         tracing::info!(pid, error = %e, "CPython found, its frames are not walked");
                     }
                     Python::NotWalked(e)
@@ -296,7 +283,7 @@ impl Unwinder {
                 let key = (e.dev.clone(), e.inode);
                 let open = || procfs::open_mapped(pid, e.start, e.end, path, &e.dev, e.inode).map(|o| o.file);
                 let o = self.object(rows, &key, path, open);
-                if let (Some((rows, len)), Some(bias)) = (o.rows, table::bias(&o.segments, e.start, e.offset)) {
+                if let (Some((rows, len)), Some(bias)) = (o.rows, bias(&o.segments, e.start, e.offset)) {
                     m.kind = MappingKind::Table as u32;
                     m.rows = rows;
                     m.len = len;

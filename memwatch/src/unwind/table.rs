@@ -291,25 +291,6 @@ fn rows_of(spans: Vec<Span>) -> Result<Vec<UnwindRow>, TableError> {
     Ok(rows)
 }
 
-const PAGE: u64 = 0xfff;
-
-/// The bias of a mapping of this object at `start`, from file offset
-/// `offset`: what a pc there minus the object's virtual address is.
-///
-/// Segments are mapped from their page-aligned file offset, and linkers
-/// like lld (Rust's default) start one segment in the page another ends in:
-/// a mapping at that page belongs to the later segment, whose virtual
-/// address is then a page off the earlier one's.
-pub fn bias(segments: &[(u64, u64, u64)], start: u64, offset: u64) -> Option<u64> {
-    let &(vaddr, off, _) = segments
-        .iter()
-        .filter(|&&(_, off, size)| off & !PAGE <= offset && offset < off.saturating_add(size.max(1)))
-        .max_by_key(|&&(_, off, _)| off)?;
-    // A segment whose address is below its page offset is malformed.
-    let (vaddr, off) = (vaddr.checked_sub(off & PAGE)?, off & !PAGE);
-    Some(start.wrapping_sub(vaddr.wrapping_add(offset - off)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,33 +401,6 @@ mod tests {
         );
         assert_eq!(classify_cfa(&[0x77, 0x10, 0x06]), None);
         assert_eq!(classify_cfa(&[]), None);
-    }
-
-    #[test]
-    fn mappings_are_placed_through_their_segment() {
-        // A PIE's text at vaddr 0x1000, file offset 0x1000, loaded at 0x5555_0000_0000.
-        let segs = [(0, 0, 0x800), (0x1000, 0x1000, 0x2000), (0x4000, 0x3000, 0x500)];
-        assert_eq!(bias(&segs, 0x5555_0000_1000, 0x1000), Some(0x5555_0000_0000));
-        // A segment whose vaddr and offset differ (non-PIE, 0x400000 base).
-        let segs = [(0x40_0000, 0, 0x1000), (0x40_1000, 0x1000, 0x2000)];
-        assert_eq!(bias(&segs, 0x40_1000, 0x1000), Some(0));
-        assert_eq!(bias(&segs, 0x40_1000, 0x9000), None);
-        // lld: text starts in the page the read-only segment ends in, a page
-        // further on in memory (memwatch's own build).
-        let lld = [
-            (0, 0, 0x28_d1dc),
-            (0x28_e1e0, 0x28_d1e0, 0x5b_4270),
-            (0x84_3450, 0x84_1450, 0x3_80e0),
-        ];
-        assert_eq!(
-            bias(&lld, 0x55af_ce5c_c000, 0x28_d000),
-            Some(0x55af_ce5c_c000 - 0x28_e000)
-        );
-        assert_eq!(bias(&lld, 0x55af_ce33_f000, 0), Some(0x55af_ce33_f000));
-        assert_eq!(
-            bias(&lld, 0x55af_ceb8_2000, 0x84_1000),
-            Some(0x55af_ceb8_2000 - 0x84_3000)
-        );
     }
 
     /// A program built by the C compiler with `flags`.
