@@ -7,6 +7,7 @@
 #![allow(internal_features)]
 
 mod alloc;
+mod bpf_loop;
 mod growth;
 mod live_table;
 mod maps;

@@ -6,6 +6,7 @@ use crate::task_storage::TaskStorage;
 use aya_ebpf::{
     Global,
     bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_ktime_get_ns,
     macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -15,7 +16,7 @@ use memwatch_common::{
         StackTotalsSlot, Tracked, counter_index, peak_index,
     },
     drop::Drop,
-    event::Settings,
+    event::{EventKind, ProcEvent, Settings},
     growth::{GrowthKey, GrowthValue},
     maps::*,
     stack::{StackFrames, StackScratch},
@@ -128,6 +129,19 @@ pub fn count_result(result: Result<(), Drop>) {
     if let Err(reason) = result {
         count_drop(reason);
     }
+}
+
+/// Reports a lifecycle event to the daemon. Here, beside `EVENTS`: both
+/// the lifecycle programs and the unwinder (new code mapped) send them.
+pub fn send(kind: EventKind, tgid: u32, generation: u32, parent_tgid: u32) -> Result<(), Drop> {
+    let event = ProcEvent {
+        kind: kind as u32,
+        tgid,
+        generation,
+        parent_tgid,
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    EVENTS.output::<ProcEvent>(&event, 0).map_err(|_| Drop::EventsFull)
 }
 
 pub fn settings() -> Settings {

@@ -2,33 +2,19 @@
 //! forks of tracked processes are reported so that the daemon can follow them.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     programs::TracePointContext,
 };
-use memwatch_common::{
-    drop::Drop,
-    event::{EventKind, ProcEvent},
-};
+use memwatch_common::{drop::Drop, event::EventKind};
 
 use crate::{
-    maps::{BRK_LAST, EVENTS, TRACKED, settings},
+    maps::{BRK_LAST, TRACKED, send, settings},
     unwind::UNWIND_PROCS,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// `pid` in task_newtask, stable since the tracepoint was added.
 const NEWTASK_PID_OFFSET: usize = 8;
-
-pub fn send(kind: EventKind, tgid: u32, generation: u32, parent_tgid: u32) -> Result<(), Drop> {
-    let event = ProcEvent {
-        kind: kind as u32,
-        tgid,
-        generation,
-        parent_tgid,
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    EVENTS.output::<ProcEvent>(&event, 0).map_err(|_| Drop::EventsFull)
-}
 
 /// The tracked generation of `tgid`, 0 when untracked.
 fn generation(tgid: u32) -> u32 {

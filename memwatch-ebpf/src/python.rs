@@ -16,8 +16,8 @@ use memwatch_common::{
 };
 
 use crate::{
-    maps::{PROBES, scratch},
-    stack::{probes_python_step, syscalls_python_step},
+    bpf_loop::loop_result,
+    maps::{PROBES, SYSCALLS, scratch},
     unwind::KERNEL_OFFSETS,
 };
 
@@ -127,6 +127,16 @@ fn window_at(s: &mut StackScratch, frame: u64) -> Option<u64> {
     s.py_base = base;
     s.py_len = len;
     Some(frame - base)
+}
+
+/// `bpf_loop` callbacks: one per scratch, each one frame of the
+/// interpreter's walk.
+pub extern "C" fn probes_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    loop_result(memwatch_py_step(PROBES))
+}
+
+pub extern "C" fn syscalls_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    loop_result(memwatch_py_step(SYSCALLS))
 }
 
 /// One interpreter frame of the walk in this CPU's scratch `which`.

@@ -8,8 +8,6 @@
 //! verifier spends on a stack walk is then bounded by the walk's code, not
 //! by how the compiler happened to lay out the programs that call it.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, pt_regs},
     helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -120,32 +118,6 @@ fn python_frames(scratch: *mut StackScratch, which: u64, proc: Option<*const Pro
     let py = unsafe { (*p).py };
     let (n, truncated) = python::walk(scratch, which, &py);
     ((n as u64) << END_PY_SHIFT) | if truncated { END_PY_TRUNCATED } else { 0 }
-}
-
-/// What a `bpf_loop` callback returns for a global function's result: the
-/// kernel wants 0 or 1 and knows nothing of a global's result, so the bound
-/// is applied to a value the compiler cannot see through.
-#[inline(always)]
-pub fn loop_result(r: i64) -> i64 {
-    // SAFETY: a read of a local.
-    (unsafe { core::ptr::read_volatile(&r) } != 0) as i64 & 1
-}
-
-/// `bpf_loop` callbacks: one per scratch, each one frame of a walk.
-pub extern "C" fn probes_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    loop_result(unwind::memwatch_walk_step(PROBES))
-}
-
-pub extern "C" fn syscalls_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    loop_result(unwind::memwatch_walk_step(SYSCALLS))
-}
-
-pub extern "C" fn probes_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    loop_result(python::memwatch_py_step(PROBES))
-}
-
-pub extern "C" fn syscalls_python_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    loop_result(python::memwatch_py_step(SYSCALLS))
 }
 
 /// Ends the stack walked into `scratch` with `end`, stores it in STACKS

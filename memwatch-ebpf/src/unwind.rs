@@ -37,8 +37,8 @@ use memwatch_common::{
 };
 
 use crate::{
-    maps::{PROBES, add, scratch},
-    stack::{probes_walk_step, syscalls_walk_step},
+    bpf_loop::loop_result,
+    maps::{PROBES, SYSCALLS, add, scratch},
 };
 
 #[map(name = "UNWIND_ROWS")]
@@ -179,7 +179,7 @@ fn ask_refresh(tgid: u32) {
     let asked = unsafe { &mut (*p).refresh_asked };
     if *asked == 0 {
         *asked = 1;
-        if crate::process::send(EventKind::CodeMapped, tgid, 0, 0).is_err() {
+        if crate::maps::send(EventKind::CodeMapped, tgid, 0, 0).is_err() {
             crate::maps::count_drop(memwatch_common::drop::Drop::EventsFull);
         }
     }
@@ -236,6 +236,15 @@ impl Found {
 /// global function: `alloc_exit` 19,080 instructions with 1, 34,852 with
 /// 4, 60,990 with 8 on 6.18.
 const STEPS_PER_ITERATION: u32 = 8;
+
+/// `bpf_loop` callbacks: one per scratch, each one frame of a walk.
+pub extern "C" fn probes_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    loop_result(memwatch_walk_step(PROBES))
+}
+
+pub extern "C" fn syscalls_walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    loop_result(memwatch_walk_step(SYSCALLS))
+}
 
 /// [`STEPS_PER_ITERATION`] frames of the walk in this CPU's scratch `which`:
 /// each records the frame at the walk's pc and steps to its caller.
