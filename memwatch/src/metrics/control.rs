@@ -4,7 +4,7 @@
 
 use prometheus::{IntCounterVec, IntGaugeVec, Registry};
 
-use super::{counter_vec, gauge_vec};
+use super::series::{counter_vec, gauge_vec};
 use crate::{collect::snapshot::Snapshot, control::Source};
 
 pub struct ControlMetrics {

@@ -4,7 +4,7 @@
 
 use prometheus::{IntCounterVec, Registry};
 
-use super::{advance, counter_vec};
+use super::series::{advance, counter_vec};
 use crate::collect::snapshot::Snapshot;
 
 pub struct OomMetrics {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use prometheus::{IntGaugeVec, Registry};
 
-use super::gauge_vec;
+use super::series::gauge_vec;
 use crate::objects::Taken;
 
 /// Types per executable with their own series.

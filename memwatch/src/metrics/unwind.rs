@@ -5,7 +5,7 @@
 use memwatch_common::unwind::{EndReason, Method, STAT_CFI_FRAMES, STAT_RULE_MISSES, stat_index};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Registry};
 
-use super::{advance, counter_vec, gauge};
+use super::series::{advance, counter_vec, gauge};
 use crate::collect::snapshot::Snapshot;
 
 pub struct UnwindMetrics {
