@@ -4,9 +4,14 @@
 //!
 //! [`take`] does the I/O; [`Histories`] and [`report`] are pure.
 
+mod query;
+mod text;
+
 use std::collections::{HashMap, VecDeque};
 
+pub use query::{ObjectsQuery, parse_query};
 use serde::Serialize;
+pub use text::render_text;
 
 use crate::{
     process::procfs,
@@ -348,152 +353,6 @@ pub fn report(t: Taken, histories: &mut Histories, limit: usize, since: Option<f
         allocator,
         allocator_unavailable,
     }
-}
-
-/// The text form: the census, then the growth as objgraph prints it.
-pub fn render_text(r: &ObjectsReport) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "process {} — CPython {} ({}), {} objects tracked by the collector, census in {:.3} s{}",
-        r.pid,
-        r.python.version,
-        r.python.build,
-        r.objects,
-        r.duration_seconds,
-        match &r.inconsistency {
-            Some(why) => format!(" — NOT CONSISTENT: {why}"),
-            None => String::new(),
-        }
-    );
-    let gens: Vec<String> =
-        r.gc.generations
-            .iter()
-            .map(|g| format!("{}/{}", g.count, g.threshold))
-            .collect();
-    let _ = writeln!(
-        out,
-        "gc {}: counts/thresholds {}; {} collections, {} collected, {} uncollectable",
-        if r.gc.enabled { "enabled" } else { "DISABLED" },
-        gens.join(" "),
-        r.gc.collections,
-        r.gc.collected,
-        r.gc.uncollectable
-    );
-    let _ = writeln!(out, "\n{:>12} {:>14}  type", "count", "bytes");
-    for t in &r.types {
-        let _ = writeln!(out, "{:>12} {:>14}  {}.{}", t.count, t.bytes, t.module, t.name);
-    }
-    match (&r.allocator, &r.allocator_unavailable) {
-        (Some(a), _) => {
-            let _ = writeln!(
-                out,
-                "\nobject allocator (pymalloc): {} arenas ({} KiB), {} pools in use, {} blocks in use ({} bytes){}",
-                a.arenas,
-                a.arena_bytes / 1024,
-                a.pools,
-                a.blocks,
-                a.bytes,
-                match &a.inconsistency {
-                    Some(why) => format!(" — NOT CONSISTENT: {why}"),
-                    None => String::new(),
-                }
-            );
-            let _ = writeln!(
-                out,
-                "{:>6} {:>8} {:>12} {:>14} {:>12}",
-                "size", "pools", "blocks", "bytes", "free blocks"
-            );
-            for c in &a.size_classes {
-                let _ = writeln!(
-                    out,
-                    "{:>6} {:>8} {:>12} {:>14} {:>12}",
-                    c.size, c.pools, c.blocks, c.bytes, c.free_blocks
-                );
-            }
-        }
-        (None, Some(why)) => {
-            let _ = writeln!(out, "\nobject allocator: not read ({why})");
-        }
-        (None, None) => {}
-    }
-    if let Some(g) = &r.growth {
-        let _ = writeln!(out, "\ngrowth over the last {:.0} s:", g.window_seconds);
-        for t in &g.types {
-            let _ = writeln!(
-                out,
-                "{:<40} {:>10} {:>+10} {:>+14} bytes  (peak {})",
-                format!("{}.{}", t.module, t.name),
-                t.count,
-                t.count_change,
-                t.bytes_change,
-                t.peak_count
-            );
-        }
-    }
-    out
-}
-
-/// `?pid=N&limit=N&format=json|text&since=SECONDS`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ObjectsQuery {
-    pub pid: u32,
-    pub limit: usize,
-    pub text: bool,
-    pub since: Option<f64>,
-}
-
-pub fn parse_query(raw: Option<&str>, wants_text: bool) -> Result<ObjectsQuery, String> {
-    let (mut pid, mut q) = (
-        None,
-        ObjectsQuery {
-            pid: 0,
-            limit: 50,
-            text: wants_text,
-            since: None,
-        },
-    );
-    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match key {
-            "pid" => {
-                pid = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|&p: &u32| p > 0)
-                        .ok_or_else(|| format!("invalid pid {value:?}"))?,
-                )
-            }
-            "limit" => {
-                q.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|&l: &usize| (1..=100_000).contains(&l))
-                    .ok_or_else(|| format!("invalid limit {value:?}: expected 1 to 100000 types"))?
-            }
-            "format" => {
-                q.text = match value {
-                    "json" => false,
-                    "text" => true,
-                    _ => return Err(format!("invalid format {value:?}: expected json or text")),
-                }
-            }
-            "since" => {
-                q.since = Some(
-                    value
-                        .parse()
-                        .ok()
-                        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                        .ok_or_else(|| format!("invalid since {value:?}: expected a number of seconds"))?,
-                )
-            }
-            _ => return Err(format!("unknown parameter {key:?} (pid, limit, format, since)")),
-        }
-    }
-    q.pid = pid.ok_or("pid is required: /objects?pid=PID")?;
-    Ok(q)
 }
 
 /// A census of `types` (name, count; 64 bytes each) in `module`, for tests.

@@ -14,6 +14,9 @@
 //! sit together in the allocator's arenas and a list walk would otherwise
 //! make one system call per object.
 
+mod memory;
+mod types;
+
 use std::{
     collections::HashMap,
     io,
@@ -21,6 +24,9 @@ use std::{
 };
 
 use serde::Serialize;
+
+pub use memory::{ChunkedMemory, Read};
+use types::{TypeInfo, type_info};
 
 /// Offsets of the collector's state, per CPython minor version (x86-64,
 /// default build; from each version's internal headers).
@@ -45,25 +51,6 @@ const GC_STATS: u64 = 128;
 const STATS_SIZE: u64 = 24;
 /// `PyGC_Head`: `_gc_next`, `_gc_prev` (whose two low bits are flags).
 const GC_HEAD: u64 = 16;
-/// `PyTypeObject` fields (3.10 to 3.13).
-const TP_NAME: u64 = 24;
-const TP_BASICSIZE: u64 = 32;
-const TP_ITEMSIZE: u64 = 40;
-const TP_FLAGS: u64 = 168;
-const TP_DICT: u64 = 264;
-const TPFLAGS_HEAPTYPE: u64 = 1 << 9;
-const TPFLAGS_MANAGED_DICT: u64 = 1 << 4;
-const TPFLAGS_MANAGED_WEAKREF: u64 = 1 << 3;
-/// Set on `type` and its subclasses: an object's type must have a type
-/// that has it.
-const TPFLAGS_TYPE_SUBCLASS: u64 = 1 << 31;
-/// Dicts: `ma_keys`, then in the keys `dk_log2_index_bytes`, `dk_kind`,
-/// `dk_nentries` and the indices (3.11 to 3.13).
-const MA_KEYS: u64 = 32;
-const DK_LOG2_INDEX_BYTES: u64 = 9;
-const DK_KIND: u64 = 10;
-const DK_NENTRIES: u64 = 24;
-const DK_INDICES: u64 = 32;
 
 /// How far a census may go.
 #[derive(Debug, Clone, Copy)]
@@ -78,23 +65,6 @@ impl Default for Limits {
             objects: 20_000_000,
             time: Duration::from_secs(10),
         }
-    }
-}
-
-/// Memory of the process under census.
-pub trait Read {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
-
-    fn u64(&mut self, addr: u64) -> io::Result<u64> {
-        let mut b = [0u8; 8];
-        self.read(addr, &mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
-
-    fn i32(&mut self, addr: u64) -> io::Result<i32> {
-        let mut b = [0u8; 4];
-        self.read(addr, &mut b)?;
-        Ok(i32::from_le_bytes(b))
     }
 }
 
@@ -145,20 +115,6 @@ pub enum CensusError {
     #[error("the interpreter's collector state does not look like CPython {0}'s: {1}")]
     Mismatch(String, String),
 }
-
-struct TypeInfo {
-    name: String,
-    module: String,
-    basicsize: u64,
-    /// Per item, for types whose objects keep a count of items (`ob_size`)
-    /// after their header; 0 for the rest.
-    itemsize: u64,
-    pre_header: u64,
-}
-
-/// Built-in types with a `tp_itemsize` whose objects have no `ob_size`:
-/// generators and their kin size their embedded frame from their code.
-const NOT_VAR_SIZED: [&str; 3] = ["generator", "coroutine", "async_generator"];
 
 /// Takes the census of the interpreter whose `_PyRuntime` is at `runtime`.
 pub fn take(
@@ -293,169 +249,9 @@ fn gc_stats(mem: &mut impl Read, gc: u64) -> io::Result<GcStats> {
     })
 }
 
-/// A NUL-terminated string of at most `max` bytes.
-fn c_string(mem: &mut impl Read, addr: u64, max: usize) -> Option<String> {
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 32];
-    while out.len() < max {
-        // Byte by byte where a chunk would cross into an unmapped page.
-        let n = chunk.len().min((4096 - (addr + out.len() as u64) % 4096) as usize);
-        mem.read(addr + out.len() as u64, &mut chunk[..n]).ok()?;
-        if let Some(end) = chunk[..n].iter().position(|&c| c == 0) {
-            out.extend_from_slice(&chunk[..end]);
-            return String::from_utf8(out).ok();
-        }
-        out.extend_from_slice(&chunk[..n]);
-    }
-    None
-}
-
-/// The type at `ty`, checked to be one: its own type must be `type` or a
-/// subclass of it.
-fn type_info(mem: &mut impl Read, ty: u64, strings: (u64, u64)) -> Option<TypeInfo> {
-    if ty == 0 || !ty.is_multiple_of(8) {
-        return None;
-    }
-    let meta = mem.u64(ty + 8).ok()?;
-    if meta == 0 || mem.u64(meta + TP_FLAGS).ok()? & TPFLAGS_TYPE_SUBCLASS == 0 {
-        return None;
-    }
-    let flags = mem.u64(ty + TP_FLAGS).ok()?;
-    let name_at = mem.u64(ty + TP_NAME).ok()?;
-    let tp_name = c_string(mem, name_at, 256)?;
-    let (name, module) = if flags & TPFLAGS_HEAPTYPE != 0 {
-        let module = mem
-            .u64(ty + TP_DICT)
-            .ok()
-            .and_then(|d| dict_str_item(mem, d, "__module__", strings))
-            .unwrap_or_else(|| "builtins".to_string());
-        (tp_name, module)
-    } else {
-        match tp_name.rsplit_once('.') {
-            Some((m, n)) => (n.to_string(), m.to_string()),
-            None => (tp_name, "builtins".to_string()),
-        }
-    };
-    let gc_header = GC_HEAD;
-    let pre_header = gc_header
-        + if flags & (TPFLAGS_MANAGED_DICT | TPFLAGS_MANAGED_WEAKREF) != 0 {
-            16
-        } else {
-            0
-        };
-    let itemsize = if flags & TPFLAGS_HEAPTYPE == 0 && module == "builtins" && NOT_VAR_SIZED.contains(&name.as_str()) {
-        0
-    } else {
-        mem.u64(ty + TP_ITEMSIZE).ok()?
-    };
-    Some(TypeInfo {
-        name,
-        module,
-        basicsize: mem.u64(ty + TP_BASICSIZE).ok()?,
-        itemsize,
-        pre_header,
-    })
-}
-
-/// The value of `dict[key]` when it is a str, for a combined dict with str
-/// keys (a class's namespace).
-fn dict_str_item(mem: &mut impl Read, dict: u64, key: &str, strings: (u64, u64)) -> Option<String> {
-    let keys = mem.u64(dict + MA_KEYS).ok()?;
-    let mut head = [0u8; 32];
-    mem.read(keys, &mut head).ok()?;
-    let index_bytes = 1u64.checked_shl(u32::from(head[DK_LOG2_INDEX_BYTES as usize]))?;
-    let entry_size = if head[DK_KIND as usize] == 0 { 24 } else { 16 };
-    let key_at = if entry_size == 24 { 8 } else { 0 };
-    let entries = u64::from_le_bytes(head[DK_NENTRIES as usize..DK_NENTRIES as usize + 8].try_into().ok()?);
-    if entries > 4096 || index_bytes > 1 << 20 {
-        return None;
-    }
-    let base = keys + DK_INDICES + index_bytes;
-    for i in 0..entries {
-        let e = base + i * entry_size;
-        let k = mem.u64(e + key_at).ok()?;
-        if k != 0 && py_str(mem, k, strings).as_deref() == Some(key) {
-            let value = mem.u64(e + key_at + 8).ok()?;
-            return py_str(mem, value, strings);
-        }
-    }
-    None
-}
-
-/// A `str` object's text, as frames' names are read.
-fn py_str(mem: &mut impl Read, s: u64, (ascii_data, compact_data): (u64, u64)) -> Option<String> {
-    super::code::read_str(&mut |a, b| mem.read(a, b), s, ascii_data, compact_data).ok()
-}
-
-/// A live process's memory through `/proc/PID/mem`, read in 64 KiB chunks
-/// kept until [`MAX_CHUNKS`] are held (then dropped and read again).
-pub struct ChunkedMemory {
-    mem: super::code::Memory,
-    chunks: HashMap<u64, Option<Box<[u8]>>>,
-    pub reads: u64,
-}
-
-const CHUNK: u64 = 64 * 1024;
-/// 32 MiB at most.
-const MAX_CHUNKS: usize = 512;
-
-impl ChunkedMemory {
-    pub fn open(pid: u32) -> io::Result<Self> {
-        Ok(ChunkedMemory {
-            mem: super::code::Memory::open(pid)?,
-            chunks: HashMap::new(),
-            reads: 0,
-        })
-    }
-
-    /// The same memory read directly, without chunks.
-    pub fn direct(&mut self) -> &mut super::code::Memory {
-        &mut self.mem
-    }
-
-    fn chunk(&mut self, base: u64) -> Option<&[u8]> {
-        if !self.chunks.contains_key(&base) {
-            if self.chunks.len() >= MAX_CHUNKS {
-                self.chunks.clear();
-            }
-            self.reads += 1;
-            // A chunk reaching past the mapping's end fails whole: those
-            // addresses are read directly.
-            let data = self.mem.bytes(base, CHUNK).ok().map(Vec::into_boxed_slice);
-            self.chunks.insert(base, data);
-        }
-        self.chunks.get(&base).and_then(|c| c.as_deref())
-    }
-}
-
-/// Direct reads, for scattered small records (pool headers) where a chunk
-/// would read a whole arena for one header.
-impl Read for super::code::Memory {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.read_at(addr, buf)
-    }
-}
-
-impl Read for ChunkedMemory {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-        let base = addr & !(CHUNK - 1);
-        let off = (addr - base) as usize;
-        if off + buf.len() <= CHUNK as usize
-            && let Some(c) = self.chunk(base)
-        {
-            buf.copy_from_slice(&c[off..off + buf.len()]);
-            return Ok(());
-        }
-        self.reads += 1;
-        let b = self.mem.bytes(addr, buf.len() as u64)?;
-        buf.copy_from_slice(&b);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{types::*, *};
 
     /// Memory as a map of 8-byte words and byte strings.
     #[derive(Default)]

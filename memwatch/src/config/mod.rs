@@ -3,6 +3,9 @@
 //! validated here, before anything is bound or attached, and every error names
 //! the key at fault.
 
+mod detect;
+mod file;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -10,7 +13,13 @@ use std::{
 };
 
 use globset::GlobMatcher;
-use serde::Deserialize;
+
+pub use detect::{Detect, Escalation, Glob};
+use detect::{detect, escalation};
+pub use file::{
+    CollectFile, ControlFile, DetectFile, EscalationFile, FileConfig, MapsFile, MetricsFile, OomFile, Overrides,
+    ProbesFile, PythonFile, ReportFile, SymbolizeFile, TrackFile, UnwindFile, parse_file,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,157 +36,6 @@ fn value_error(key: impl Into<String>, message: impl Into<String>) -> ConfigErro
         key: key.into(),
         message: message.into(),
     }
-}
-
-/// The file as written; every key optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    /// Prometheus exporters' web configuration file (TLS, basic auth).
-    pub web_config_file: Option<PathBuf>,
-    pub log: Option<String>,
-    #[serde(default)]
-    pub track: TrackFile,
-    #[serde(default)]
-    pub maps: MapsFile,
-    #[serde(default)]
-    pub collect: CollectFile,
-    #[serde(default)]
-    pub report: ReportFile,
-    #[serde(default)]
-    pub metrics: MetricsFile,
-    #[serde(default)]
-    pub symbolize: SymbolizeFile,
-    #[serde(default)]
-    pub probes: ProbesFile,
-    #[serde(default)]
-    pub detect: DetectFile,
-    #[serde(default)]
-    pub escalation: EscalationFile,
-    #[serde(default)]
-    pub unwind: UnwindFile,
-    #[serde(default)]
-    pub python: PythonFile,
-    #[serde(default)]
-    pub control: ControlFile,
-    #[serde(default)]
-    pub oom: OomFile,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OomFile {
-    pub keep: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlFile {
-    pub socket: Option<PathBuf>,
-    pub group: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PythonFile {
-    pub objects: Option<bool>,
-    pub census_interval_seconds: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UnwindFile {
-    pub enabled: Option<bool>,
-    pub frame_pointer_objects: Option<bool>,
-    pub rows: Option<i64>,
-    pub processes: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetectFile {
-    pub enabled: Option<bool>,
-    pub sample_interval_seconds: Option<f64>,
-    pub window_seconds: Option<f64>,
-    pub min_rate_bytes_per_second: Option<f64>,
-    pub min_confidence: Option<f64>,
-    pub firing_after_seconds: Option<f64>,
-    pub resolve_after_seconds: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EscalationFile {
-    pub enabled: Option<bool>,
-    pub window_seconds: Option<f64>,
-    pub max_concurrent: Option<i64>,
-    pub max_hits_per_second_per_process: Option<f64>,
-    pub max_hits_per_second: Option<f64>,
-    pub cooldown_seconds: Option<f64>,
-    pub include_exe: Option<Vec<String>>,
-    pub exclude_exe: Option<Vec<String>>,
-    pub include_units: Option<Vec<String>>,
-    pub exclude_units: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProbesFile {
-    pub placement: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrackFile {
-    pub pids: Option<Vec<i64>>,
-    pub exe: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MapsFile {
-    pub live_allocations: Option<i64>,
-    pub live_table_slots: Option<i64>,
-    pub stacks: Option<i64>,
-    pub processes: Option<i64>,
-    pub stack_totals: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CollectFile {
-    pub interval_seconds: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportFile {
-    pub stacks_per_process: Option<i64>,
-    pub cmdline_arguments: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsFile {
-    pub top_processes: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SymbolizeFile {
-    pub cache_entries: Option<i64>,
-}
-
-/// Command-line overrides.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub listen: Option<String>,
-    pub web_config_file: Option<PathBuf>,
-    pub pids: Vec<u32>,
-    pub exe: Vec<String>,
-    pub log: Option<String>,
-    pub control_socket: Option<PathBuf>,
 }
 
 /// A process selector by executable: a glob with a `/` matches the full path,
@@ -295,53 +153,6 @@ pub struct Unwind {
     pub rows: u32,
     /// Processes whose stacks are walked by CFI at once (about 5 KiB each).
     pub processes: u32,
-}
-
-/// Host-wide growth detection.
-#[derive(Debug, Clone)]
-pub struct Detect {
-    pub enabled: bool,
-    pub sample_interval: Duration,
-    pub window_seconds: f64,
-    pub min_rate: f64,
-    pub min_confidence: f64,
-    pub firing_after_seconds: f64,
-    pub resolve_after_seconds: f64,
-}
-
-/// Exact tracking of suspects, for a while and under a budget.
-#[derive(Debug, Clone)]
-pub struct Escalation {
-    pub enabled: bool,
-    pub window_seconds: f64,
-    pub max_concurrent: usize,
-    pub max_hits_per_process: f64,
-    pub max_hits: f64,
-    pub cooldown_seconds: f64,
-    pub include_exe: Vec<ExeGlob>,
-    pub exclude_exe: Vec<ExeGlob>,
-    pub include_units: Vec<Glob>,
-    pub exclude_units: Vec<Glob>,
-}
-
-/// A glob over a name (systemd unit or container id).
-#[derive(Debug, Clone)]
-pub struct Glob {
-    pub pattern: String,
-    matcher: GlobMatcher,
-}
-
-impl Glob {
-    pub fn new(pattern: &str) -> Result<Self, globset::Error> {
-        Ok(Glob {
-            pattern: pattern.into(),
-            matcher: globset::Glob::new(pattern)?.compile_matcher(),
-        })
-    }
-
-    pub fn matches(&self, name: &str) -> bool {
-        self.matcher.is_match(name)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -526,107 +337,6 @@ fn seconds(key: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Resul
     Ok(v)
 }
 
-fn detect(f: &DetectFile) -> Result<Detect, ConfigError> {
-    let d = Detect {
-        enabled: f.enabled.unwrap_or(true),
-        sample_interval: Duration::from_secs_f64(seconds(
-            "detect.sample_interval_seconds",
-            f.sample_interval_seconds,
-            2.0,
-            0.1,
-            600.0,
-        )?),
-        window_seconds: seconds("detect.window_seconds", f.window_seconds, 30.0, 5.0, 86_400.0)?,
-        min_rate: seconds(
-            "detect.min_rate_bytes_per_second",
-            f.min_rate_bytes_per_second,
-            32_768.0,
-            1.0,
-            1e12,
-        )?,
-        min_confidence: seconds("detect.min_confidence", f.min_confidence, 0.6, 0.0, 1.0)?,
-        firing_after_seconds: seconds(
-            "detect.firing_after_seconds",
-            f.firing_after_seconds,
-            60.0,
-            0.0,
-            86_400.0,
-        )?,
-        resolve_after_seconds: seconds(
-            "detect.resolve_after_seconds",
-            f.resolve_after_seconds,
-            60.0,
-            0.0,
-            86_400.0,
-        )?,
-    };
-    // The shortest window must hold enough samples to judge.
-    if d.window_seconds < 10.0 * d.sample_interval.as_secs_f64() {
-        return Err(value_error(
-            "detect.window_seconds",
-            format!(
-                "must be at least 10 samples long (10 × detect.sample_interval_seconds = {}s)",
-                10.0 * d.sample_interval.as_secs_f64()
-            ),
-        ));
-    }
-    Ok(d)
-}
-
-fn escalation(f: &EscalationFile) -> Result<Escalation, ConfigError> {
-    let exe_globs = |key: &str, v: &Option<Vec<String>>| -> Result<Vec<ExeGlob>, ConfigError> {
-        v.iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, g)| glob(g).map_err(|m| value_error(format!("{key}[{i}]"), m)))
-            .collect()
-    };
-    let name_globs = |key: &str, v: &Option<Vec<String>>| -> Result<Vec<Glob>, ConfigError> {
-        v.iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, g)| {
-                Glob::new(g).map_err(|e| value_error(format!("{key}[{i}]"), format!("not a valid glob {g:?}: {e}")))
-            })
-            .collect()
-    };
-    Ok(Escalation {
-        enabled: f.enabled.unwrap_or(true),
-        window_seconds: seconds("escalation.window_seconds", f.window_seconds, 60.0, 1.0, 86_400.0)?,
-        max_concurrent: ranged("escalation.max_concurrent", f.max_concurrent, 4, 0, 1024)? as usize,
-        max_hits_per_process: seconds(
-            "escalation.max_hits_per_second_per_process",
-            f.max_hits_per_second_per_process,
-            100_000.0,
-            1.0,
-            1e9,
-        )?,
-        max_hits: seconds(
-            "escalation.max_hits_per_second",
-            f.max_hits_per_second,
-            300_000.0,
-            1.0,
-            1e10,
-        )?,
-        cooldown_seconds: seconds(
-            "escalation.cooldown_seconds",
-            f.cooldown_seconds,
-            600.0,
-            0.0,
-            86_400.0 * 7.0,
-        )?,
-        include_exe: exe_globs("escalation.include_exe", &f.include_exe)?,
-        exclude_exe: exe_globs("escalation.exclude_exe", &f.exclude_exe)?,
-        include_units: name_globs("escalation.include_units", &f.include_units)?,
-        exclude_units: name_globs("escalation.exclude_units", &f.exclude_units)?,
-    })
-}
-
-/// Parses the TOML text; the message names the offending key and line.
-pub fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
-}
-
 fn pid(p: i64) -> Result<u32, String> {
     match u32::try_from(p) {
         Ok(v) if v > 0 => Ok(v),
@@ -680,7 +390,7 @@ mod tests {
 
     #[test]
     fn the_shipped_default_config_is_valid_and_default() {
-        let text = include_str!("../../deploy/memwatch.toml");
+        let text = include_str!("../../../deploy/memwatch.toml");
         let c = build(text).unwrap();
         let d = build("").unwrap();
         assert_eq!(c.listen, d.listen);
