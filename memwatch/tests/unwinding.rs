@@ -524,13 +524,7 @@ fn an_lld_linked_binary_is_walked_to_its_roots() {
     assert!(shifted, "memwatch is no longer linked with shifted segments:\n{text}");
     let observed = Daemon::start(FAST, &[]);
     let pid = observed.pid();
-    // By its rules even where most of its code keeps frame pointers (a debug
-    // build's own code does, and past 95% of it the object is walked by
-    // them): the placement of the rules is what this tests.
-    let d = Daemon::start(
-        &format!("{FAST}[unwind]\nframe_pointer_objects = false\n"),
-        &["--pid", &pid.to_string()],
-    );
+    let d = Daemon::start(FAST, &["--pid", &pid.to_string()]);
     d.wait_tracked(pid);
     // Its collector allocates on every scan.
     d.wait_for("stacks of the observed daemon", Duration::from_secs(30), || {

@@ -313,12 +313,18 @@ impl ProcessTable {
             self.free_slots.push(slot);
             return Err(TrackError::Kernel(e));
         }
+        // The rules before the probes: every stack recorded is walked by
+        // them, none by frame pointers while a large object's table loads.
+        if let Err(e) = self.unwind.register(&mut kernel.unwind, pid, Reason::Tracked) {
+            tracing::warn!(pid, error = %e, "cannot load unwind tables: its stacks are walked by frame pointers");
+        }
         let mut sites = Vec::new();
         for t in &targets {
             match probes::attach(kernel.ebpf_mut(), pid, t) {
                 Ok(s) => sites.extend(s),
                 Err(e) => {
                     self.reaper.reap(probes::detach(kernel.ebpf_mut(), sites));
+                    self.unwind.unregister(&mut kernel.unwind, pid, Reason::Tracked);
                     kernel.untrack(pid);
                     self.free_slots.push(slot);
                     return Err(TrackError::Kernel(e));
@@ -357,9 +363,6 @@ impl ProcessTable {
             "tracking process"
         );
         self.procs.insert(pid, inc);
-        if let Err(e) = self.unwind.register(&mut kernel.unwind, pid, Reason::Tracked) {
-            tracing::warn!(pid, error = %e, "cannot load unwind tables: its stacks are walked by frame pointers");
-        }
         Ok(())
     }
 
