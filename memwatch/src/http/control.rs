@@ -136,15 +136,20 @@ pub fn bind(path: &std::path::Path, group: bool) -> anyhow::Result<std::os::unix
     Ok(listener)
 }
 
-fn closed(s: &AppState) -> Option<Response> {
+/// Why this connection may not steer, and the status that says so.
+fn refusal(s: &AppState) -> Option<(StatusCode, String)> {
     match (&s.door, &s.control) {
-        (Door::Closed(why), _) => Some(text(StatusCode::FORBIDDEN, format!("{why}\n"))),
-        (Door::Open, None) => Some(text(
+        (Door::Closed(why), _) => Some((StatusCode::FORBIDDEN, why.to_string())),
+        (Door::Open, None) => Some((
             StatusCode::SERVICE_UNAVAILABLE,
-            "this daemon takes no control requests\n".into(),
+            "this daemon takes no control requests".into(),
         )),
         (Door::Open, Some(_)) => None,
     }
+}
+
+fn closed(s: &AppState) -> Option<Response> {
+    refusal(s).map(|(status, why)| text(status, format!("{why}\n")))
 }
 
 /// A JSON body, or what is wrong with it.
@@ -198,10 +203,7 @@ pub async fn untrack(State(s): State<AppState>, bytes: Bytes) -> Response {
 /// `GET /control`: whether this connection may steer (the page shows its
 /// track buttons only then), and why not.
 pub async fn door(State(s): State<AppState>) -> Response {
-    let why_not = closed(&s).map(|_| match &s.door {
-        Door::Closed(why) => why.to_string(),
-        Door::Open => "this daemon takes no control requests".to_string(),
-    });
+    let why_not = refusal(&s).map(|(_, why)| why);
     json(&serde_json::json!({ "may_control": why_not.is_none(), "why_not": why_not }))
 }
 

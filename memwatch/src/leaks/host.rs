@@ -160,7 +160,7 @@ pub fn build(snapshot: &Snapshot, q: &HostQuery) -> Result<HostReport, UnknownPr
     // Tracked processes sampling has not seen (it is off, or they are new).
     for p in &snapshot.processes {
         if !sampled.iter().any(|s| s.pid == p.pid) {
-            let mut r = HostProcessReport::of(
+            list.push(HostProcessReport::of(
                 &HostProcess {
                     pid: p.pid,
                     comm: p.comm.clone(),
@@ -176,9 +176,7 @@ pub fn build(snapshot: &Snapshot, q: &HostQuery) -> Result<HostReport, UnknownPr
                     heap_history: Vec::new(),
                 },
                 true,
-            );
-            r.heap_bytes = 0;
-            list.push(r);
+            ));
         }
     }
     if let Some(pid) = q.pid {
