@@ -209,7 +209,13 @@ async fn census_metrics(
                 match crate::objects::take(pid, crate::process::unix_now()) {
                     Ok(t) => {
                         latest.record(pid, t.start_time, t.taken_unix, &t.census);
-                        out.push((exe, t))
+                        // Cut short by changes even when walked again: its
+                        // counts would dip every gauge of the executable.
+                        if t.census.worth_retaking() {
+                            tracing::debug!(pid, reason = ?t.census.inconsistency, "a partial census is left out of the metrics");
+                        } else {
+                            out.push((exe, t))
+                        }
                     }
                     Err(e) => tracing::debug!(pid, error = %e, "no census for the metrics"),
                 }

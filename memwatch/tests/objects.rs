@@ -102,6 +102,36 @@ fn a_census_equals_gc_get_objects_on_every_interpreter() {
     }
 }
 
+/// A collection moves objects off the generations' lists while it runs: a
+/// census that overlaps one says it is partial (after walking again), on
+/// every interpreter, and the next one is whole.
+#[test]
+#[ignore = "needs root and CPython; run with `cargo xtask test`"]
+fn a_census_during_a_collection_says_it_is_partial_on_every_interpreter() {
+    require_root();
+    let d = Daemon::start(FAST, &[]);
+    for (python, required) in INTERPRETERS {
+        let Some((mut fx, expected)) = start(python, "population", required) else {
+            continue;
+        };
+        fx.send("collect 3");
+        assert_eq!(fx.read_line(), "collecting", "{python}");
+        let census = d.json(&format!("/objects?pid={}&limit=100000", fx.pid));
+        assert_eq!(census["consistent"], false, "{python}: {census:#}");
+        assert!(
+            census["inconsistency"]
+                .as_str()
+                .is_some_and(|r| r.contains("collection")),
+            "{python}: {census:#}"
+        );
+        assert_eq!(fx.read_line(), "collected", "{python}");
+        let census = d.json(&format!("/objects?pid={}&limit=100000", fx.pid));
+        assert_eq!(census["consistent"], true, "{python}: {census:#}");
+        assert_eq!(own_types(&census)["Order"], expected["Order"], "{python}");
+        assert!(fx.exit().success());
+    }
+}
+
 /// `sys._debugmallocstats()`'s table: size → (pools, blocks in use, free
 /// blocks), and its count of arenas.
 fn parse_mallocstats(text: &str) -> (HashMap<u64, (u64, u64, u64)>, u64) {

@@ -84,8 +84,9 @@ pub fn render(kills: &[Arc<OomKill>], now_unix: f64) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "  its last Python census, {} before: {} objects; largest types: {}",
+                "  its last Python census, {} before{}: {} objects; largest types: {}",
                 duration((k.killed_unix - c.taken_unix).max(0.0)),
+                if c.consistent { "" } else { " (partial)" },
                 c.objects,
                 types.join(", ")
             );

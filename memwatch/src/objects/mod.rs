@@ -25,6 +25,9 @@ use crate::{
 /// Censuses kept per process, and processes kept.
 const KEPT_PER_PROCESS: usize = 32;
 const PROCESSES_KEPT: usize = 64;
+/// Walks of one census: the young generation of a busy interpreter changes
+/// at every allocation, and a walk that met a change is taken again.
+const WALKS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
@@ -85,13 +88,24 @@ pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
             gone()
         }
     })?;
-    let census = census::take(&mut mem, rt.runtime, &layout, &rt.version, Limits::default()).map_err(|e| {
-        if procfs::exists(pid) {
-            ObjectsError::Unsupported(pid, e.to_string())
-        } else {
-            gone()
+    let walk = |mem: &mut census::ChunkedMemory| {
+        census::take(mem, rt.runtime, &layout, &rt.version, Limits::default()).map_err(|e| {
+            if procfs::exists(pid) {
+                ObjectsError::Unsupported(pid, e.to_string())
+            } else {
+                gone()
+            }
+        })
+    };
+    let mut census = walk(&mut mem)?;
+    for _ in 1..WALKS {
+        if !census.worth_retaking() {
+            break;
         }
-    })?;
+        // Fresh reads: the kept chunks are what the last walk saw.
+        mem.forget();
+        census = walk(&mut mem)?;
+    }
     let arenas = blocks(&rt, &layout, &mut mem);
     if !procfs::exists(pid) {
         return Err(gone());
@@ -392,6 +406,7 @@ pub(crate) fn fake_taken(at: f64, module: &str, types: &[(&str, u64)]) -> Taken 
             },
             consistent: true,
             inconsistency: None,
+            limited: false,
         },
         arenas: Err("not read in tests".into()),
     }

@@ -26,6 +26,10 @@ pub struct LatestCensus {
     pub objects: u64,
     /// The largest types, by bytes.
     pub types: Vec<TypeCount>,
+    /// False when the walk stopped early (see `/objects`); then why.
+    pub consistent: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inconsistency: Option<String>,
 }
 
 /// Shared by the census's taker and the collector.
@@ -33,8 +37,16 @@ pub struct LatestCensus {
 pub struct LatestCensuses(Arc<Mutex<HashMap<u32, LatestCensus>>>);
 
 impl LatestCensuses {
+    /// Keeps `census` as `pid`'s last, unless it is one that the lists
+    /// changing under it cut short and a census of the same process is
+    /// already kept: a process dying at its memory limit is read while the
+    /// kernel tears it down, and an earlier whole census says more than a
+    /// fragment of the last.
     pub fn record(&self, pid: u32, start_time: u64, taken_unix: f64, census: &Census) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if census.worth_retaking() && m.get(&pid).is_some_and(|c| c.start_time == start_time) {
+            return;
+        }
         m.insert(
             pid,
             LatestCensus {
@@ -42,6 +54,8 @@ impl LatestCensuses {
                 taken_unix,
                 objects: census.objects,
                 types: census.types.iter().take(TYPES_KEPT).cloned().collect(),
+                consistent: census.consistent,
+                inconsistency: census.inconsistency.clone(),
             },
         );
         while m.len() > KEPT {
@@ -84,6 +98,16 @@ mod tests {
             gc: Default::default(),
             consistent: true,
             inconsistency: None,
+            limited: false,
+        }
+    }
+
+    fn cut_short(objects: u64, limited: bool) -> Census {
+        Census {
+            consistent: false,
+            inconsistency: Some("generation 2 changed during the census".into()),
+            limited,
+            ..census(objects)
         }
     }
 
@@ -101,5 +125,23 @@ mod tests {
         }
         assert!(l.get(7, None).is_none(), "the oldest went first");
         assert_eq!(l.0.lock().unwrap().len(), KEPT);
+    }
+
+    #[test]
+    fn a_census_cut_short_by_changes_does_not_replace_a_kept_one() {
+        let l = LatestCensuses::default();
+        l.record(7, 111, 1.0, &cut_short(3, false));
+        let c = l.get(7, Some(111)).unwrap();
+        assert!(!c.consistent && c.inconsistency.is_some(), "better than none: {c:?}");
+        l.record(7, 111, 2.0, &census(800));
+        l.record(7, 111, 3.0, &cut_short(40, false));
+        assert_eq!(l.get(7, Some(111)).unwrap().objects, 800);
+        // A new process with the pid has nothing to keep.
+        l.record(7, 222, 4.0, &cut_short(40, false));
+        assert_eq!(l.get(7, Some(222)).unwrap().objects, 40);
+        // Limits stop every walk alike: such a census is the best there is.
+        l.record(7, 222, 5.0, &census(900));
+        l.record(7, 222, 6.0, &cut_short(20_000_000, true));
+        assert_eq!(l.get(7, Some(222)).unwrap().objects, 20_000_000);
     }
 }

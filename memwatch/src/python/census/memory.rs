@@ -43,6 +43,12 @@ impl ChunkedMemory {
         })
     }
 
+    /// Drops the chunks read so far, so that the next reads see the
+    /// process as it is now.
+    pub fn forget(&mut self) {
+        self.chunks.clear();
+    }
+
     /// The same memory read directly, without chunks.
     pub fn direct(&mut self) -> &mut code::Memory {
         &mut self.mem

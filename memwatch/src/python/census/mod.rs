@@ -6,7 +6,9 @@
 //! The walk follows the three generations' lists (`PyGC_Head` before each
 //! object) and checks every link on the way: a node whose back link is not
 //! the node it came from means the lists changed under the walk, and the
-//! census says so (`consistent: false`) rather than loop or guess. It reads
+//! census says so (`consistent: false`) rather than loop or guess; so does
+//! one that overlaps a collection, which moves objects off the lists while
+//! it runs. It reads
 //! at most [`Limits::objects`] objects within [`Limits::time`].
 //!
 //! Reading is behind [`Read`], so that the walk is tested on fake memory;
@@ -49,6 +51,9 @@ const GENERATION_THRESHOLD: u64 = 16;
 const GENERATION_COUNT: u64 = 20;
 const GC_STATS: u64 = 128;
 const STATS_SIZE: u64 = 24;
+/// `collecting`, set while a collection runs: its lists are then half
+/// moved (objects on the collector's own stack, links reused for counts).
+const GC_COLLECTING: u64 = 200;
 /// `PyGC_Head`: `_gc_next`, `_gc_prev` (whose two low bits are flags).
 const GC_HEAD: u64 = 16;
 
@@ -106,6 +111,17 @@ pub struct Census {
     /// Why not, when not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inconsistency: Option<String>,
+    /// Stopped by [`Limits`]: walking again would stop again.
+    #[serde(skip)]
+    pub limited: bool,
+}
+
+impl Census {
+    /// Partial because the lists changed under the walk (or objects were
+    /// freed as it read them): another walk may well see them whole.
+    pub fn worth_retaking(&self) -> bool {
+        !self.consistent && !self.limited
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,10 +149,16 @@ pub fn take(
         return Err(mismatch(format!("thresholds {:?}", stats.generations)));
     }
 
+    let collecting = |mem: &mut dyn Read| {
+        mem.i32(gc + GC_COLLECTING)
+            .map_err(|e| unreadable("the collector's state", e))
+    };
+    let collecting_before = collecting(mem)? != 0;
     let started = Instant::now();
     let mut types: HashMap<u64, (Option<TypeInfo>, u64, u64)> = HashMap::new();
     let mut objects = 0u64;
     let mut inconsistency = None;
+    let mut limited = false;
     'generations: for g in 0..3 {
         let head = gc + GC_GENERATIONS + g * GENERATION_SIZE;
         let mut prev = head;
@@ -147,6 +169,7 @@ pub fn take(
                     "stopped after {objects} objects and {:.1} s (limits)",
                     started.elapsed().as_secs_f64()
                 ));
+                limited = true;
                 break 'generations;
             }
             // _gc_next, _gc_prev, then the object: refcount, type, ob_size.
@@ -184,6 +207,9 @@ pub fn take(
             node = word(0) & !1;
         }
     }
+    if (collecting_before || collecting(mem)? != 0) && inconsistency.is_none() {
+        inconsistency = Some("a collection ran during the census".to_string());
+    }
     let mut types: Vec<TypeCount> = types
         .into_values()
         .filter_map(|(info, count, bytes)| {
@@ -208,6 +234,7 @@ pub fn take(
         gc: stats,
         consistent: inconsistency.is_none(),
         inconsistency,
+        limited,
     })
 }
 
@@ -305,6 +332,7 @@ mod tests {
         m.word(RUNTIME + 40, INTERP);
         let gc = INTERP + 648;
         m.put(gc + GC_ENABLED, &1i32.to_le_bytes());
+        m.put(gc + GC_COLLECTING, &0i32.to_le_bytes());
         for g in 0..3u64 {
             let head = gc + GC_GENERATIONS + g * GENERATION_SIZE;
             m.word(head, head);
@@ -372,6 +400,7 @@ mod tests {
         m.word(0x10_0000 + 64 + 8, 0xdead_0000);
         let c = take(&mut m, RUNTIME, &LAYOUT, "3.11", Limits::default()).unwrap();
         assert!(!c.consistent);
+        assert!(c.worth_retaking());
         assert!(c.inconsistency.unwrap().contains("changed"));
         assert_eq!(c.objects, 1);
         // A loop back into the list is cut by the same check, and a cycle
@@ -387,7 +416,17 @@ mod tests {
         };
         let c = take(&mut m, RUNTIME, &LAYOUT, "3.11", few).unwrap();
         assert_eq!(c.objects, 4);
+        assert!(!c.worth_retaking(), "limits stop every walk alike");
         assert!(c.inconsistency.unwrap().contains("limits"));
+    }
+
+    #[test]
+    fn a_census_overlapping_a_collection_is_partial() {
+        let mut m = interpreter(&[0x6000, 0x7000]);
+        m.put(INTERP + 648 + GC_COLLECTING, &1i32.to_le_bytes());
+        let c = take(&mut m, RUNTIME, &LAYOUT, "3.11", Limits::default()).unwrap();
+        assert!(!c.consistent && c.worth_retaking());
+        assert!(c.inconsistency.unwrap().contains("collection"));
     }
 
     #[test]
