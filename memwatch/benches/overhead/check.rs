@@ -125,7 +125,7 @@ pub fn check_bench() {
             (false, true) => "DIFFER",
             // Real programs: a few blocks only glibc reaches that its
             // __libc_freeres does not free (the runtime's here, reachable
-            // for memcheck; see the README).
+            // for memcheck; see docs/src/ci.md).
             (false, false) => "differ",
         };
         println!(

@@ -254,7 +254,7 @@ pub enum FailOn {
     /// Definitely or indirectly lost blocks.
     Lost,
     /// Those, and blocks reached only through interior pointers (glibc's
-    /// thread-local storage of running threads is one: see the README).
+    /// thread-local storage of running threads is one: see docs/src/ci.md).
     Possible,
     /// Any block left, reachable or not.
     Reachable,

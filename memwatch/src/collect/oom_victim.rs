@@ -7,15 +7,12 @@ use super::{
     Collector,
     aggregate::aggregate,
     oom::{OomKill, SuspectVerdict},
-    stack_report::{GrowthStackReport, stack_reports},
+    stack_report::{GROWTH_STACKS, GrowthStackReport, stack_reports},
 };
 use crate::{
     clock::monotonic_ns,
     process::{cgroup::Placement, memcg, unix_now},
 };
-
-/// Growth stacks symbolized for a victim memwatch did not track.
-const GROWTH_STACKS: usize = 5;
 
 impl Collector {
     /// Keeps a post-mortem of `pid`, just marked as the OOM killer's victim

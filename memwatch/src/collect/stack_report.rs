@@ -5,6 +5,11 @@
 use memwatch_common::cookie::{CallKind, Family};
 
 use super::{aggregate::Aggregated, snapshot::ProcessSnapshot};
+
+/// Growth stacks symbolized per leak suspect, and per OOM victim memwatch
+/// did not track.
+pub const GROWTH_STACKS: usize = 5;
+
 pub use crate::report::{Allocated, GrowthStackReport, StackReport};
 
 impl From<&super::profile::StackAllocs> for Allocated {

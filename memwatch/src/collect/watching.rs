@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use super::{Collector, stack_report::net_stack_reports};
+use super::{
+    Collector,
+    stack_report::{GROWTH_STACKS, net_stack_reports},
+};
 use crate::{
     clock::monotonic_ns,
     collect::aggregate::aggregate,
@@ -19,8 +22,6 @@ use crate::{
 
 /// Stacks kept as evidence per escalation.
 const EVIDENCE_STACKS: usize = 10;
-/// Growth stacks symbolized per suspect.
-const GROWTH_STACKS: usize = 5;
 
 /// What exact tracking found in an escalated suspect: its stacks with the
 /// most live bytes net of replacement (all its live blocks are growth since

@@ -99,7 +99,8 @@ pub fn take(pid: u32, now_unix: f64) -> Result<Taken, ObjectsError> {
     };
     let mut census = walk(&mut mem)?;
     for _ in 1..WALKS {
-        if !census.worth_retaking() {
+        // The walks share one walk's time.
+        if !census.worth_retaking() || started.elapsed() > Limits::default().time {
             break;
         }
         // Fresh reads: the kept chunks are what the last walk saw.

@@ -1,6 +1,6 @@
 //! Where to put a probe in a function so that the kernel emulates the probed
 //! instruction instead of single-stepping it (~1 µs instead of ~10 µs a hit
-//! on x86_64; see the README's benchmark).
+//! on x86_64; see docs/src/benchmarks.md).
 //!
 //! From the entry, the first instruction the kernel emulates is chosen if it
 //! is reached without a branch and before any argument register the programs

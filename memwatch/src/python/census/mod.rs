@@ -81,7 +81,7 @@ pub struct TypeCount {
     pub module: String,
     pub count: u64,
     /// Shallow sizes as `sys.getsizeof` counts them, approximated (see the
-    /// README): basic size, items, the collector's header and pre-header.
+    /// docs/src/leaks/python-objects.md): basic size, items, the collector's header and pre-header.
     pub bytes: u64,
 }
 
