@@ -200,7 +200,7 @@ async fn census_metrics(
             .processes
             .iter()
             .filter(|p| p.python.is_some())
-            .map(|p| (p.pid, p.exe_name.clone()))
+            .map(|p| (p.id.pid, p.exe_name.clone()))
             .collect();
         let latest = latest.clone();
         let taken = tokio::task::spawn_blocking(move || {

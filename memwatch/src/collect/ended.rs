@@ -12,12 +12,7 @@ impl EndedProcess {
     pub fn of(p: &ProcessSnapshot, seen_unix: f64, why: String, limit: usize) -> Self {
         let agg = aggregate(&p.allocations, None);
         EndedProcess {
-            pid: p.pid,
-            nspid: p.nspid,
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            cmdline: p.cmdline.clone(),
-            place: p.place.clone(),
+            id: p.id.clone(),
             selection: p.selection.clone(),
             tracked_since_unix: p.tracked_since_unix,
             ended_unix: crate::process::unix_now(),

@@ -321,10 +321,10 @@ impl Collector {
                 && let Some(p) = last
                     .processes
                     .iter()
-                    .find(|p| p.pid == r.pid && p.generation == r.generation)
+                    .find(|p| p.id.pid == r.pid && p.generation == r.generation)
             {
                 let e = EndedProcess::of(p, last.taken_at_unix, ended.why.clone(), self.config.stacks_per_process);
-                self.ended.retain(|x| x.pid != r.pid);
+                self.ended.retain(|x| x.id.pid != r.pid);
                 self.ended.push_front(Arc::new(e));
                 self.ended.truncate(ENDED_KEPT);
             }
@@ -531,14 +531,9 @@ impl Collector {
             g.live_allocations += allocations.len() as u64;
             add(&mut g.counters, &counters);
             processes.push(ProcessSnapshot {
-                pid: inc.pid,
+                id: inc.identity(),
                 generation: inc.generation,
-                comm: inc.comm.clone(),
-                exe: inc.exe.display().to_string(),
                 exe_name: inc.exe_name(),
-                cmdline: inc.cmdline.clone(),
-                place: inc.place.clone(),
-                nspid: inc.nspid,
                 selection: inc.selection.clone(),
                 tracked_since_unix: inc.tracked_since_unix,
                 counters,

@@ -10,22 +10,15 @@
 use serde::Serialize;
 
 use crate::{
-    process::{cgroup::Placement, memcg},
+    process::{Identity, memcg},
     report::{GrowthStackReport, StackReport},
     watch::{alert::Alert, estimator::Verdict},
 };
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OomKill {
-    pub pid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nspid: Option<u32>,
-    pub comm: String,
-    pub exe: String,
-    pub cmdline: String,
-    /// Its systemd unit, container, pod UID and QoS class.
     #[serde(flatten)]
-    pub place: Placement,
+    pub id: Identity,
     pub killed_unix: f64,
     /// "cgroup" when its memory cgroup's limit was reached, "global" for
     /// the host's memory, "systemd-oomd" when systemd-oomd killed it.

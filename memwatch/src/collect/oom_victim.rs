@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     clock::monotonic_ns,
-    process::{cgroup::Placement, memcg, unix_now},
+    process::{Identity, cgroup::Placement, memcg, unix_now},
 };
 
 impl Collector {
@@ -29,7 +29,7 @@ impl Collector {
             self.refresh_growth();
         }
         let snapshot = self.shared.get();
-        let process = snapshot.processes.iter().find(|p| p.pid == pid);
+        let process = snapshot.processes.iter().find(|p| p.id.pid == pid);
         let now_mono = monotonic_ns() as f64 / 1e9;
         let watched = self.watcher.as_ref().and_then(|w| w.lock().last_seen(pid).cloned());
         // Read afresh while it can be; a dying process's v1 cgroups may
@@ -39,7 +39,7 @@ impl Collector {
         let place = match (&watched, process) {
             _ if placed(&fresh_place) => fresh_place,
             (Some(w), _) if placed(&w.cgroup) => w.cgroup.clone(),
-            (_, Some(p)) if placed(&p.place) => p.place.clone(),
+            (_, Some(p)) if placed(&p.id.place) => p.id.place.clone(),
             _ => fresh_place,
         };
         let cgroup = place
@@ -64,24 +64,23 @@ impl Collector {
             (Some(w), false) => self.growth_of_victim(pid, w),
             _ => Vec::new(),
         };
-        let (comm, exe, cmdline) = match (process, &watched) {
-            (Some(p), _) => (p.comm.clone(), p.exe.clone(), p.cmdline.clone()),
-            (None, Some(w)) => (w.comm.clone(), w.exe.display().to_string(), w.cmdline.clone()),
-            (None, None) => (
-                crate::process::procfs::read_stat(pid)
-                    .map(|s| s.comm)
-                    .unwrap_or_default(),
-                String::new(),
-                String::new(),
-            ),
+        let id = Identity {
+            nspid: fresh_nspid.or(watched.as_ref().and_then(|w| w.nspid)),
+            place,
+            ..match (process, &watched) {
+                (Some(p), _) => p.id.clone(),
+                (None, Some(w)) => w.identity(),
+                (None, None) => Identity {
+                    pid,
+                    comm: crate::process::procfs::read_stat(pid)
+                        .map(|s| s.comm)
+                        .unwrap_or_default(),
+                    ..Default::default()
+                },
+            }
         };
         let kill = OomKill {
-            pid,
-            nspid: fresh_nspid.or(watched.as_ref().and_then(|w| w.nspid)),
-            comm,
-            exe,
-            cmdline,
-            place,
+            id,
             killed_unix,
             constraint,
             cgroup,
@@ -114,11 +113,11 @@ impl Collector {
         };
         tracing::warn!(
             pid,
-            comm = %kill.comm,
-            exe = %kill.exe,
-            unit = kill.place.unit.as_deref(),
-            container = kill.place.container_short(),
-            pod = kill.place.pod.as_deref(),
+            comm = %kill.id.comm,
+            exe = %kill.id.exe,
+            unit = kill.id.place.unit.as_deref(),
+            container = kill.id.place.container_short(),
+            pod = kill.id.place.pod.as_deref(),
             constraint,
             cgroup = kill.cgroup.as_ref().map(|c| c.cgroup.as_str()),
             limit_bytes = kill.cgroup.as_ref().and_then(|c| c.limit_bytes),

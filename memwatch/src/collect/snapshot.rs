@@ -11,7 +11,7 @@ pub use super::live_alloc::LiveAlloc;
 use super::{oom::OomKill, rates::Rates};
 use crate::{
     kernel::ProgramStats,
-    process::{AttachFailure, ProbeSummary, Selection},
+    process::{AttachFailure, Identity, ProbeSummary, Selection},
     report::StackReport,
     symbolize::{Frame, Stack, Walk},
     watch::{
@@ -25,14 +25,9 @@ use crate::{
 
 #[derive(Debug, Clone)]
 pub struct ProcessSnapshot {
-    pub pid: u32,
+    pub id: Identity,
     pub generation: u32,
-    pub comm: String,
-    pub exe: String,
     pub exe_name: String,
-    pub cmdline: String,
-    pub place: crate::process::cgroup::Placement,
-    pub nspid: Option<u32>,
     pub selection: Selection,
     pub tracked_since_unix: f64,
     /// Since tracking began (this generation), summed over allocator families.
@@ -89,12 +84,7 @@ impl ProcessSnapshot {
 /// or exited), as the last scan before saw it: its stacks stay in /leaks.
 #[derive(Debug, Clone)]
 pub struct EndedProcess {
-    pub pid: u32,
-    pub nspid: Option<u32>,
-    pub comm: String,
-    pub exe: String,
-    pub cmdline: String,
-    pub place: crate::process::cgroup::Placement,
+    pub id: Identity,
     pub selection: Selection,
     pub tracked_since_unix: f64,
     pub ended_unix: f64,
@@ -192,12 +182,7 @@ pub struct WatchSnapshot {
 /// A process as host-wide sampling last saw it, with its recent heap.
 #[derive(Debug, Clone)]
 pub struct HostProcess {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: String,
-    pub cmdline: String,
-    pub place: crate::process::cgroup::Placement,
-    pub nspid: Option<u32>,
+    pub id: Identity,
     pub memory: Memory,
     pub verdict: Verdict,
     pub rate: f64,
@@ -213,12 +198,7 @@ impl HostProcess {
     /// into Unix seconds.
     pub fn of(w: &Watched, unix_offset: f64) -> Self {
         HostProcess {
-            pid: w.pid,
-            comm: w.comm.clone(),
-            exe: w.exe.display().to_string(),
-            cmdline: w.cmdline.clone(),
-            place: w.cgroup.clone(),
-            nspid: w.nspid,
+            id: w.identity(),
             memory: w.memory,
             verdict: w.estimate.verdict,
             rate: w.estimate.rate,
@@ -232,12 +212,7 @@ impl HostProcess {
 /// A process the detector flagged, now or recently, with its evidence.
 #[derive(Debug, Clone)]
 pub struct SuspectSnapshot {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: String,
-    pub cmdline: String,
-    pub place: crate::process::cgroup::Placement,
-    pub nspid: Option<u32>,
+    pub id: Identity,
     pub memory: Memory,
     pub estimate: Estimate,
     pub alert: Alert,
@@ -310,19 +285,19 @@ impl SharedSnapshot {
 impl SuspectSnapshot {
     pub fn of(w: &Watched) -> Self {
         SuspectSnapshot {
-            pid: w.pid,
-            comm: w.comm.clone(),
-            exe: w.exe.display().to_string(),
-            cmdline: w.cmdline.clone(),
-            place: w.cgroup.clone(),
-            nspid: w.nspid,
+            id: w.identity(),
             memory: w.memory,
             estimate: w.estimate.clone(),
             alert: w.alert,
             leaking_since: w.leaking_since,
             escalation: w.escalation.clone(),
             evidence: w.evidence.clone(),
-            growth: w.growth.iter().take(5).cloned().collect(),
+            growth: w
+                .growth
+                .iter()
+                .take(super::stack_report::GROWTH_STACKS)
+                .cloned()
+                .collect(),
             exited: w.exited,
         }
     }

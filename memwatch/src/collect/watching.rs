@@ -223,7 +223,7 @@ impl Collector {
             let mut evidence = Vec::new();
             // Tracked by pid since (a control request): it stays tracked.
             if self.table.get(pid).is_some_and(|p| p.selection == Selection::Suspect) {
-                if let Some(p) = snapshot.processes.iter().find(|p| p.pid == pid) {
+                if let Some(p) = snapshot.processes.iter().find(|p| p.id.pid == pid) {
                     evidence = evidence_of(p);
                 }
                 let why = match (&outcome, &reason) {
@@ -270,7 +270,7 @@ impl Collector {
         let mut ends = Vec::new();
         let mut evidence = Vec::new();
         for pid in running {
-            match snapshot.processes.iter().find(|p| p.pid == pid) {
+            match snapshot.processes.iter().find(|p| p.id.pid == pid) {
                 Some(p) => {
                     hits.push((
                         pid,

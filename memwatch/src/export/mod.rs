@@ -37,7 +37,11 @@ pub fn heap_stacks(
     at_peak: bool,
 ) -> Vec<HeapStack> {
     let mut out = Vec::new();
-    for p in snapshot.processes.iter().filter(|p| pid.is_none_or(|pid| pid == p.pid)) {
+    for p in snapshot
+        .processes
+        .iter()
+        .filter(|p| pid.is_none_or(|pid| pid == p.id.pid))
+    {
         let earlier = since_ns.and_then(|d| history::earlier(&p.history, snapshot.taken_at_ns, d));
         let view = p.peak.as_ref().filter(|_| at_peak).map(|pk| &pk.view);
         // The live heap with what each stack allocated (stacks that hold
@@ -85,8 +89,8 @@ pub fn heap_stacks(
                 .get(&s.stack_id)
                 .filter(|_| whole && profiled.insert(s.stack_id));
             out.push(HeapStack {
-                pid: p.pid,
-                comm: p.comm.clone(),
+                pid: p.id.pid,
+                comm: p.id.comm.clone(),
                 frames,
                 bytes,
                 allocations,

@@ -243,8 +243,8 @@ async fn status(State(s): State<AppState>) -> Response {
         "snapshot_unix": snap.taken_at_unix,
         "scan_seconds": snap.scan_seconds,
         "tracked_processes": snap.processes.iter().map(|p| serde_json::json!({
-            "pid": p.pid, "nspid": p.nspid, "comm": p.comm, "selection": p.selection,
-            "unit": p.place.unit, "container": p.place.container, "pod": p.place.pod,
+            "pid": p.id.pid, "nspid": p.id.nspid, "comm": p.id.comm, "selection": p.selection,
+            "unit": p.id.place.unit, "container": p.id.place.container, "pod": p.id.place.pod,
             "live_bytes": p.allocations.iter().map(|a| a.size).sum::<u64>(),
             "live_allocations": p.allocations.len(),
             "python": p.python,
@@ -293,8 +293,8 @@ async fn probes(State(s): State<AppState>) -> Response {
         .processes
         .iter()
         .map(|p| {
-            let mut v = serde_json::json!({ "pid": p.pid, "nspid": p.nspid, "comm": p.comm, "modules": p.unwind, "python": p.python });
-            if let (Some(o), Ok(serde_json::Value::Object(place))) = (v.as_object_mut(), serde_json::to_value(&p.place)) {
+            let mut v = serde_json::json!({ "pid": p.id.pid, "nspid": p.id.nspid, "comm": p.id.comm, "modules": p.unwind, "python": p.python });
+            if let (Some(o), Ok(serde_json::Value::Object(place))) = (v.as_object_mut(), serde_json::to_value(&p.id.place)) {
                 o.extend(place);
             }
             v
@@ -343,9 +343,9 @@ fn picture_stacks(s: &AppState, raw: Option<&str>) -> Result<Picture, (StatusCod
         ));
     }
     if let Some(pid) = q.pid
-        && !snapshot.processes.iter().any(|p| p.pid == pid)
+        && !snapshot.processes.iter().any(|p| p.id.pid == pid)
     {
-        let tracked = snapshot.processes.iter().map(|p| p.pid).collect();
+        let tracked = snapshot.processes.iter().map(|p| p.id.pid).collect();
         return Err((
             StatusCode::NOT_FOUND,
             format!("{}\n", leaks::LeaksError::NotTracked { pid, tracked }),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     collect::snapshot::{HostProcess, Snapshot},
+    process::Identity,
     watch::{alert::Alert, estimator::Verdict},
 };
 
@@ -62,14 +63,8 @@ pub struct HostReport {
 
 #[derive(Debug, Serialize)]
 pub struct HostProcessReport {
-    pub pid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nspid: Option<u32>,
-    pub comm: String,
-    pub exe: String,
-    pub cmdline: String,
     #[serde(flatten)]
-    pub place: crate::process::cgroup::Placement,
+    pub id: Identity,
     /// Anonymous memory, resident and swapped: what a leak grows.
     pub heap_bytes: u64,
     pub resident_bytes: u64,
@@ -88,12 +83,7 @@ pub struct HostProcessReport {
 impl HostProcessReport {
     fn of(p: &HostProcess, tracked: bool) -> Self {
         HostProcessReport {
-            pid: p.pid,
-            nspid: p.nspid,
-            comm: p.comm.clone(),
-            exe: p.exe.clone(),
-            cmdline: p.cmdline.clone(),
-            place: p.place.clone(),
+            id: p.id.clone(),
             heap_bytes: p.memory.heap(),
             resident_bytes: p.memory.rss,
             verdict: p.verdict,
@@ -106,9 +96,9 @@ impl HostProcessReport {
     }
 
     fn matches(&self, filter: &str) -> bool {
-        let place = [&self.place.unit, &self.place.container, &self.place.pod];
-        self.pid.to_string() == filter
-            || [&self.comm, &self.exe, &self.cmdline]
+        let place = [&self.id.place.unit, &self.id.place.container, &self.id.place.pod];
+        self.id.pid.to_string() == filter
+            || [&self.id.comm, &self.id.exe, &self.id.cmdline]
                 .into_iter()
                 .chain(place.into_iter().flatten())
                 .any(|s| s.to_lowercase().contains(filter))
@@ -151,23 +141,18 @@ impl std::fmt::Display for UnknownProcess {
 }
 
 pub fn build(snapshot: &Snapshot, q: &HostQuery) -> Result<HostReport, UnknownProcess> {
-    let tracked = |pid: u32| snapshot.processes.iter().any(|p| p.pid == pid);
+    let tracked = |pid: u32| snapshot.processes.iter().any(|p| p.id.pid == pid);
     let sampled = &snapshot.watch.processes;
     let mut list: Vec<HostProcessReport> = sampled
         .iter()
-        .map(|p| HostProcessReport::of(p, tracked(p.pid)))
+        .map(|p| HostProcessReport::of(p, tracked(p.id.pid)))
         .collect();
     // Tracked processes sampling has not seen (it is off, or they are new).
     for p in &snapshot.processes {
-        if !sampled.iter().any(|s| s.pid == p.pid) {
+        if !sampled.iter().any(|s| s.id.pid == p.id.pid) {
             list.push(HostProcessReport::of(
                 &HostProcess {
-                    pid: p.pid,
-                    comm: p.comm.clone(),
-                    exe: p.exe.clone(),
-                    cmdline: p.cmdline.clone(),
-                    place: p.place.clone(),
-                    nspid: p.nspid,
+                    id: p.id.clone(),
                     memory: Default::default(),
                     verdict: Verdict::Flat,
                     rate: 0.0,
@@ -180,7 +165,7 @@ pub fn build(snapshot: &Snapshot, q: &HostQuery) -> Result<HostReport, UnknownPr
         }
     }
     if let Some(pid) = q.pid {
-        list.retain(|p| p.pid == pid);
+        list.retain(|p| p.id.pid == pid);
         if list.is_empty() {
             return Err(UnknownProcess(pid));
         }
@@ -192,7 +177,7 @@ pub fn build(snapshot: &Snapshot, q: &HostQuery) -> Result<HostReport, UnknownPr
         a.rank()
             .cmp(&b.rank())
             .then(b.heap_bytes.cmp(&a.heap_bytes))
-            .then(a.pid.cmp(&b.pid))
+            .then(a.id.pid.cmp(&b.id.pid))
     });
     let matched = list.len();
     list.truncate(q.limit);
@@ -217,12 +202,14 @@ mod tests {
 
     fn host(pid: u32, comm: &str, heap: u64, alert: Alert) -> HostProcess {
         HostProcess {
-            pid,
-            comm: comm.into(),
-            exe: format!("/usr/bin/{comm}"),
-            cmdline: format!("{comm} --serve"),
-            place: crate::process::cgroup::parse("0::/system.slice/web.service\n"),
-            nspid: None,
+            id: Identity {
+                pid,
+                nspid: None,
+                comm: comm.into(),
+                exe: format!("/usr/bin/{comm}"),
+                cmdline: format!("{comm} --serve"),
+                place: crate::process::cgroup::parse("0::/system.slice/web.service\n"),
+            },
             memory: Memory {
                 anon: heap,
                 rss: heap * 2,
@@ -259,7 +246,7 @@ mod tests {
     #[test]
     fn alerts_come_first_then_the_largest_heaps_and_tracked_ones_are_marked() {
         let r = build(&snapshot(), &parse(None).unwrap()).unwrap();
-        let order: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
+        let order: Vec<u32> = r.processes.iter().map(|p| p.id.pid).collect();
         // 42 is tracked (and sampled); 7 is tracked but not sampled.
         assert_eq!(order, [3, 42, 7, 1]);
         assert!(r.processes[1].tracked && !r.processes[3].tracked);
@@ -275,7 +262,7 @@ mod tests {
         let mut s = snapshot();
         s.watch.processes[0].heap_history = (0..63).map(|i| (i as f64, i)).collect();
         let r = build(&s, &parse(None).unwrap()).unwrap();
-        let curve = &r.processes.iter().find(|p| p.pid == 1).unwrap().heap_history;
+        let curve = &r.processes.iter().find(|p| p.id.pid == 1).unwrap().heap_history;
         assert_eq!(curve.len(), SPARKLINE_POINTS);
         assert_eq!((curve[0], curve[23]), ((0.0, 0), (62.0, 62)));
         assert!(curve.windows(2).all(|w| w[0].0 < w[1].0));
@@ -290,9 +277,9 @@ mod tests {
         assert_eq!((r.matched, r.processes.len()), (3, 2));
         // Percent-decoded, trimmed and case-blind, as a form sends it.
         let r = build(&s, &parse(Some("filter=%20%42ig+")).unwrap()).unwrap();
-        assert_eq!(r.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), [1]);
+        assert_eq!(r.processes.iter().map(|p| p.id.pid).collect::<Vec<_>>(), [1]);
         let r = build(&s, &parse(Some("filter=3")).unwrap()).unwrap();
-        assert_eq!(r.processes[0].pid, 3);
+        assert_eq!(r.processes[0].id.pid, 3);
         assert_eq!(build(&s, &parse(Some("pid=1")).unwrap()).unwrap().processes.len(), 1);
         assert_eq!(
             build(&s, &parse(Some("pid=99")).unwrap()).unwrap_err(),

@@ -55,12 +55,7 @@ fn totals(c: &memwatch_common::alloc::ProcCounters, live: &[crate::collect::snap
 
 fn ended_report(e: &EndedProcess, limit: usize) -> ProcessReport {
     ProcessReport {
-        pid: e.pid,
-        nspid: e.nspid,
-        comm: e.comm.clone(),
-        exe: e.exe.clone(),
-        cmdline: e.cmdline.clone(),
-        place: e.place.clone(),
+        id: e.id.clone(),
         selection: e.selection.clone(),
         tracked_since_unix: e.tracked_since_unix,
         live_bytes: e.live_bytes,
@@ -102,12 +97,7 @@ impl std::fmt::Display for LeaksError {
 
 fn suspect_report(s: &SuspectSnapshot, limit: usize, now_unix: f64) -> SuspectReport {
     SuspectReport {
-        pid: s.pid,
-        comm: s.comm.clone(),
-        exe: s.exe.clone(),
-        cmdline: s.cmdline.clone(),
-        place: s.place.clone(),
-        nspid: s.nspid,
+        id: s.id.clone(),
         exited: s.exited,
         alert: s.alert,
         growth: GrowthReport {
@@ -189,13 +179,13 @@ fn growth_reports(
 /// Builds the report as of `now_ns` (CLOCK_MONOTONIC).
 pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) -> Result<LeaksReport, LeaksError> {
     if let Some(pid) = q.pid
-        && !snapshot.processes.iter().any(|p| p.pid == pid)
-        && !snapshot.watch.suspects.iter().any(|s| s.pid == pid)
-        && !snapshot.ended.iter().any(|e| e.pid == pid)
+        && !snapshot.processes.iter().any(|p| p.id.pid == pid)
+        && !snapshot.watch.suspects.iter().any(|s| s.id.pid == pid)
+        && !snapshot.ended.iter().any(|e| e.id.pid == pid)
     {
         return Err(LeaksError::NotTracked {
             pid,
-            tracked: snapshot.processes.iter().map(|p| p.pid).collect(),
+            tracked: snapshot.processes.iter().map(|p| p.id.pid).collect(),
         });
     }
     let min_age_ns = q.min_age.as_nanos().min(u64::MAX as u128) as u64;
@@ -203,7 +193,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
     let mut processes: Vec<ProcessReport> = snapshot
         .processes
         .iter()
-        .filter(|p| q.pid.is_none_or(|pid| pid == p.pid))
+        .filter(|p| q.pid.is_none_or(|pid| pid == p.id.pid))
         .map(|p| {
             let peak_view = p.peak.as_ref().filter(|_| q.at_peak).map(|pk| &pk.view);
             let agg = match peak_view {
@@ -223,12 +213,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
             };
             let c = &p.counters;
             ProcessReport {
-                pid: p.pid,
-                nspid: p.nspid,
-                comm: p.comm.clone(),
-                exe: p.exe.clone(),
-                cmdline: p.cmdline.clone(),
-                place: p.place.clone(),
+                id: p.id.clone(),
                 selection: p.selection.clone(),
                 tracked_since_unix: p.tracked_since_unix,
                 live_bytes: agg.live_bytes,
@@ -255,13 +240,13 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         grown(b)
             .cmp(&grown(a))
             .then(b.live_bytes.cmp(&a.live_bytes))
-            .then(a.pid.cmp(&b.pid))
+            .then(a.id.pid.cmp(&b.id.pid))
     });
     let mut suspects: Vec<SuspectReport> = snapshot
         .watch
         .suspects
         .iter()
-        .filter(|s| q.pid.is_none_or(|pid| pid == s.pid))
+        .filter(|s| q.pid.is_none_or(|pid| pid == s.id.pid))
         .map(|s| suspect_report(s, q.limit, now_unix))
         .collect();
     let rank = |a: &Alert| match a {
@@ -287,7 +272,7 @@ pub fn build(snapshot: &Snapshot, q: &LeaksQuery, now_ns: u64, now_unix: f64) ->
         ended: snapshot
             .ended
             .iter()
-            .filter(|e| q.pid.is_none_or(|pid| pid == e.pid))
+            .filter(|e| q.pid.is_none_or(|pid| pid == e.id.pid))
             .map(|e| ended_report(e, q.limit))
             .collect(),
     };

@@ -14,8 +14,8 @@ pub fn render(kills: &[Arc<OomKill>], now_unix: f64) -> String {
         let _ = writeln!(
             out,
             "PID {} ({}) killed {} ago by {}  resident {}  heap {}",
-            k.pid,
-            k.comm,
+            k.id.pid,
+            k.id.comm,
             duration((now_unix - k.killed_unix).max(0.0)),
             match k.constraint {
                 "cgroup" => "the OOM killer (its cgroup's limit)",
@@ -25,10 +25,18 @@ pub fn render(kills: &[Arc<OomKill>], now_unix: f64) -> String {
             bytes(k.resident_bytes),
             bytes(k.heap_bytes),
         );
-        if !k.exe.is_empty() {
-            let _ = writeln!(out, "  {}", if k.cmdline.is_empty() { &k.exe } else { &k.cmdline });
+        if !k.id.exe.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {}",
+                if k.id.cmdline.is_empty() {
+                    &k.id.exe
+                } else {
+                    &k.id.cmdline
+                }
+            );
         }
-        if let Some(place) = place_line(&k.place, k.nspid) {
+        if let Some(place) = place_line(&k.id.place, k.id.nspid) {
             let _ = writeln!(out, "  {place}");
         }
         if let Some(c) = &k.cgroup {

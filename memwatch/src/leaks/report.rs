@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::report::{GrowthStackReport, StackReport};
 use crate::{
     collect::rates::Rates,
-    process::Selection,
+    process::{Identity, Selection},
     watch::{
         alert::Alert,
         escalation::Status as EscalationStatus,
@@ -37,16 +37,8 @@ pub struct LeaksReport {
 
 #[derive(Debug, Serialize)]
 pub struct SuspectReport {
-    pub pid: u32,
-    pub comm: String,
-    pub exe: String,
-    pub cmdline: String,
-    /// Its systemd unit, container (whole id), pod UID and QoS class.
     #[serde(flatten)]
-    pub place: crate::process::cgroup::Placement,
-    /// The pid inside its own pid namespace (a container's).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nspid: Option<u32>,
+    pub id: Identity,
     pub exited: bool,
     pub alert: Alert,
     pub growth: GrowthReport,
@@ -73,17 +65,8 @@ pub struct GrowthReport {
 
 #[derive(Debug, Serialize)]
 pub struct ProcessReport {
-    pub pid: u32,
-    /// The pid inside its own pid namespace (a container's), as `docker
-    /// top` and the container's logs show it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nspid: Option<u32>,
-    pub comm: String,
-    pub exe: String,
-    pub cmdline: String,
-    /// Its systemd unit, container (whole id), pod UID and QoS class.
     #[serde(flatten)]
-    pub place: crate::process::cgroup::Placement,
+    pub id: Identity,
     pub selection: Selection,
     pub tracked_since_unix: f64,
     /// Live bytes and allocations (those at least `min_age` old).

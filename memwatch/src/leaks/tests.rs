@@ -7,7 +7,7 @@ use memwatch_common::{alloc::ProcCounters, unwind::EndReason};
 use super::*;
 use crate::{
     collect::snapshot::{LiveAlloc, ProcessSnapshot},
-    process::Selection,
+    process::{Identity, Selection},
     symbolize::{Frame, FrameKind, Stack, Walk, WalkReport},
 };
 
@@ -49,14 +49,16 @@ pub(crate) fn fake_snapshot() -> Snapshot {
         family: 1,
     };
     let p42 = ProcessSnapshot {
-        pid: 42,
+        id: Identity {
+            pid: 42,
+            nspid: Some(7),
+            comm: "leaky".into(),
+            exe: "/usr/bin/leaky".into(),
+            cmdline: "leaky --fast".into(),
+            place: crate::process::cgroup::parse(&format!("0::/system.slice/docker-{CONTAINER}.scope\n")),
+        },
         generation: 1 << 16,
-        comm: "leaky".into(),
-        exe: "/usr/bin/leaky".into(),
         exe_name: "leaky".into(),
-        cmdline: "leaky --fast".into(),
-        place: crate::process::cgroup::parse(&format!("0::/system.slice/docker-{CONTAINER}.scope\n")),
-        nspid: Some(7),
         selection: Selection::Pid,
         tracked_since_unix: 1000.0,
         counters: ProcCounters {
@@ -126,8 +128,11 @@ pub(crate) fn fake_snapshot() -> Snapshot {
         }],
     };
     let p7 = ProcessSnapshot {
-        pid: 7,
-        comm: "small".into(),
+        id: Identity {
+            pid: 7,
+            comm: "small".into(),
+            ..p42.id.clone()
+        },
         allocations: vec![mk(0, 10, 50 * s)],
         stacks: HashMap::new(),
         ..p42.clone()
@@ -157,7 +162,7 @@ fn q(pid: Option<u32>, min_age: u64, limit: usize) -> LeaksQuery {
 #[test]
 fn largest_process_and_stack_first() {
     let r = build(&fake_snapshot(), &q(None, 0, 20), 100_000_000_000, 5001.0).unwrap();
-    assert_eq!(r.processes.iter().map(|p| p.pid).collect::<Vec<_>>(), [42, 7]);
+    assert_eq!(r.processes.iter().map(|p| p.id.pid).collect::<Vec<_>>(), [42, 7]);
     let p = &r.processes[0];
     assert_eq!((p.live_bytes, p.live_allocations, p.stack_count), (3064, 4, 2));
     assert_eq!((p.stacks[0].live_bytes, p.stacks[0].live_allocations), (3000, 3));
@@ -217,17 +222,19 @@ fn a_suspect(snap: &mut Snapshot) {
         },
     };
     snap.watch.suspects.push(SuspectSnapshot {
-        pid: 99,
-        comm: "grower".into(),
-        exe: "/srv/grower".into(),
-        cmdline: String::new(),
-        place: crate::process::cgroup::Placement {
-            unit: Some("grower.service".into()),
-            pod: Some("0d3a5c1e-7b2f-4e8a-9c6d-1f2e3a4b5c6d".into()),
-            qos: Some("burstable".into()),
-            ..Default::default()
+        id: Identity {
+            pid: 99,
+            nspid: Some(12),
+            comm: "grower".into(),
+            exe: "/srv/grower".into(),
+            cmdline: String::new(),
+            place: crate::process::cgroup::Placement {
+                unit: Some("grower.service".into()),
+                pod: Some("0d3a5c1e-7b2f-4e8a-9c6d-1f2e3a4b5c6d".into()),
+                qos: Some("burstable".into()),
+                ..Default::default()
+            },
         },
-        nspid: Some(12),
         memory: Memory {
             rss: 100,
             anon: 80,
@@ -258,7 +265,7 @@ fn a_suspect(snap: &mut Snapshot) {
 fn at_peak_the_peak_scans_stacks_stand_for_now() {
     use crate::collect::snapshot::{PeakSnapshot, PeakView};
     let mut snap = fake_snapshot();
-    let p = snap.processes.iter_mut().find(|p| p.pid == 42).unwrap();
+    let p = snap.processes.iter_mut().find(|p| p.id.pid == 42).unwrap();
     // At its peak, stack 22 held 50 000 bytes in 50 blocks.
     let at_peak: Vec<LiveAlloc> = (0..50)
         .map(|_| LiveAlloc {
@@ -430,7 +437,7 @@ fn a_suspect_is_named_by_its_unit_pod_and_inner_pid() {
 fn growth_since_compares_with_the_reading_before_the_window() {
     let mut snap = fake_snapshot();
     let s = 1_000_000_000;
-    let p42 = snap.processes.iter_mut().find(|p| p.pid == 42).unwrap();
+    let p42 = snap.processes.iter_mut().find(|p| p.id.pid == 42).unwrap();
     // 60 s ago stack 11 held one block of 1000 bytes, and a stack since
     // freed held 500; 1 s ago everything was as now.
     let old = crate::collect::history::Reading {

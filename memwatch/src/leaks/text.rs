@@ -82,15 +82,15 @@ fn render_process(out: &mut String, p: &super::ProcessReport, at_peak: bool, by_
     let _ = writeln!(
         out,
         "PID {} ({})  live {} in {} allocation(s)  alloc {:.0}/s  free {:.0}/s  net {}/s",
-        p.pid,
-        p.comm,
+        p.id.pid,
+        p.id.comm,
         bytes(p.live_bytes),
         p.live_allocations,
         p.rates.allocations_per_second,
         p.rates.frees_per_second,
         signed_bytes(p.rates.allocated_bytes_per_second - p.rates.freed_bytes_per_second),
     );
-    if let Some(place) = place_line(&p.place, p.nspid) {
+    if let Some(place) = place_line(&p.id.place, p.id.nspid) {
         let _ = writeln!(out, "  {place}");
     }
     if let Some(e) = &p.ended {
@@ -251,7 +251,7 @@ pub(super) fn place_line(place: &crate::process::cgroup::Placement, nspid: Optio
 }
 
 fn render_suspect(out: &mut String, s: &SuspectReport) {
-    let group = s.place.group().map(|u| format!(" [{u}]")).unwrap_or_default();
+    let group = s.id.place.group().map(|u| format!(" [{u}]")).unwrap_or_default();
     let state = match s.alert {
         Alert::Firing { .. } => "FIRING",
         Alert::Pending { .. } => "pending",
@@ -262,8 +262,8 @@ fn render_suspect(out: &mut String, s: &SuspectReport) {
     let _ = writeln!(
         out,
         "PID {} ({}){}  {}{}  heap {}  growing {}/s for {} (confidence {:.2})",
-        s.pid,
-        s.comm,
+        s.id.pid,
+        s.id.comm,
         group,
         state,
         if s.exited { " (exited)" } else { "" },
@@ -272,7 +272,7 @@ fn render_suspect(out: &mut String, s: &SuspectReport) {
         duration(s.growth.duration_seconds),
         s.growth.confidence,
     );
-    if let Some(place) = place_line(&s.place, s.nspid) {
+    if let Some(place) = place_line(&s.id.place, s.id.nspid) {
         let _ = writeln!(out, "  {place}");
     }
     match &s.escalation {

@@ -62,6 +62,17 @@ pub fn exe_name(exe: &std::path::Path, comm: &str) -> String {
 }
 
 impl Incarnation {
+    pub fn identity(&self) -> super::Identity {
+        super::Identity {
+            pid: self.pid,
+            nspid: self.nspid,
+            comm: self.comm.clone(),
+            exe: self.exe.display().to_string(),
+            cmdline: self.cmdline.clone(),
+            place: self.place.clone(),
+        }
+    }
+
     pub fn exe_name(&self) -> String {
         exe_name(&self.exe, &self.comm)
     }

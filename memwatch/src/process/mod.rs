@@ -8,6 +8,7 @@
 
 mod backoff;
 pub mod cgroup;
+mod identity;
 mod incarnation;
 mod lifecycle;
 pub mod memcg;
@@ -15,6 +16,7 @@ pub mod procfs;
 
 use std::collections::BTreeMap;
 
+pub use identity::Identity;
 pub use incarnation::{AttachFailure, Ended, Incarnation, ProbeSummary, Retired, Selection, exe_name};
 
 use crate::{

@@ -62,6 +62,17 @@ pub struct Watched {
 }
 
 impl Watched {
+    pub fn identity(&self) -> crate::process::Identity {
+        crate::process::Identity {
+            pid: self.pid,
+            nspid: self.nspid,
+            comm: self.comm.clone(),
+            exe: self.exe.display().to_string(),
+            cmdline: self.cmdline.clone(),
+            place: self.cgroup.clone(),
+        }
+    }
+
     pub fn exe_name(&self) -> String {
         crate::process::exe_name(&self.exe, &self.comm)
     }
