@@ -245,8 +245,9 @@ fn tls_config(ca: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
-/// The web PKI's verdict, or a certificate named in the CA file, valid now
-/// and for the name connected to.
+/// The web PKI's verdict, or a certificate named in the CA file, for the
+/// name connected to (a pinned certificate's validity period is not
+/// checked).
 #[derive(Debug)]
 struct Verifier {
     pinned: Vec<rustls::pki_types::CertificateDer<'static>>,

@@ -81,7 +81,8 @@ pub struct HostProcessReport {
 }
 
 impl HostProcessReport {
-    fn of(p: &HostProcess, tracked: bool) -> Self {
+    /// `heap_history` thinned to `points` (all of it with None).
+    fn of(p: &HostProcess, tracked: bool, points: Option<usize>) -> Self {
         HostProcessReport {
             id: p.id.clone(),
             heap_bytes: p.memory.heap(),
@@ -91,27 +92,30 @@ impl HostProcessReport {
             alert: p.alert,
             suspect: p.suspect,
             tracked,
-            heap_history: p.heap_history.clone(),
+            heap_history: match points {
+                Some(n) => thinned(&p.heap_history, n),
+                None => p.heap_history.clone(),
+            },
         }
     }
+}
 
-    fn matches(&self, filter: &str) -> bool {
-        let place = [&self.id.place.unit, &self.id.place.container, &self.id.place.pod];
-        self.id.pid.to_string() == filter
-            || [&self.id.comm, &self.id.exe, &self.id.cmdline]
-                .into_iter()
-                .chain(place.into_iter().flatten())
-                .any(|s| s.to_lowercase().contains(filter))
-    }
+fn matches(id: &Identity, filter: &str) -> bool {
+    let place = [&id.place.unit, &id.place.container, &id.place.pod];
+    id.pid.to_string() == filter
+        || [&id.comm, &id.exe, &id.cmdline]
+            .into_iter()
+            .chain(place.into_iter().flatten())
+            .any(|s| s.to_lowercase().contains(filter))
+}
 
-    fn rank(&self) -> u8 {
-        match self.alert {
-            Alert::Firing { .. } => 0,
-            Alert::Pending { .. } => 1,
-            _ if self.suspect => 2,
-            _ if self.tracked => 3,
-            _ => 4,
-        }
+fn rank(p: &HostProcess, tracked: bool) -> u8 {
+    match p.alert {
+        Alert::Firing { .. } => 0,
+        Alert::Pending { .. } => 1,
+        _ if p.suspect => 2,
+        _ if tracked => 3,
+        _ => 4,
     }
 }
 
@@ -140,58 +144,58 @@ impl std::fmt::Display for UnknownProcess {
     }
 }
 
+/// Ranks and filters the processes, then builds reports for the `limit`
+/// kept only (a listing of 100 from 1,000 copies 100 curves, not 1,000).
 pub fn build(snapshot: &Snapshot, q: &HostQuery) -> Result<HostReport, UnknownProcess> {
     let tracked = |pid: u32| snapshot.processes.iter().any(|p| p.id.pid == pid);
     let sampled = &snapshot.watch.processes;
-    let mut list: Vec<HostProcessReport> = sampled
-        .iter()
-        .map(|p| HostProcessReport::of(p, tracked(p.id.pid)))
-        .collect();
     // Tracked processes sampling has not seen (it is off, or they are new).
-    for p in &snapshot.processes {
-        if !sampled.iter().any(|s| s.id.pid == p.id.pid) {
-            list.push(HostProcessReport::of(
-                &HostProcess {
-                    id: p.id.clone(),
-                    memory: Default::default(),
-                    verdict: Verdict::Flat,
-                    rate: 0.0,
-                    alert: Alert::Inactive,
-                    suspect: false,
-                    heap_history: Vec::new(),
-                },
-                true,
-            ));
-        }
-    }
-    if let Some(pid) = q.pid {
-        list.retain(|p| p.id.pid == pid);
-        if list.is_empty() {
-            return Err(UnknownProcess(pid));
-        }
+    let unsampled: Vec<HostProcess> = snapshot
+        .processes
+        .iter()
+        .filter(|p| !sampled.iter().any(|s| s.id.pid == p.id.pid))
+        .map(|p| HostProcess {
+            id: p.id.clone(),
+            memory: Default::default(),
+            verdict: Verdict::Flat,
+            rate: 0.0,
+            alert: Alert::Inactive,
+            suspect: false,
+            heap_history: Vec::new(),
+        })
+        .collect();
+    let mut list: Vec<(&HostProcess, bool)> = sampled
+        .iter()
+        .map(|p| (p, tracked(p.id.pid)))
+        .chain(unsampled.iter().map(|p| (p, true)))
+        .filter(|(p, _)| q.pid.is_none_or(|pid| p.id.pid == pid))
+        .collect();
+    if let Some(pid) = q.pid
+        && list.is_empty()
+    {
+        return Err(UnknownProcess(pid));
     }
     if let Some(f) = &q.filter {
-        list.retain(|p| p.matches(f));
+        list.retain(|(p, _)| matches(&p.id, f));
     }
-    list.sort_by(|a, b| {
-        a.rank()
-            .cmp(&b.rank())
-            .then(b.heap_bytes.cmp(&a.heap_bytes))
+    list.sort_by(|(a, at), (b, bt)| {
+        rank(a, *at)
+            .cmp(&rank(b, *bt))
+            .then(b.memory.heap().cmp(&a.memory.heap()))
             .then(a.id.pid.cmp(&b.id.pid))
     });
     let matched = list.len();
     list.truncate(q.limit);
-    if q.pid.is_none() {
-        for p in &mut list {
-            p.heap_history = thinned(&p.heap_history, SPARKLINE_POINTS);
-        }
-    }
+    let points = q.pid.is_none().then_some(SPARKLINE_POINTS);
     Ok(HostReport {
         watching: snapshot.watch.enabled,
         snapshot_unix: snapshot.taken_at_unix,
         watched_processes: snapshot.watch.watched_processes,
         matched,
-        processes: list,
+        processes: list
+            .into_iter()
+            .map(|(p, t)| HostProcessReport::of(p, t, points))
+            .collect(),
     })
 }
 
